@@ -1,0 +1,303 @@
+"""Ibis expressions for feature groups: point-in-time values over a spine, and latest state per entity.
+
+One builder serves every feature shape. Rows are split by the time semantics (``trellis.timesem``):
+
+* **on-time rows** (known by the time they can enter a window, ``available_at <= event_time + delay``) are
+  aggregated with range windows over event time. When the spine is the source itself (features at every
+  transaction) that is a single windowed pass; otherwise spine rows are unioned in as value-less rows so
+  the window sees them in time order (an ASOF-style sweep, no join);
+* **late rows** (a label that arrived after the window would have counted it) need both bounds, so they
+  are joined to the spine with the two-sided condition and merged into the windowed partial results.
+  Only sources that declare ``available_at`` have late rows, and there are few of them.
+
+All SQL for every engine comes from these expressions (``ibis.to_sql(expr, dialect=...)``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import datetime, timedelta
+
+import ibis
+import ibis.expr.types as ir
+
+from trellis import expr as sqlexpr
+from trellis.spec import Feature, FeatureGroup, Project, Source
+from trellis.timesem import Bounds, bounds
+from trellis.types import mapping
+
+FEATURE_TS = "feature_ts"
+_SPINE_FLAG = "__is_spine"
+_ROW_ID = "__spine_row"
+_PLACEHOLDER = "__trellis_{}__"
+
+
+def placeholder(source_name: str) -> str:
+    """Name of the unbound table standing for a source in compiled SQL; replaced per target."""
+    return _PLACEHOLDER.format(source_name)
+
+
+def source_table(source: Source) -> ir.Table:
+    return ibis.table({n: mapping(c.type).ibis for n, c in source.columns.items()}, name=placeholder(source.name))
+
+
+_UNITS = (("days", 86_400_000_000), ("hours", 3_600_000_000), ("minutes", 60_000_000), ("seconds", 1_000_000),
+          ("microseconds", 1))
+
+
+def _unit(*deltas: timedelta) -> tuple[str, int]:
+    """The coarsest unit that expresses every delta exactly (frame bounds must share a unit)."""
+    micros = [d // timedelta(microseconds=1) for d in deltas]
+    return next((u, size) for u, size in _UNITS if all(m % size == 0 for m in micros))
+
+
+def _interval(delta: timedelta, unit: tuple[str, int] | None = None) -> ir.IntervalScalar:
+    name, size = unit or _unit(delta)
+    return ibis.interval(**{name: (delta // timedelta(microseconds=1)) // size})
+
+
+class GroupCompiler:
+    """Builds the expressions of one feature group."""
+
+    def __init__(self, project: Project, group: FeatureGroup):
+        self.project = project
+        self.group = group
+        self.source = project.sources[group.source]
+        self.key = project.key_column(group)
+        self.features: list[Feature] = project.features(group)
+        self.late_possible = self.source.available_at is not None
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def _value(self, src: ir.Table, feature: Feature) -> ir.Value:
+        columns = {name: src[name] for name in src.columns}
+        if feature.expr is not None:
+            value = sqlexpr.to_ibis(sqlexpr.parse(feature.expr), columns)
+        elif feature.column is not None:
+            value = src[feature.column]
+        else:
+            value = ibis.literal(1)
+        if feature.agg in ("sum", "mean", "std") and value.type().is_boolean():
+            value = value.cast("int64")
+        if self.group.filter is not None:
+            keep = sqlexpr.to_ibis(sqlexpr.parse(self.group.filter), columns)
+            value = ibis.ifelse(keep.fill_null(False), value, ibis.null(value.type()))
+        return value
+
+    def _on_time(self, src: ir.Table, delay: timedelta) -> ir.BooleanValue:
+        assert self.source.available_at is not None
+        return src[self.source.available_at] <= src[self.source.event_time] + _interval(delay)
+
+    def _whole_by_join(self, feature: Feature) -> bool:
+        """count_distinct cannot merge partial results, so with late rows it is computed whole by the join."""
+        return self.late_possible and feature.agg == "count_distinct"
+
+    def _input_name(self, feature: Feature, late: bool) -> str:
+        base = feature.column or (f"expr{zlib.crc32(feature.expr.encode())}" if feature.expr else "one")
+        if self.late_possible:
+            base += f"_d{int(feature.delay.total_seconds())}"
+            if late:
+                base += "_all" if self._whole_by_join(feature) else "_late"
+        return f"__in_{base}"
+
+    def _inputs(self, src: ir.Table, late: bool) -> dict[str, ir.Value]:
+        """Masked aggregation inputs: on-time rows, or with ``late`` the rows the join must handle."""
+        inputs: dict[str, ir.Value] = {}
+        for feature in self.features:
+            name = self._input_name(feature, late=late)
+            if name in inputs or (not late and self._whole_by_join(feature)):
+                continue
+            value = self._value(src, feature)
+            if self.late_possible and not (late and self._whole_by_join(feature)):
+                on_time = self._on_time(src, feature.delay)
+                value = ibis.ifelse(~on_time if late else on_time, value, ibis.null(value.type()))
+            inputs[name] = value
+        return inputs
+
+    # -- windowed partial aggregates ---------------------------------------------------------------
+    def _window(self, table: ir.Table, b: Bounds) -> ibis.expr.builders.LegacyWindowBuilder:
+        unit = _unit(b.upper, *([b.lower] if b.lower is not None else []))
+        lower = None if b.lower is None else -_interval(b.lower, unit)
+        upper = -_interval(b.upper, unit) if b.upper > timedelta(0) else 0
+        return ibis.window(group_by=table[self.key], order_by=table["__ts"], range=(lower, upper))
+
+    @staticmethod
+    def _partials(feature: Feature, value: ir.Value, event_ts: ir.Value, w) -> dict[str, ir.Value]:
+        """Mergeable partial state of one feature over a window (or a grouped relation when w is None)."""
+        over = (lambda e: e.over(w)) if w is not None else (lambda e: e)
+        ts = ibis.ifelse(value.notnull(), event_ts, ibis.null("timestamp"))
+        agg = feature.agg
+        if agg == "count":
+            return {"n": over(value.count())}
+        if agg == "count_distinct":
+            return {"v": over(value.nunique())}
+        if agg in ("sum", "mean"):
+            return {"n": over(value.count()), "s": over(value.sum())}
+        if agg == "std":
+            return {"n": over(value.count()), "m": over(value.mean()), "var": over(value.var(how="sample"))}
+        if agg in ("min", "max"):
+            return {"v": over(value.min() if agg == "min" else value.max())}
+        if agg in ("last", "first"):
+            pick = value.argmax(ts) if agg == "last" else value.argmin(ts)
+            stamp = ts.max() if agg == "last" else ts.min()
+            return {"v": over(pick), "t": over(stamp)}
+        raise ValueError(f"unknown aggregation {agg!r}")
+
+    @staticmethod
+    def _finish(feature: Feature, p: dict[str, ir.Value]) -> ir.Value:
+        agg = feature.agg
+        out: ir.Value
+        if agg == "count":
+            out = p["n"].fill_null(0)
+        elif agg == "sum":
+            out = p["s"].fill_null(0)
+        elif agg == "mean":
+            out = p["s"] / p["n"].nullif(0)
+        elif agg == "std":
+            out = ibis.ifelse(p["n"] >= 2, p["var"].sqrt(), ibis.null("float64"))
+        elif agg == "count_distinct":
+            out = p["v"].fill_null(0)
+        else:
+            out = p["v"]
+        return out.cast(mapping(feature.dtype).ibis)
+
+    @staticmethod
+    def _merge(feature: Feature, a: dict[str, ir.Value], b: dict[str, ir.Value]) -> dict[str, ir.Value]:
+        agg = feature.agg
+
+        def add(x: ir.Value, y: ir.Value) -> ir.Value:
+            return x.fill_null(0) + y.fill_null(0)
+
+        if agg == "count":
+            return {"n": add(a["n"], b["n"])}
+        if agg in ("sum", "mean"):
+            return {"n": add(a["n"], b["n"]), "s": ibis.ifelse(add(a["n"], b["n"]) > 0, add(a["s"], b["s"]),
+                                                              ibis.null("float64"))}
+        if agg == "std":
+            # Chan et al.'s parallel update of (n, mean, M2).
+            na, nb = a["n"].fill_null(0).cast("float64"), b["n"].fill_null(0).cast("float64")
+            n = na + nb
+            ma, mb = a["m"].fill_null(0), b["m"].fill_null(0)
+            m2 = (a["var"].fill_null(0) * (na - 1).clip(lower=0) + b["var"].fill_null(0) * (nb - 1).clip(lower=0)
+                  + (mb - ma) * (mb - ma) * na * nb / n.nullif(0))
+            return {"n": n, "m": (ma * na + mb * nb) / n.nullif(0), "var": m2 / (n - 1).nullif(0)}
+        if agg == "count_distinct":
+            return b
+        if agg in ("min", "max"):
+            pick = ibis.least if agg == "min" else ibis.greatest
+            return {"v": pick(a["v"].fill_null(b["v"]), b["v"].fill_null(a["v"]))}
+        if agg in ("last", "first"):
+            b_wins = b["t"].notnull() & (a["t"].isnull() | ((b["t"] > a["t"]) if agg == "last" else (b["t"] < a["t"])))
+            return {"v": ibis.ifelse(b_wins, b["v"], a["v"]), "t": ibis.ifelse(b_wins, b["t"], a["t"])}
+        raise ValueError(f"aggregation {agg!r} cannot merge partial results")
+
+    # -- public builders ---------------------------------------------------------------------------
+    def spine_from_source(self) -> ir.Table:
+        """The default spine: the spine source's events (key, time and primary key)."""
+        spine_source = self.project.spine_of(self.group)
+        src = source_table(spine_source)
+        columns = {self.key: src[self.key], FEATURE_TS: src[spine_source.event_time]}
+        if spine_source.primary_key:
+            columns[spine_source.primary_key] = src[spine_source.primary_key]
+        return src.select(**columns)
+
+    def point_in_time(self, spine: ir.Table | None = None, src: ir.Table | None = None) -> ir.Table:
+        """Feature values for every spine row ``(key, feature_ts, *passthrough)``, exact under section 3.
+
+        With no spine, the group's own spine source is used; when that is the source itself, features are
+        computed in one windowed pass over it."""
+        src = source_table(self.source) if src is None else src
+        self_spine = spine is None and self.project.spine_of(self.group).name == self.source.name
+        spine = self.spine_from_source() if spine is None else spine
+        passthrough = [c for c in spine.columns if c not in (self.key, FEATURE_TS)]
+        needs_join = self.late_possible
+
+        events = src.mutate(__ts=src[self.source.event_time].cast("timestamp"), **self._inputs(src, late=False))
+        input_names = list(self._inputs(src, late=False))
+        if self_spine:
+            timeline = events.mutate(**{FEATURE_TS: events["__ts"], _SPINE_FLAG: ibis.literal(True)})
+        else:
+            spine_rows = spine.mutate(__ts=spine[FEATURE_TS].cast("timestamp"), **{_SPINE_FLAG: ibis.literal(True)})
+            spine_rows = spine_rows.mutate(**{n: ibis.null(events[n].type()) for n in input_names})
+            event_rows = events.select(
+                self.key, "__ts", *input_names,
+                **{_SPINE_FLAG: ibis.literal(False), FEATURE_TS: ibis.null("timestamp")},
+                **{c: ibis.null(spine[c].type()) for c in passthrough},
+            )
+            spine_rows = spine_rows.select(self.key, "__ts", *input_names, _SPINE_FLAG, FEATURE_TS, *passthrough)
+            timeline = spine_rows.union(event_rows)
+        if needs_join:
+            timeline = timeline.mutate(**{_ROW_ID: ibis.row_number()})
+
+        partial_cols: dict[str, ir.Value] = {}
+        for feature in self.features:
+            w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
+            value = timeline[self._input_name(feature, late=False)]
+            if self.late_possible and feature.agg == "count_distinct":
+                continue  # not mergeable: computed whole by the join below
+            for k, v in self._partials(feature, value, timeline["__ts"], w).items():
+                partial_cols[f"__p_{feature.name}_{k}"] = v
+        windowed = timeline.mutate(**partial_cols).filter(timeline[_SPINE_FLAG])
+        keep = [self.key, FEATURE_TS, *passthrough]
+
+        if not needs_join:
+            return windowed.select(*keep, **{
+                f.name: self._finish(f, self._partial_dict(windowed, f)) for f in self.features})
+
+        late = self._late_partials(windowed, src)
+        joined = windowed.left_join(late, windowed[_ROW_ID] == late[_ROW_ID])
+        out = {}
+        for feature in self.features:
+            a = self._partial_dict(joined, feature)
+            b = {k[len(f"__l_{feature.name}_"):]: joined[k] for k in late.columns
+                 if k.startswith(f"__l_{feature.name}_")}
+            out[feature.name] = self._finish(feature, self._merge(feature, a, b))
+        return joined.select(*keep, **out)
+
+    def _partial_dict(self, table: ir.Table, feature: Feature) -> dict[str, ir.Value]:
+        prefix = f"__p_{feature.name}_"
+        return {c[len(prefix):]: table[c] for c in table.columns if c.startswith(prefix)}
+
+    def _late_partials(self, spine: ir.Table, src: ir.Table) -> ir.Table:
+        """Partial aggregates of late rows, per spine row, by a join with both time bounds."""
+        late_inputs = self._inputs(src, late=True)
+        late = src.mutate(__lts=src[self.source.event_time].cast("timestamp"),
+                          __lavail=src[self.source.available_at].cast("timestamp"),
+                          __lkey=src[self.key], **late_inputs)
+        late = late.filter(ibis.or_(*[late[n].notnull() for n in late_inputs]))
+        left = spine.select(_ROW_ID, __skey=spine[self.key], __sts=spine["__ts"])
+        # Every feature's condition is a subset of the loosest one; narrow per feature with masks below.
+        loosest = max((bounds(f.window, f.delay, self.group.include_current) for f in self.features),
+                      key=lambda b: (b.lower is None, b.lower or timedelta(0)))
+        cond = [left["__skey"] == late["__lkey"], late["__lts"] <= left["__sts"] - _interval(min(
+            bounds(f.window, f.delay, self.group.include_current).upper for f in self.features))]
+        if loosest.lower is not None:
+            cond.append(late["__lts"] >= left["__sts"] - _interval(loosest.lower))
+        pairs = left.join(late, cond)
+        aggregates = {}
+        for feature in self.features:
+            b = bounds(feature.window, feature.delay, self.group.include_current)
+            inside = pairs["__lts"] <= pairs["__sts"] - _interval(b.upper)
+            if b.lower is not None:
+                inside &= pairs["__lts"] >= pairs["__sts"] - _interval(b.lower)
+            inside &= (pairs["__lavail"] < pairs["__sts"]) if b.availability_strict else (
+                pairs["__lavail"] <= pairs["__sts"])
+            raw = pairs[self._input_name(feature, late=True)]
+            value = ibis.ifelse(inside, raw, ibis.null(raw.type()))
+            for k, v in self._partials(feature, value, pairs["__lts"], None).items():
+                aggregates[f"__l_{feature.name}_{k}"] = v
+        return pairs.group_by(_ROW_ID).aggregate(**aggregates)
+
+    def latest(self, as_of: datetime, src: ir.Table | None = None) -> ir.Table:
+        """Every entity's feature values as of ``as_of`` (what the online store serves at that time)."""
+        src = source_table(self.source) if src is None else src
+        spine = src.select(self.key).distinct().mutate(**{FEATURE_TS: ibis.literal(as_of, type="timestamp")})
+        return self.point_in_time(spine=spine, src=src)
+
+
+def to_sql(expr: ir.Table, relations: dict[str, str], dialect: str = "duckdb") -> str:
+    """SQL for ``expr`` with each source placeholder replaced by a relation (table name, ref(), file)."""
+    sql = ibis.to_sql(expr, dialect=dialect)
+    for source_name, relation in relations.items():
+        quoted = {"bigquery": "`{}`", "databricks": "`{}`", "spark": "`{}`"}.get(dialect, '"{}"')
+        sql = sql.replace(quoted.format(placeholder(source_name)), relation)
+    return str(sql)

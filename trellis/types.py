@@ -1,0 +1,77 @@
+"""The one type mapping every compiler uses.
+
+A definition names a logical type (``int64``, ``float64``, ``string``, ...). Each target needs its own
+spelling of it: Ibis dtypes for the offline expressions, DuckDB SQL for dbt contracts, Feast types for
+feature views, pandas dtypes for Pandera, and whether CatBoost treats it as categorical. Keeping the table
+here means a new type is added once and every target agrees on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+LogicalType = Literal["int64", "int32", "float64", "bool", "string", "timestamp", "date"]
+LOGICAL_TYPES: tuple[str, ...] = ("int64", "int32", "float64", "bool", "string", "timestamp", "date")
+
+
+@dataclass(frozen=True)
+class TypeMapping:
+    ibis: str
+    duckdb: str
+    feast: str  # name of the feast.types attribute
+    pandas: str
+    numeric: bool
+    categorical: bool
+
+
+TYPES: dict[str, TypeMapping] = {
+    "int64": TypeMapping("int64", "BIGINT", "Int64", "int64", True, False),
+    "int32": TypeMapping("int32", "INTEGER", "Int32", "int32", True, False),
+    "float64": TypeMapping("float64", "DOUBLE", "Float64", "float64", True, False),
+    "bool": TypeMapping("boolean", "BOOLEAN", "Bool", "bool", False, True),
+    "string": TypeMapping("string", "VARCHAR", "String", "object", False, True),
+    "timestamp": TypeMapping("timestamp", "TIMESTAMP", "UnixTimestamp", "datetime64[us]", False, False),
+    "date": TypeMapping("date", "DATE", "UnixTimestamp", "datetime64[us]", False, False),
+}
+
+# DuckDB reports some types under other names (information_schema, DESCRIBE); map them back.
+_DUCKDB_ALIASES = {
+    "BIGINT": "int64",
+    "INTEGER": "int32",
+    "DOUBLE": "float64",
+    "BOOLEAN": "bool",
+    "VARCHAR": "string",
+    "TIMESTAMP": "timestamp",
+    "TIMESTAMP_NS": "timestamp",
+    "TIMESTAMP_US": "timestamp",
+    "DATE": "date",
+    "TINYINT": "int32",
+    "SMALLINT": "int32",
+    "FLOAT": "float64",
+}
+
+
+def mapping(logical: str) -> TypeMapping:
+    try:
+        return TYPES[logical]
+    except KeyError:
+        raise ValueError(f"unknown type {logical!r}; expected one of {', '.join(LOGICAL_TYPES)}") from None
+
+
+def from_duckdb(sql_type: str) -> str | None:
+    """Logical type for a DuckDB column type, or None when Trellis has no mapping for it."""
+    return _DUCKDB_ALIASES.get(sql_type.upper())
+
+
+def aggregate_output_type(agg: str, input_type: str | None) -> str:
+    """Type of a windowed aggregation's result: counts are integers, moments are floats,
+    order statistics keep the input's type."""
+    if agg in ("count", "count_distinct"):
+        return "int64"
+    if agg in ("mean", "std"):
+        return "float64"
+    if agg == "sum":
+        return "float64" if input_type == "float64" else "int64"
+    assert input_type is not None
+    return input_type
