@@ -374,3 +374,17 @@ def test_progress_reports_each_stage() -> None:
     stages = [m.split(":")[0] for m in messages]
     for stage in ("customers", "terminals", "neighbourhoods", "transactions", "frauds", "labels", "done"):
         assert stage in stages
+
+
+@pytest.mark.parametrize("radius", [0.05, 3.0, 5.0, 37.0, 150.0])
+def test_neighbourhood_grid_matches_brute_force(radius: float) -> None:
+    from trellis.simulate import _terminals_within_radius
+
+    rng = np.random.default_rng(7)
+    customers, terminals = rng.uniform(0, 100, (400, 2)), rng.uniform(0, 100, (900, 2))
+    # A small pair budget forces several chunks, exercising the chunk boundaries.
+    ptr, neighbours = _terminals_within_radius(customers, terminals, radius, chunk_pairs=5_000)
+    within = np.linalg.norm(customers[:, None, :] - terminals[None, :, :], axis=2) < radius
+    assert np.array_equal(np.diff(ptr), within.sum(axis=1))
+    for c in range(len(customers)):
+        assert np.array_equal(neighbours[ptr[c] : ptr[c + 1]], np.flatnonzero(within[c]))

@@ -1,10 +1,15 @@
-"""Cross-checks between definitions: references, columns, types and SQL snippets."""
+"""Cross-checks between definitions: references, columns, types and SQL snippets.
+
+Every check runs, even when an earlier one found problems, so that one load reports everything wrong;
+a check only skips what it cannot judge (e.g. columns of a group whose source does not exist), and request
+features that use a broken group's features are not checked against them (that group is already reported).
+"""
 
 from __future__ import annotations
 
 from trellis import expr
 from trellis.errors import Problem, did_you_mean
-from trellis.spec import FeatureGroup, Project, RequestFeatures, Source
+from trellis.spec import FeatureGroup, Project, RequestFeatures, Source, column_name
 from trellis.types import mapping
 
 _NUMERIC_AGGS = {"sum", "mean", "std"}
@@ -14,21 +19,28 @@ def check_project(project: Project) -> list[Problem]:
     problems: list[Problem] = []
     for source in project.sources.values():
         problems += _check_source(project, source)
-    if problems:
-        return problems
+    broken: set[str] = set()
     for group in project.feature_groups.values():
-        problems += _check_group(project, group)
-    if problems:
-        return problems
+        found = _check_group(project, group)
+        if found:
+            broken.add(group.name)
+        problems += found
     for request in project.request_features.values():
-        problems += _check_request(project, request)
+        problems += _check_request(project, request, broken)
     return problems
 
 
 def _check_source(project: Project, source: Source) -> list[Problem]:
     out = []
-    if (source.table is None) == (source.path is None):
-        out.append(project.problem(source, ("table",), "give exactly one of 'table' or 'path'"))
+    if source.table is not None and source.path is not None:
+        out.append(project.problem(
+            source, ("path",),
+            f"give either 'table' or 'path', not both (table: {source.table!r}, path: {source.path!r})"))
+    elif source.table is None and source.path is None:
+        out.append(project.problem(
+            source, ("table",),
+            "missing 'table' or 'path': where the rows are (a DuckDB table such as raw.transactions, "
+            "or a .parquet / .csv file)"))
     if source.path is not None and not source.path.endswith((".parquet", ".csv")):
         out.append(project.problem(source, ("path",), f"{source.path!r} must be a .parquet or .csv file"))
     for field in ("event_time", "available_at", "primary_key"):
@@ -37,7 +49,8 @@ def _check_source(project: Project, source: Source) -> list[Problem]:
             continue
         if column not in source.columns:
             out.append(project.problem(
-                source, (field,), f"unknown column {column!r}{did_you_mean(column, source.columns)}"))
+                source, (field,),
+                f"unknown column {column!r} in source {source.name!r}{did_you_mean(column, source.columns)}"))
         elif field != "primary_key" and source.columns[column].type != "timestamp":
             out.append(project.problem(
                 source, (field,), f"column {column!r} must be a timestamp, not {source.columns[column].type}"))
@@ -46,7 +59,8 @@ def _check_source(project: Project, source: Source) -> list[Problem]:
 
 def _check_group(project: Project, group: FeatureGroup) -> list[Problem]:
     out = []
-    if group.entity not in project.entities:
+    entity = project.entities.get(group.entity)
+    if entity is None:
         out.append(project.problem(
             group, ("entity",), f"unknown entity {group.entity!r}{did_you_mean(group.entity, project.entities)}"))
     if group.source not in project.sources:
@@ -55,22 +69,12 @@ def _check_group(project: Project, group: FeatureGroup) -> list[Problem]:
     if group.spine is not None and group.spine not in project.sources:
         out.append(project.problem(
             group, ("spine",), f"unknown source {group.spine!r}{did_you_mean(group.spine, project.sources)}"))
-    if out:
-        return out
+    out += _check_feature_names(project, group)
+    if group.source not in project.sources:
+        return out  # columns, filter and expressions are all judged against the source
     source = project.sources[group.source]
-    entity = project.entities[group.entity]
-    key = project.key_column(group)
-    for role, table in (("source", source), ("spine", project.spine_of(group))):
-        if key not in table.columns:
-            out.append(project.problem(
-                group, ("key_column" if group.key_column else "entity",),
-                f"{role} {table.name!r} has no key column {key!r} for entity {entity.name!r}"
-                f"{did_you_mean(key, table.columns)}"))
-        elif table.columns[key].type != entity.key_type:
-            out.append(project.problem(
-                group, ("entity",),
-                f"{role} column {table.name}.{key} is {table.columns[key].type} but entity "
-                f"{entity.name!r} keys are {entity.key_type}"))
+    if entity is not None:
+        out += _check_key(project, group, source)
     types = {name: column.type for name, column in source.columns.items()}
     if group.filter is not None:
         try:
@@ -80,10 +84,15 @@ def _check_group(project: Project, group: FeatureGroup) -> list[Problem]:
     for index, feature in enumerate(group.features):
         at = ("features", index)
         if feature.column is not None and feature.expr is not None:
-            out.append(project.problem(group, (*at, "expr"), "give either 'column' or 'expr', not both"))
+            out.append(project.problem(
+                group, (*at, "expr"),
+                f"feature {feature.name!r} gives both 'column' ({feature.column!r}) and 'expr'; give only one"))
             continue
         if feature.agg != "count" and feature.column is None and feature.expr is None:
-            out.append(project.problem(group, (*at, "agg"), f"aggregation {feature.agg!r} needs a 'column' or 'expr'"))
+            out.append(project.problem(
+                group, (*at, "agg"),
+                f"aggregation {feature.agg!r} of feature {feature.name!r} needs a 'column' or an 'expr' "
+                f"to aggregate (only 'count' works without one)"))
             continue
         if feature.column is not None:
             if feature.column not in source.columns:
@@ -96,26 +105,74 @@ def _check_group(project: Project, group: FeatureGroup) -> list[Problem]:
             if feature.agg in _NUMERIC_AGGS and not mapping(input_type).numeric:
                 out.append(project.problem(
                     group, (*at, "column"),
-                    f"{feature.agg} needs a numeric column; {feature.column!r} is {input_type}"))
+                    f"aggregation {feature.agg!r} needs a numeric column, but {source.name}.{feature.column} "
+                    f"is {input_type}"))
         if feature.expr is not None:
             try:
                 expr.check(feature.expr, types, expect="numeric" if feature.agg in _NUMERIC_AGGS else None)
             except expr.ExpressionError as exc:
                 out.append(project.problem(group, (*at, "expr"), str(exc)))
-    names = [f.name for f in project.features(group)]
-    for name in {n for n in names if names.count(n) > 1}:
-        out.append(project.problem(group, ("features",), f"feature column {name!r} is produced twice"))
     return out
 
 
-def _check_request(project: Project, request: RequestFeatures) -> list[Problem]:
+def _check_key(project: Project, group: FeatureGroup, source: Source) -> list[Problem]:
+    out = []
+    entity = project.entities[group.entity]
+    key = project.key_column(group)
+    field = "key_column" if group.key_column else "entity"
+    tables = [("source", source)]
+    if group.spine is not None and group.spine != group.source and group.spine in project.sources:
+        tables.append(("spine", project.sources[group.spine]))
+    for role, table in tables:
+        if key not in table.columns:
+            out.append(project.problem(
+                group, (field,),
+                f"{role} {table.name!r} has no key column {key!r} for entity {entity.name!r}"
+                f"{did_you_mean(key, table.columns)}"))
+        elif table.columns[key].type != entity.key_type:
+            out.append(project.problem(
+                group, (field,),
+                f"key type mismatch: {role} column {table.name}.{key} is {table.columns[key].type}, but entity "
+                f"{entity.name!r} has key_type {entity.key_type}"))
+    return out
+
+
+def _check_feature_names(project: Project, group: FeatureGroup) -> list[Problem]:
+    out = []
+    first: dict[str, int] = {}
+    for index, feature in enumerate(group.features):
+        for window in feature.windows or [None]:
+            name = column_name(feature, window)
+            if name in first and first[name] != index:
+                out.append(project.problem(
+                    group, ("features", index, "name"),
+                    f"feature column {name!r} is produced twice (features[{first[name]}] and features[{index}] "
+                    f"of group {group.name!r}); rename one"))
+            first.setdefault(name, index)
+    return out
+
+
+def _check_request(project: Project, request: RequestFeatures, broken: set[str]) -> list[Problem]:
     out = []
     available = dict(request.request_schema)
-    for name, feature in project.all_features().items():
-        available[name] = feature.dtype
+    unjudged: set[str] = set()  # features of groups with problems of their own
+    for group in project.feature_groups.values():
+        if group.name in broken:
+            unjudged |= {f"{group.name}__{column_name(f, w)}" for f in group.features for w in f.windows or [None]}
+            continue
+        for feature in project.features(group):
+            available.setdefault(feature.qualified, feature.dtype)
+    seen: dict[str, int] = {}
     for index, feature in enumerate(request.features):
+        if feature.name in seen:
+            out.append(project.problem(
+                request, ("features", index, "name"),
+                f"duplicate request feature {feature.name!r} (also features[{seen[feature.name]}])"))
+        seen.setdefault(feature.name, index)
         try:
-            expr.check(feature.expr, available)
+            if set(expr.parse(feature.expr).columns) & unjudged:
+                continue
+            expr.check(feature.expr, available, unknown="request field or feature")
         except expr.ExpressionError as exc:
             out.append(project.problem(request, ("features", index, "expr"), str(exc)))
     return out

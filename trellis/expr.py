@@ -9,11 +9,13 @@ with the offending name, before any pipeline runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import ibis
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import sqlglot
 from sqlglot import exp
@@ -36,20 +38,49 @@ class Parsed:
         return sorted({c.name for c in self.tree.find_all(exp.Column)})
 
 
+def _syntax_message(text: str, error: dict) -> str:
+    """sqlglot's parse error, without its internals (class names), pointing at the column."""
+    description = str(error.get("description", "")).strip()
+    near, col = error.get("highlight") or "", error.get("col")
+    if description.startswith("Required keyword"):
+        description = f"{near!r} is missing an operand" if near else "incomplete expression"
+    elif description.startswith("Expecting "):
+        description = f"expected {description.removeprefix('Expecting ').strip()!r}"
+    elif description.startswith("Invalid expression / Unexpected token"):
+        description = f"unexpected {near!r}" if near else "unexpected token"
+    where = f" at column {col}" if col else ""
+    return f"SQL syntax error in {text!r}{where}: {description}"
+
+
 @lru_cache(maxsize=4096)
 def parse(text: str) -> Parsed:
+    if not str(text).strip():
+        raise ExpressionError("empty SQL expression")
     try:
         statements = sqlglot.parse(text, dialect="duckdb")
     except sqlglot.errors.ParseError as exc:
-        first = exc.errors[0] if exc.errors else {}
-        raise ExpressionError(f"SQL syntax error in {text!r}: {first.get('description', exc)}") from None
+        raise ExpressionError(_syntax_message(text, exc.errors[0] if exc.errors else {})) from None
+    except sqlglot.errors.TokenError:
+        hint = " (unterminated string? close it with ')" if text.count("'") % 2 else ""
+        raise ExpressionError(f"SQL syntax error in {text!r}: cannot read it as SQL{hint}") from None
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
-        raise ExpressionError(f"expected one SQL expression, got {len(statements)} statements in {text!r}")
+        raise ExpressionError(
+            f"expected one SQL expression, got {len(statements)} statements in {text!r} "
+            f"(a snippet is a single expression, without ';')"
+        )
     tree = statements[0]
-    if isinstance(tree, exp.Query | exp.DDL | exp.DML | exp.Command):
+    if _is_statement(tree):
         raise ExpressionError(f"expected an expression, not a {tree.key.upper()} statement: {text!r}")
+    if tree.find(exp.Query) is not None:
+        raise ExpressionError(f"subqueries are not supported in {text!r}; use columns of the row")
     return Parsed(text, tree)
+
+
+def _is_statement(tree: exp.Expression) -> bool:
+    # DROP, ALTER, SET, PRAGMA, ... are not subclasses of exp.DDL; sqlglot keeps them in its ddl module.
+    module = type(tree).__module__.rsplit(".", 1)[-1]
+    return isinstance(tree, exp.Query | exp.DDL | exp.DML | exp.Command) or module in ("ddl", "dml", "query")
 
 
 # DuckDB semantics for the date parts authors use most; ibis spells them differently.
@@ -99,8 +130,64 @@ SUPPORTED_FUNCTIONS = sorted(
 )
 
 
-def to_ibis(parsed: Parsed, columns: Mapping[str, ir.Value]) -> ir.Value:
-    """Translate a parsed snippet into an Ibis value over ``columns`` (name -> Ibis column)."""
+# What each operator / function accepts, for type errors that name the offending argument. Ibis would reject
+# most of these too, but with messages about its own classes, and it accepts some SQL does not ('a' + 'b').
+def _numeric(dtype: dt.DataType) -> bool:
+    return dtype.is_numeric()
+
+
+def _boolean(dtype: dt.DataType) -> bool:
+    return dtype.is_boolean()
+
+
+def _timestamp(dtype: dt.DataType) -> bool:
+    return dtype.is_timestamp()
+
+
+def _temporal(dtype: dt.DataType) -> bool:
+    return dtype.is_timestamp() or dtype.is_date()
+
+
+_NEEDS: dict[type[exp.Expression], tuple[str, Callable[[dt.DataType], bool]]] = {
+    **{k: ("a timestamp", _timestamp) for k in (exp.Hour, exp.Minute)},
+    **{k: ("a timestamp or date", _temporal) for k in (exp.DayOfWeek, exp.Day, exp.Month, exp.Year)},
+    **{k: ("a number", _numeric) for k in (exp.Abs, exp.Ln, exp.Sqrt, exp.Floor, exp.Ceil, exp.Exp, exp.Neg,
+                                            exp.Round, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)},
+    **{k: ("a boolean", _boolean) for k in (exp.Not, exp.And, exp.Or, exp.If)},
+}
+_OPERATORS = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%", exp.EQ: "=", exp.NEQ: "<>",
+              exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<=", exp.And: "AND", exp.Or: "OR",
+              exp.Not: "NOT", exp.Neg: "unary -", exp.In: "IN", exp.Between: "BETWEEN", exp.Is: "IS"}
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In, exp.Between)
+
+
+def type_name(dtype: dt.DataType) -> str:
+    """The logical type name authors know (int64, string, ...), or ibis's name for anything else."""
+    if dtype.is_null():
+        return "NULL"
+    try:
+        return logical_type(dtype)
+    except ExpressionError:
+        return str(dtype)
+
+
+def _operator(node: exp.Expression) -> str:
+    kind = type(node)
+    if kind in _OPERATORS:
+        return repr(_OPERATORS[kind])
+    if kind is exp.Anonymous:
+        return f"{node.name.lower()}()"
+    if isinstance(node, exp.Func):
+        return f"{node.sql_name().lower().replace('_', '')}()"
+    return repr(node.key)
+
+
+def to_ibis(parsed: Parsed, columns: Mapping[str, ir.Value], unknown: str = "column") -> ir.Value:
+    """Translate a parsed snippet into an Ibis value over ``columns`` (name -> Ibis column).
+
+    ``unknown`` names what an unknown identifier is called in the error ('column', 'request field or
+    feature')."""
+    text = parsed.text
 
     def lit(node: exp.Literal) -> ir.Value:
         if node.is_string:
@@ -108,12 +195,41 @@ def to_ibis(parsed: Parsed, columns: Mapping[str, ir.Value]) -> ir.Value:
         text = node.this
         return ibis.literal(float(text)) if any(ch in text for ch in ".eE") else ibis.literal(int(text))
 
-    def go(node: exp.Expression) -> ir.Value:
+    def need(node: exp.Expression, child: exp.Expression, value: ir.Value) -> ir.Value:
+        what, ok = _NEEDS[type(node)]
+        dtype = value.type()
+        if not (dtype.is_null() or ok(dtype)):
+            raise ExpressionError(
+                f"type error in {text!r}: {_operator(node)} needs {what}, but {child.sql(dialect='duckdb')} "
+                f"is {type_name(dtype)}"
+            )
+        return value
+
+    def unary(kind: type[exp.Expression], node: exp.Expression, child: exp.Expression) -> ir.Value:
+        value = go(child)
+        if kind in _NEEDS:
+            # extract(hour from x) checks as hour(x)
+            need(node if type(node) is kind else kind(this=child), child, value)
+        return _UNARY[kind](value)
+
+    def binary(node: exp.Expression) -> ir.Value:
+        left, right = go(node.this), go(node.expression)
+        if type(node) in _NEEDS:
+            need(node, node.this, left)
+            need(node, node.expression, right)
+        # NULL takes the other side's type, as in SQL ('x + NULL' is a NULL number, not an error).
+        if left.type().is_null() and not right.type().is_null():
+            left = ibis.null().cast(right.type())
+        elif right.type().is_null() and not left.type().is_null():
+            right = ibis.null().cast(left.type())
+        return _BINARY[type(node)](left, right)
+
+    def build(node: exp.Expression) -> ir.Value:
         kind = type(node)
         if kind is exp.Column:
             name = node.name
             if name not in columns:
-                raise ExpressionError(f"unknown column {name!r}{did_you_mean(name, columns)}")
+                raise ExpressionError(f"unknown {unknown} {name!r}{suggest(name, columns)}")
             return columns[name]
         if kind is exp.Literal:
             return lit(node)
@@ -122,16 +238,21 @@ def to_ibis(parsed: Parsed, columns: Mapping[str, ir.Value]) -> ir.Value:
         if kind is exp.Null:
             return ibis.null()
         if kind in _UNARY:
-            return _UNARY[kind](go(node.this))
+            return unary(kind, node, node.this)
         if kind in _BINARY:
-            return _BINARY[kind](go(node.this), go(node.expression))
+            return binary(node)
         if kind is exp.Extract:
             part = node.this.name.lower()
             if part not in _EXTRACT_PARTS:
                 raise ExpressionError(f"extract({part}) is not supported; use one of {sorted(_EXTRACT_PARTS)}")
-            return _UNARY[_EXTRACT_PARTS[part]](go(node.expression))
+            return unary(_EXTRACT_PARTS[part], node, node.expression)
         if kind is exp.In:
-            return go(node.this).isin([go(e) for e in node.expressions])
+            if node.args.get("query") is not None or node.args.get("unnest") is not None:
+                raise ExpressionError(f"only 'x IN (a, b, ...)' with a list of values is supported: {text!r}")
+            value, options = go(node.this), [go(e) for e in node.expressions]
+            for option in options:
+                value == option  # noqa: B015 - raises when the types cannot be compared
+            return value.isin(options)
         if kind is exp.Between:
             return go(node.this).between(go(node.args["low"]), go(node.args["high"]))
         if kind is exp.Is:
@@ -146,47 +267,105 @@ def to_ibis(parsed: Parsed, columns: Mapping[str, ir.Value]) -> ir.Value:
             fn = ibis.greatest if kind is exp.Greatest else ibis.least
             return fn(go(node.this), *[go(e) for e in node.expressions])
         if kind is exp.Round:
+            value = need(node, node.this, go(node.this))
             decimals = node.args.get("decimals")
-            return go(node.this).round(int(decimals.this) if decimals is not None else 0)
+            if decimals is None:
+                return value.round(0)
+            if not (isinstance(decimals, exp.Literal) and not decimals.is_string and decimals.this.isdigit()):
+                raise ExpressionError(
+                    f"round() takes a whole number of decimals, got {decimals.sql(dialect='duckdb')} in {text!r}")
+            return value.round(int(decimals.this))
         if kind is exp.If:
+            need(node, node.this, go(node.this))
             false = node.args.get("false")
             return ibis.ifelse(go(node.this), go(node.args["true"]), go(false) if false else ibis.null())
         if kind is exp.Case:
             if node.this is not None:
                 raise ExpressionError("use 'CASE WHEN cond THEN …' (searched CASE), not 'CASE x WHEN …'")
-            builder = ibis.cases(*[(go(branch.this), go(branch.args["true"])) for branch in node.args["ifs"]],
-                                 else_=go(node.args["default"]) if node.args.get("default") else None)
-            return builder
+            branches = []
+            for branch in node.args["ifs"]:
+                condition = go(branch.this)
+                if not (condition.type().is_boolean() or condition.type().is_null()):
+                    raise ExpressionError(
+                        f"type error in {text!r}: CASE WHEN needs a boolean condition, but "
+                        f"{branch.this.sql(dialect='duckdb')} is {type_name(condition.type())}")
+                branches.append((condition, go(branch.args["true"])))
+            default = node.args.get("default")
+            return ibis.cases(*branches, else_=go(default) if default is not None else None)
         if kind in (exp.Cast, exp.TryCast):
             target = node.to.this.name
             if target not in _CASTS:
                 raise ExpressionError(f"cast to {target} is not supported; use one of {sorted(_CASTS)}")
             return go(node.this).cast(mapping(_CASTS[target]).ibis)
-        name = node.sql_name() if kind is not exp.Anonymous else node.name
+        if kind is exp.Alias:
+            raise ExpressionError(
+                f"unexpected alias {node.alias!r} in {text!r} (a missing operator between two names?)")
+        if isinstance(node, exp.AggFunc):
+            raise ExpressionError(
+                f"aggregate function {node.sql_name().lower()!r} in {text!r}: snippets are evaluated per row; "
+                f"aggregate with a feature's 'agg' and 'windows' instead")
+        if not isinstance(node, exp.Func):
+            raise ExpressionError(f"unsupported SQL construct {node.sql(dialect='duckdb')!r} in {text!r}")
+        name = (node.sql_name() if kind is not exp.Anonymous else node.name).lower()
         raise ExpressionError(
-            f"unsupported function or operator {name.lower()!r}"
-            f"{did_you_mean(name.lower(), SUPPORTED_FUNCTIONS)}; supported functions: {', '.join(SUPPORTED_FUNCTIONS)}"
+            f"unsupported function or operator {name!r} in {text!r}"
+            f"{did_you_mean(name, SUPPORTED_FUNCTIONS)}; supported functions: {', '.join(SUPPORTED_FUNCTIONS)}"
         )
 
-    try:
-        return go(parsed.tree)
-    except ExpressionError:
-        raise
-    except (TypeError, AttributeError, NotImplementedError, ibis.common.exceptions.IbisTypeError) as exc:
-        raise ExpressionError(f"type error in {parsed.text!r}: {exc}") from None
+    def go(node: exp.Expression) -> ir.Value:
+        try:
+            return build(node)
+        except ExpressionError:
+            raise
+        except Exception as exc:  # ibis rejecting a combination of types; say which, in SQL terms
+            raise ExpressionError(_type_error(text, node, exc, build)) from None
+
+    return go(parsed.tree)
 
 
-def check(text: str, column_types: Mapping[str, str], expect: str | None = None) -> str:
+def _type_error(text: str, node: exp.Expression, exc: Exception,
+                build: Callable[[exp.Expression], ir.Value]) -> str:
+    operands = []
+    for child in node.iter_expressions():
+        if isinstance(child, exp.DataType | exp.Var | exp.Identifier):
+            continue
+        try:
+            operands.append(f"{child.sql(dialect='duckdb')} is {type_name(build(child).type())}")
+        except Exception:  # best effort: the message is still useful without the operand
+            continue
+    detail = "; ".join(operands) if operands else str(exc).splitlines()[0]
+    if isinstance(node, _COMPARISONS):
+        return f"type error in {text!r}: cannot compare these with {_operator(node)}: {detail}"
+    return f"type error in {text!r}: {_operator(node)} cannot combine these types: {detail}"
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """did-you-mean for an unknown name. Knows feature names are qualified ('group__feature'): an author
+    who writes 'avg_amount_30d' is pointed at 'customer_spending__avg_amount_30d'."""
+    choices = list(choices)
+    qualified = sorted(c for c in choices if c.endswith(f"__{name}"))
+    if qualified:
+        return f" (did you mean {' or '.join(repr(c) for c in qualified[:3])}?)"
+    hint = did_you_mean(name, choices)
+    if hint:
+        return hint
+    short = {c.split("__", 1)[1]: c for c in choices if "__" in c}
+    match = difflib.get_close_matches(name, list(short), n=1, cutoff=0.75)
+    return f" (did you mean {short[match[0]]!r}?)" if match else ""
+
+
+def check(text: str, column_types: Mapping[str, str], expect: str | None = None, unknown: str = "column") -> str:
     """Validate a snippet against typed columns; return its logical result type.
 
-    ``expect='bool'`` for filters, ``'numeric'`` for aggregation inputs."""
+    ``expect='bool'`` for filters, ``'numeric'`` for aggregation inputs. ``unknown`` is what an unknown
+    name is called in the error."""
     table = ibis.table({name: mapping(t).ibis for name, t in column_types.items()}, name="check")
-    value = to_ibis(parse(text), {name: table[name] for name in column_types})
+    value = to_ibis(parse(text), {name: table[name] for name in column_types}, unknown=unknown)
     dtype = value.type()
     if expect == "bool" and not dtype.is_boolean():
-        raise ExpressionError(f"{text!r} must be a boolean condition, but it is {dtype}")
+        raise ExpressionError(f"{text!r} must be a boolean condition, but it is {type_name(dtype)}")
     if expect == "numeric" and not (dtype.is_numeric() or dtype.is_boolean()):
-        raise ExpressionError(f"{text!r} must be numeric, but it is {dtype}")
+        raise ExpressionError(f"{text!r} must be numeric, but it is {type_name(dtype)}")
     return logical_type(dtype)
 
 

@@ -12,10 +12,20 @@ import hashlib
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from trellis.errors import DefinitionError, Problem, did_you_mean
 from trellis.types import LOGICAL_TYPES, LogicalType, aggregate_output_type
@@ -24,18 +34,72 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
+DURATION_PATTERN = r"^[0-9]+[smhdw]$"
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_UNIT_WORDS = {
+    "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "min": "m", "mins": "m", "minute": "m", "minutes": "m",
+    "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+    "day": "d", "days": "d", "week": "w", "weeks": "w", "wk": "w", "wks": "w",
+}
 AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std", "count_distinct", "last", "first")
+# Names people reach for from SQL / pandas, mapped to ours; difflib cannot see that 'avg' means 'mean'.
+_ALIASES = {
+    "avg": "mean", "average": "mean", "stddev": "std", "stddev_samp": "std", "stdev": "std",
+    "nunique": "count_distinct", "distinct_count": "count_distinct", "approx_count_distinct": "count_distinct",
+    "total": "sum", "minimum": "min", "maximum": "max", "latest": "last", "earliest": "first",
+    "int": "int64", "integer": "int64", "bigint": "int64", "long": "int64", "smallint": "int32",
+    "double": "float64", "float": "float64", "real": "float64", "decimal": "float64", "number": "float64",
+    "boolean": "bool", "str": "string", "text": "string", "varchar": "string",
+    "datetime": "timestamp", "timestamptz": "timestamp",
+}
 
 
-def parse_duration(text: str) -> timedelta:
+def _duration_hint(text: str) -> str:
+    """' (did you mean '7d'?)' for '7days', '7 d', '1 hour'; else ''."""
+    match = re.match(r"^\s*\+?(\d+)\s*([A-Za-z]+)\s*$", text)
+    if not match:
+        return ""
+    unit = match.group(2).lower()
+    unit = _UNIT_WORDS.get(unit, unit if unit in _UNIT_SECONDS else "")
+    return f" (did you mean '{int(match.group(1))}{unit}'?)" if unit else ""
+
+
+def parse_duration(text: str, what: str = "duration") -> timedelta:
     """'30m', '1h', '7d', '2w' -> timedelta. Raises ValueError naming the bad value."""
     match = _DURATION.match(str(text).strip())
     if not match:
+        if re.match(r"^\s*-\s*\d", str(text)):
+            raise ValueError(f"invalid {what} {text!r}: must not be negative")
         raise ValueError(
-            f"invalid duration {text!r}: expected a whole number followed by s, m, h, d or w (e.g. '7d', '1h')"
+            f"invalid {what} {text!r}: expected a whole number followed by s, m, h, d or w (e.g. '7d', '1h')"
+            f"{_duration_hint(str(text))}"
         )
     return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _duration_field(what: str, positive: bool) -> Any:
+    """A duration string in a definition. Accepts only strings (``[7]`` is a forgotten unit, not seven
+    somethings) and names the field in its error."""
+
+    def validate(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(
+                f"invalid {what} {value!r}: expected a string like '7d' or '1h' (a number and a unit s, m, h, d, w)"
+            )
+        if parse_duration(value, what) <= timedelta(0) and positive:
+            raise ValueError(f"invalid {what} {value!r}: must be positive")
+        return value
+
+    return Annotated[
+        str,
+        PlainValidator(validate),
+        WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["1h", "7d"]}),
+    ]
+
+
+Window = _duration_field("window", positive=True)
+Delay = _duration_field("delay", positive=False)
 
 
 class _Strict(BaseModel):
@@ -73,18 +137,12 @@ class Source(_Strict):
     event_time: str
     available_at: str | None = Field(None, description="When a row became known; defaults to event_time.")
     primary_key: str | None = None
-    columns: dict[str, Column]
+    columns: dict[Name, Column] = Field(
+        json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN, "maxLength": 63}, "minProperties": 1}
+    )
     on_violation: Literal["quarantine", "fail"] = "quarantine"
     description: str = ""
     owner: str = ""
-
-    @field_validator("columns")
-    @classmethod
-    def _column_names(cls, columns: dict[str, Column]) -> dict[str, Column]:
-        for name in columns:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"column name {name!r} must be snake_case")
-        return columns
 
     @property
     def relation(self) -> str:
@@ -96,26 +154,19 @@ class Aggregation(_Strict):
     agg: Literal["count", "sum", "mean", "min", "max", "std", "count_distinct", "last", "first"]
     column: str | None = None
     expr: str | None = Field(None, description="A SQL expression over the source row, instead of column.")
-    windows: list[str] = Field(default_factory=list, description="Empty means the entity's whole history.")
-    delay: str | None = Field(None, description="Overrides the group's delay for this feature.")
+    windows: list[Window] = Field(default_factory=list, description="Empty means the entity's whole history.")
+    delay: Delay | None = Field(None, description="Overrides the group's delay for this feature.")
     description: str = ""
 
     @field_validator("windows")
     @classmethod
     def _windows(cls, windows: list[str]) -> list[str]:
-        for window in windows:
-            if parse_duration(window) <= timedelta(0):
-                raise ValueError(f"window {window!r} must be positive")
-        if len(set(windows)) != len(windows):
-            raise ValueError(f"windows repeat: {windows}")
+        repeated = sorted({w for w in windows if windows.count(w) > 1}, key=windows.index)
+        if repeated:
+            raise ValueError(
+                f"window {repeated[0]!r} is listed twice in [{', '.join(windows)}]; each window makes one column"
+            )
         return windows
-
-    @field_validator("delay")
-    @classmethod
-    def _delay(cls, delay: str | None) -> str | None:
-        if delay is not None:
-            parse_duration(delay)
-        return delay
 
 
 class FeatureGroup(_Strict):
@@ -125,7 +176,7 @@ class FeatureGroup(_Strict):
     source: str
     key_column: str | None = Field(None, description="Source column holding the entity key; default the join key.")
     filter: str | None = Field(None, description="SQL boolean over the source row; other rows are ignored.")
-    delay: str = "0s"
+    delay: Delay = "0s"
     include_current: bool = False
     spine: str | None = Field(None, description="Source whose events the offline feature table is computed at.")
     online: bool = True
@@ -133,12 +184,6 @@ class FeatureGroup(_Strict):
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
     features: list[Aggregation] = Field(min_length=1)
-
-    @field_validator("delay")
-    @classmethod
-    def _delay(cls, delay: str) -> str:
-        parse_duration(delay)
-        return delay
 
 
 class RequestFeature(_Strict):
@@ -183,18 +228,33 @@ class Feature(BaseModel):
         return f"{self.group}__{self.name}"
 
 
+def column_name(spec: Aggregation, window: str | None) -> str:
+    """Name of the column an aggregation produces at one window (None: whole history)."""
+    return f"{spec.name}_{window}" if window else spec.name
+
+
+def _expression_type(text: str, source: Source) -> str | None:
+    """Result type of a row expression; None when it does not type-check (the checks report why)."""
+    from trellis import expr  # imports ibis; keep it off the plain YAML-loading path
+
+    try:
+        return expr.check(text, {n: c.type for n, c in source.columns.items()})
+    except expr.ExpressionError:
+        return None
+
+
 def features_of(group: FeatureGroup, source: Source) -> list[Feature]:
     out = []
     for spec in group.features:
         input_type = source.columns[spec.column].type if spec.column in source.columns else None
         if spec.expr is not None:
-            input_type = "float64"
+            input_type = _expression_type(spec.expr, source)
         delay = parse_duration(spec.delay or group.delay)
         for label in spec.windows or [None]:
             out.append(
                 Feature(
                     group=group.name,
-                    name=f"{spec.name}_{label}" if label else spec.name,
+                    name=column_name(spec, label),
                     agg=spec.agg,
                     column=spec.column,
                     expr=spec.expr,
@@ -214,35 +274,66 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that also records the line of every mapping key and sequence item."""
 
 
+def _yaml_problem(exc: yaml.YAMLError, path: Path) -> Problem:
+    """A parser error as a Problem at the line PyYAML stopped, with a hint for the usual causes."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    message = f"malformed YAML: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if "'\\t'" in problem:
+        message += " (YAML indentation must use spaces, not tabs)"
+    elif "mapping values are not allowed" in problem:
+        message += " (check the indentation of this line, or quote a value that contains ': ')"
+    elif context and context_mark is not None and context_mark.line + 1 != line:
+        # e.g. an unclosed '[': PyYAML notices on a later line; name the line where it started.
+        message += f" ({context} started on line {context_mark.line + 1})"
+    elif context:
+        message += f" ({context})"
+    return Problem(path, line, "", message)
+
+
 def _load_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
     loader = _LineLoader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise DefinitionError([Problem(path, line, "", f"malformed YAML: {problem}")]) from None
-    finally:
-        loader.dispose()
     lines: dict[tuple, int] = {}
+    duplicates: list[Problem] = []
 
     def build(node: yaml.Node | None, at: tuple) -> Any:
         if node is None:
             return None
         lines.setdefault(at, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            out = {}
+            out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = loader.construct_object(key_node, deep=True)
-                lines[(*at, key)] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, str | int | float | bool):
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"a mapping key must be a plain name, got {key!r}", key_node.start_mark)
+                if key in out:
+                    # Like pydantic problems, the field leaves out the item index of a file holding a list.
+                    field = ".".join(str(p) for p in (*at, key)[1 if root_is_list else 0:])
+                    duplicates.append(Problem(
+                        path, line, field, f"duplicate key {key!r} (already set on line {lines[(*at, key)]})"))
+                    continue
+                lines[(*at, key)] = line
                 out[key] = build(value_node, (*at, key))
             return out
         if isinstance(node, yaml.SequenceNode):
             return [build(item, (*at, i)) for i, item in enumerate(node.value)]
         return loader.construct_object(node, deep=True)
 
-    return build(node, ()), lines
+    try:
+        root = loader.get_single_node()
+        root_is_list = isinstance(root, yaml.SequenceNode)
+        data = build(root, ())
+    except yaml.YAMLError as exc:
+        raise DefinitionError([_yaml_problem(exc, path)]) from None
+    finally:
+        loader.dispose()
+    if duplicates:
+        raise DefinitionError(duplicates)
+    return data, lines
 
 
 def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
@@ -317,6 +408,79 @@ def definition_files(root: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
+def snake_case(text: str) -> str:
+    """'CustomerSpending' / 'tx-count' / 'Avg Amount' -> 'customer_spending' / 'tx_count' / 'avg_amount'."""
+    text = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", str(text))
+    text = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+    return re.sub(r"^[^a-z]+", "", text)
+
+
+def _suggest(value: Any, options: list[str]) -> str:
+    """did-you-mean over options, knowing common synonyms ('avg' -> 'mean', 'integer' -> 'int64')."""
+    alias = _ALIASES.get(str(value).strip().lower())
+    if alias in options:
+        return f" (did you mean {alias!r}?)"
+    return did_you_mean(str(value), options)
+
+
+def _got(value: Any) -> str:
+    return f"got {value!r}" if not isinstance(value, dict | list) else f"got a {type(value).__name__}"
+
+
+def _message(error: Any, loc: tuple) -> tuple[tuple, str]:
+    """A person-readable message for one pydantic error (its raw text names pydantic internals), and the
+    location to report it at."""
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    field = next((p for p in reversed(loc) if isinstance(p, str) and p != "[key]"), "")
+    if kind == "extra_forbidden":
+        fields = _fields_at(error, loc)
+        hint = did_you_mean(str(loc[-1]), fields)
+        return loc, f"unknown field {loc[-1]!r}" + (hint or (f"; allowed fields: {', '.join(fields)}" if fields else ""))
+    if kind == "union_tag_invalid":
+        tag = value.get("kind") if isinstance(value, dict) else None
+        return ("kind",), f"unknown kind {tag!r}{did_you_mean(str(tag), KINDS)}; expected one of {', '.join(KINDS)}"
+    if kind == "union_tag_not_found":
+        return ("kind",), f"missing 'kind' (one of {', '.join(KINDS)})"
+    if kind == "missing":
+        return loc, f"missing required field {loc[-1]!r}"
+    if kind == "literal_error":
+        options = re.findall(r"'([^']+)'", ctx.get("expected", ""))
+        what = {"agg": "aggregation", "type": "type", "key_type": "type"}.get(field, f"value for {field!r}")
+        if loc and loc[0] == "request_schema":
+            what = "type"
+        return loc, f"unknown {what} {value!r}{_suggest(value, options)}; expected one of {', '.join(options)}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
+        what = "column name" if loc[-1] == "[key]" and "columns" in loc else "name"
+        loc = loc[:-1] if loc[-1] == "[key]" else loc
+        guess = snake_case(value)
+        # Suggest only a change of case or separators ('tx-count' -> 'tx_count'), never dropped characters.
+        same = re.sub(r"[^a-z0-9]", "", guess) == re.sub(r"[^a-z0-9]", "", str(value).lower())
+        hint = f" (did you mean {guess!r}?)" if same and guess != value and re.match(NAME_PATTERN, guess) else ""
+        return loc, (f"{what} {value!r} must be snake_case: lowercase letters, digits and '_', "
+                     f"starting with a letter{hint}")
+    if kind == "string_too_long":
+        return loc, f"{value!r} is too long ({len(str(value))} characters; at most {ctx.get('max_length')})"
+    if kind == "value_error":
+        return loc, str(ctx.get("error") or error["msg"].removeprefix("Value error, "))
+    if kind in ("bool_parsing", "bool_type"):
+        return loc, f"expected true or false, {_got(value)}"
+    if kind in ("string_type",):
+        return loc, f"expected a string, {_got(value)}"
+    if kind in ("int_parsing", "int_type", "float_parsing", "float_type", "int_from_float"):
+        return loc, f"expected a number, {_got(value)}"
+    if kind == "list_type":
+        return loc, f"expected a list, {_got(value)}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return loc, f"expected a mapping of fields, {_got(value)}"
+    if kind == "too_short":
+        item = "feature" if field == "features" else "item"
+        return loc, f"needs at least {ctx.get('min_length', 1)} {item}, got none"
+    message = error["msg"]
+    if "input" in error and not isinstance(value, dict):
+        message = f"{message} ({_got(value)})"
+    return loc, message
+
+
 def _pydantic_problems(exc: ValidationError, path: Path, lines: dict[tuple, int], prefix: tuple) -> list[Problem]:
     problems = []
     for error in exc.errors():
@@ -324,42 +488,54 @@ def _pydantic_problems(exc: ValidationError, path: Path, lines: dict[tuple, int]
         # The discriminated union inserts the kind as the first location element; it is not a YAML key.
         if loc and loc[0] in KINDS:
             loc = loc[1:]
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            model_fields = _fields_at(error, loc)
-            message = f"unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), model_fields)}"
-        elif error["type"] == "union_tag_invalid":
-            tag = error.get("input", {}).get("kind") if isinstance(error.get("input"), dict) else None
-            message = f"unknown kind {tag!r}{did_you_mean(str(tag), KINDS)}; expected one of {', '.join(KINDS)}"
-            loc = ("kind",)
-        elif error["type"] == "union_tag_not_found":
-            message = f"missing 'kind' (one of {', '.join(KINDS)})"
-        elif error["type"] == "literal_error" and "input" in error:
-            expected = error.get("ctx", {}).get("expected", "")
-            message = f"invalid value {error['input']!r}; expected {expected}"
-            options = re.findall(r"'([^']+)'", expected)
-            message += did_you_mean(str(error["input"]), options)
-        elif "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], dict):
-            message = f"{message} (got {error['input']!r})"
-        full = (*prefix, *loc)
-        problems.append(Problem(path, _line_for(lines, full), ".".join(str(p) for p in loc), message))
+        loc, message = _message(error, loc)
+        full = (*prefix, *(p for p in loc if p != "[key]"))
+        field = ".".join(str(p) for p in loc if p != "[key]")
+        problems.append(Problem(path, _line_for(lines, full), field, message))
     return problems
 
 
-def _fields_at(error: dict, loc: tuple) -> list[str]:
-    models: dict[str, type[BaseModel]] = {
-        "entity": Entity,
-        "source": Source,
-        "feature_group": FeatureGroup,
-        "request_features": RequestFeatures,
-    }
-    nested: dict[str, type[BaseModel]] = {"features": Aggregation, "columns": Column, "checks": ColumnChecks}
-    model = models.get(error["loc"][0]) if error["loc"] else None
+_MODELS: dict[str, type[BaseModel]] = {
+    "entity": Entity,
+    "source": Source,
+    "feature_group": FeatureGroup,
+    "request_features": RequestFeatures,
+}
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation like list[Aggregation] or dict[str, Column] | None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_container(annotation: Any) -> bool:
+    """list[...] / dict[...] (optionally | None): the next location part is an index or a key."""
+    origin = get_origin(annotation)
+    if origin in (list, dict):
+        return True
+    if origin in (Union, UnionType):
+        return any(_is_container(arg) for arg in get_args(annotation) if arg is not type(None))
+    return False
+
+
+def _fields_at(error: Any, loc: tuple) -> list[str]:
+    """Field names of the model at loc[:-1] (for a did-you-mean on an unknown field)."""
+    model = _MODELS.get(error["loc"][0]) if error["loc"] else None
+    skip = False  # the next location part is a list index or a dict key
     for part in loc[:-1]:
-        if isinstance(part, str) and part in nested:
-            model = nested[part]
-            if part == "features" and error["loc"][0] == "request_features":
-                model = RequestFeature
+        if skip:
+            skip = False
+            continue
+        info = model.model_fields.get(str(part)) if model is not None else None
+        if info is None:
+            return []
+        model, skip = _model_in(info.annotation), _is_container(info.annotation)
     return list(model.model_fields) if model else []
 
 
@@ -372,28 +548,42 @@ def load_project(root: str | Path = ".") -> Project:
     for path in definition_files(root):
         rel = path.relative_to(root)
         try:
-            data, lines = _load_with_lines(path.read_text(), rel)
+            data, lines = _load_with_lines(path.read_text(encoding="utf-8"), rel)
         except DefinitionError as exc:
             problems.extend(exc.problems)
+            continue
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(rel, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+            continue
+        if data is None:
+            problems.append(Problem(rel, None, "", "empty file: expected a definition (a mapping with a 'kind') "
+                                                   "or a list of them"))
             continue
         items = data if isinstance(data, list) else [data]
         for index, item in enumerate(items):
             prefix = (index,) if isinstance(data, list) else ()
             if not isinstance(item, dict):
-                problems.append(Problem(rel, _line_for(lines, prefix), "", "expected a mapping with a 'kind'"))
+                problems.append(Problem(rel, _line_for(lines, prefix), "",
+                                        f"expected a mapping with a 'kind', {_got(item)}"))
                 continue
             try:
                 parsed.append((_ADAPTER.validate_python(item), rel, lines, prefix))
             except ValidationError as exc:
                 problems.extend(_pydantic_problems(exc, rel, lines, prefix))
-    seen: dict[str, Path] = {}
+    # Names are unique across kinds: a feature group and a source both called 'transactions' would make
+    # every generated asset, table and view name ambiguous.
+    seen: dict[str, tuple[str, Path, int | None]] = {}
     for obj, path, lines, prefix in parsed:
+        line = _line_for(lines, (*prefix, "name"))
         if obj.name in seen:
-            problems.append(
-                Problem(path, _line_for(lines, (*prefix, "name")), "name",
-                        f"duplicate name {obj.name!r} (also defined in {seen[obj.name]})")
-            )
-        seen[obj.name] = path
+            kind, first, first_line = seen[obj.name]
+            where = f"{first}:{first_line}" if first_line else str(first)
+            problems.append(Problem(
+                path, line, "name",
+                f"duplicate name {obj.name!r}: already used by the {kind} defined at {where}; "
+                f"names must be unique across all definitions"))
+            continue
+        seen[obj.name] = (obj.kind, path, line)
     project = Project(root, parsed)
     if not problems:
         from trellis.checks import check_project  # cross-checks need DuckDB; import lazily
@@ -405,14 +595,34 @@ def load_project(root: str | Path = ".") -> Project:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema for one definition file (an object or a list of them), for editors."""
+    """JSON Schema for one definition file (an object or a list of them), for editors.
+
+    Objects dispatch on ``kind`` with if/then rather than pydantic's plain oneOf: a validator (or an editor)
+    then reports the actual mistake ("'avg' is not one of ...") instead of "not valid under any of the given
+    schemas"."""
     single = _ADAPTER.json_schema()
     defs = single.pop("$defs", {})
+    refs = single.get("discriminator", {}).get("mapping") or {
+        kind: f"#/$defs/{model.__name__}" for kind, model in _MODELS.items()
+    }
+    definition = {
+        "type": "object",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": list(KINDS)}},
+        "allOf": [
+            {"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": {"$ref": ref}}
+            for kind, ref in refs.items()
+        ],
+    }
+    defs["Definition"] = definition
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Trellis definition",
         "$defs": defs,
-        "oneOf": [single, {"type": "array", "items": single}],
+        "anyOf": [
+            {"$ref": "#/$defs/Definition"},
+            {"type": "array", "items": {"$ref": "#/$defs/Definition"}},
+        ],
     }
 
 

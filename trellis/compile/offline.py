@@ -230,10 +230,10 @@ class GroupCompiler:
 
         partial_cols: dict[str, ir.Value] = {}
         for feature in self.features:
+            if self._whole_by_join(feature):
+                continue  # not mergeable: computed whole by the join below (it has no on-time input)
             w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
             value = timeline[self._input_name(feature, late=False)]
-            if self.late_possible and feature.agg == "count_distinct":
-                continue  # not mergeable: computed whole by the join below
             for k, v in self._partials(feature, value, timeline["__ts"], w).items():
                 partial_cols[f"__p_{feature.name}_{k}"] = v
         windowed = timeline.mutate(**partial_cols).filter(timeline[_SPINE_FLAG])

@@ -1,0 +1,46 @@
+# Two commands set everything up: `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test lint compile check serve dagster bench clean
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv sync --frozen --extra dev --python $(PY)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/trellis validate
+	$(VENV)/bin/trellis compile --check
+	$(PY) -m assets.demo
+
+test: install
+	mkdir -p $(DAGSTER_HOME)
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+check: install
+	$(VENV)/bin/trellis compile --check
+
+compile: install
+	$(VENV)/bin/trellis compile
+
+dagster: install
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+bench: install
+	$(PY) bench/bench_simulate.py
+	$(PY) bench/bench_features.py
+
+clean:
+	rm -rf data dbt_project/target feature_repo/data/*.parquet feature_repo/data/*.db .dagster_home

@@ -1,0 +1,25 @@
+"""The Dagster code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from assets.features.assets import contract_checks, dbt_project, feature_dbt_assets
+from assets.online.assets import feast_registry
+from assets.project import paths
+from assets.raw.assets import reference_data, source_assets
+from assets.resources import Warehouse
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    project_paths = paths()
+    return dg.Definitions(
+        assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry],
+        asset_checks=contract_checks(),
+        resources={
+            "warehouse": Warehouse(path=str(project_paths.warehouse)),
+            "dbt": DbtCliResource(project_dir=dbt_project()),
+        },
+    )
