@@ -19,7 +19,7 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
     started = time.perf_counter()
     definitions = defs()
     result = dg.materialize(
-        list(definitions.assets),
+        [*definitions.assets, *definitions.asset_checks],
         resources=definitions.resources,
         run_config={"ops": {"landing__reference_data": {"config": {"scale": scale, "n_days": n_days}}}},
         raise_on_error=False,

@@ -3,9 +3,13 @@
 """Feast objects for the Trellis feature groups (entities, sources, views, services)."""
 
 from datetime import timedelta
+from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Bool, Float64, Int32, Int64, String, UnixTimestamp  # noqa: F401
+
+# Feast reads FileSource paths relative to the working directory, so anchor them to this repo.
+DATA = Path(__file__).resolve().parent / 'data'
 
 customer = Entity(
     name='customer',
@@ -33,7 +37,7 @@ device = Entity(
 
 customer_spending_source = FileSource(
     name='feat_customer_spending',
-    path='data/feat_customer_spending.parquet',
+    path=str(DATA / 'feat_customer_spending.parquet'),
     timestamp_field='feature_ts',
     description='dbt model feat_customer_spending',
 )
@@ -68,7 +72,7 @@ customer_spending = FeatureView(
 
 device_sharing_source = FileSource(
     name='feat_device_sharing',
-    path='data/feat_device_sharing.parquet',
+    path=str(DATA / 'feat_device_sharing.parquet'),
     timestamp_field='feature_ts',
     description='dbt model feat_device_sharing',
 )
@@ -92,7 +96,7 @@ device_sharing = FeatureView(
 
 terminal_risk_source = FileSource(
     name='feat_terminal_risk',
-    path='data/feat_terminal_risk.parquet',
+    path=str(DATA / 'feat_terminal_risk.parquet'),
     timestamp_field='feature_ts',
     description='dbt model feat_terminal_risk',
 )

@@ -95,7 +95,7 @@ def compile_(project_dir: Path, check: bool) -> None:
 @project_option
 @click.option("--group", "group_name", required=True, help="Feature group to compile.")
 @click.option("--dialect", default="duckdb", show_default=True,
-              help="Any sqlglot/Ibis dialect: duckdb, spark, databricks, snowflake, bigquery, trino, ...")
+              type=click.Choice(["duckdb", "spark", "databricks", "snowflake", "bigquery", "trino", "postgres"]))
 def sql(project_dir: Path, group_name: str, dialect: str) -> None:
     """Print a feature group's point-in-time SQL for an engine (sources appear as their table names)."""
     from trellis.compile.dbt import FeatureModel

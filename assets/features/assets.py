@@ -64,10 +64,35 @@ def feature_dbt_assets() -> dg.AssetsDefinition:
     project = dbt_project()
 
     @dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=TrellisTranslator())
-    def trellis_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-        yield from dbt.cli(["build"], context=context).stream().fetch_row_counts()
+    def trellis_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+        # dbt-duckdb holds the warehouse's file lock for the whole build, so row counts are read after it
+        # (dagster-dbt's fetch_row_counts() would open the file in-process and lock out the checks).
+        events = list(dbt.cli(["build"], context=context).stream())
+        with warehouse.connect() as con:
+            for event in events:
+                relation = _relation(event)
+                if relation is not None:
+                    rows = con.sql(f"select count(*) from {relation}").fetchone()[0]
+                    event = event.with_metadata({**event.metadata, "dagster/row_count": dg.MetadataValue.int(rows)})
+                yield event
 
     return trellis_dbt_models
+
+
+_RELATIONS = {"features": "features.feat_{}", "staging": "staging.stg_{}"}
+
+
+def _relation(event: object) -> str | None:
+    """Warehouse table behind a materialized dbt model's asset key (features/x -> features.feat_x)."""
+    if isinstance(event, dg.Output):
+        path = event.output_name.split("__")  # dbt asset outputs are named by their key, joined by "__"
+    elif isinstance(event, dg.AssetMaterialization):
+        path = event.asset_key.path
+    else:
+        return None
+    if len(path) != 2 or path[0] not in _RELATIONS:
+        return None
+    return _RELATIONS[path[0]].format(path[1])
 
 
 def _contract_check(group_name: str) -> dg.AssetChecksDefinition:

@@ -30,9 +30,13 @@ def feature_definitions(project: Project) -> str:
         '"""Feast objects for the Trellis feature groups (entities, sources, views, services)."""',
         "",
         "from datetime import timedelta",
+        "from pathlib import Path",
         "",
         "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
         "from feast.types import Bool, Float64, Int32, Int64, String, UnixTimestamp  # noqa: F401",
+        "",
+        "# Feast reads FileSource paths relative to the working directory, so anchor them to this repo.",
+        "DATA = Path(__file__).resolve().parent / 'data'",
         "",
     ]
     for entity in project.entities.values():
@@ -53,7 +57,7 @@ def feature_definitions(project: Project) -> str:
         lines += [
             f"{group.name}_source = FileSource(",
             f"    name='feat_{group.name}',",
-            f"    path='data/feat_{group.name}.parquet',",
+            f"    path=str(DATA / 'feat_{group.name}.parquet'),",
             f"    timestamp_field={FEATURE_TS!r},",
             f"    description='dbt model feat_{group.name}',",
             ")",

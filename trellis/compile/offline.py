@@ -294,9 +294,16 @@ class GroupCompiler:
         return self.point_in_time(spine=spine, src=src)
 
 
+# Engines the compiled SQL targets: our name -> Ibis compiler name.
+DIALECTS = {"duckdb": "duckdb", "spark": "pyspark", "databricks": "databricks", "snowflake": "snowflake",
+            "bigquery": "bigquery", "trino": "trino", "postgres": "postgres"}
+
+
 def to_sql(expr: ir.Table, relations: dict[str, str], dialect: str = "duckdb") -> str:
     """SQL for ``expr`` with each source placeholder replaced by a relation (table name, ref(), file)."""
-    sql = ibis.to_sql(expr, dialect=dialect)
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
+    sql = ibis.to_sql(expr, dialect=DIALECTS[dialect])
     for source_name, relation in relations.items():
         quoted = {"bigquery": "`{}`", "databricks": "`{}`", "spark": "`{}`"}.get(dialect, '"{}"')
         sql = sql.replace(quoted.format(placeholder(source_name)), relation)

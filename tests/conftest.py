@@ -1,0 +1,57 @@
+"""Shared fixtures. The end-to-end fixture copies the project to a temp folder so tests never touch the
+working tree's warehouse or Feast registry."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT_PARTS = ("definitions", "dbt_project", "feature_repo")
+
+
+def copy_project(dest: Path) -> Path:
+    """A self-contained copy of the project (definitions, dbt project, Feast repo) without build output."""
+    for part in PROJECT_PARTS:
+        shutil.copytree(REPO / part, dest / part,
+                        ignore=shutil.ignore_patterns("target", "logs", "*.parquet", "*.db", "__pycache__"))
+    return dest
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """The whole asset graph materialized once with real Dagster, dbt, DuckDB and Feast on a small
+    simulated network. Returns (result, project paths)."""
+    root = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
+    saved = {k: os.environ.get(k) for k in ("TRELLIS_PROJECT", "TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE",
+                                           "TRELLIS_FEATURE_EXPORTS", "DBT_PROFILES_DIR")}
+    for key in saved:
+        os.environ.pop(key, None)
+    os.environ["TRELLIS_PROJECT"] = str(root)
+
+    import dagster as dg
+
+    from assets.definitions import defs
+    from assets.project import paths
+
+    definitions = defs()
+    result = dg.materialize(
+        [*definitions.assets, *definitions.asset_checks],
+        resources=definitions.resources,
+        run_config={"ops": {"landing__reference_data": {"config": {"scale": 0.04, "n_days": 50}}}},
+        raise_on_error=False,
+    )
+    yield result, paths()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
