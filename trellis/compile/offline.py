@@ -19,6 +19,7 @@ import zlib
 from datetime import datetime, timedelta
 
 import ibis
+import ibis.config
 import ibis.expr.types as ir
 
 from trellis import expr as sqlexpr
@@ -294,6 +295,10 @@ class GroupCompiler:
         return self.point_in_time(spine=spine, src=src)
 
 
+class _SparkOptions(ibis.config.Config):
+    treat_nan_as_null: bool = False
+
+
 # Engines the compiled SQL targets: our name -> Ibis compiler name.
 DIALECTS = {"duckdb": "duckdb", "spark": "pyspark", "databricks": "databricks", "snowflake": "snowflake",
             "bigquery": "bigquery", "trino": "trino", "postgres": "postgres"}
@@ -303,6 +308,8 @@ def to_sql(expr: ir.Table, relations: dict[str, str], dialect: str = "duckdb") -
     """SQL for ``expr`` with each source placeholder replaced by a relation (table name, ref(), file)."""
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
+    if dialect == "spark" and ibis.options.pyspark is None:
+        ibis.options.pyspark = _SparkOptions()  # normally registered by importing pyspark, not needed to compile
     sql = ibis.to_sql(expr, dialect=DIALECTS[dialect])
     for source_name, relation in relations.items():
         quoted = {"bigquery": "`{}`", "databricks": "`{}`", "spark": "`{}`"}.get(dialect, '"{}"')
