@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 import warnings
 
@@ -16,6 +17,7 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
     from assets.definitions import defs
     from assets.project import paths
 
+    logging.getLogger("dagster").setLevel(logging.WARNING)  # the report below is the summary
     started = time.perf_counter()
     definitions = defs()
     result = dg.materialize(

@@ -495,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio_compiled_baseline_over_handwritten={slowdown:.3f} (target <= 1.5)")
         cpu_slowdown = summary["compiled_baseline"]["cpu"] / summary["handwritten"]["cpu"]
         print(f"ratio_compiled_baseline_over_handwritten_cpu={cpu_slowdown:.3f}")
+        per_round = [b["seconds"] / h["seconds"] for b, h in zip(runs["compiled_baseline"], runs["handwritten"],
+                                                                    strict=True)]
+        print(f"ratio_compiled_baseline_over_handwritten_per_round={','.join(f'{r:.3f}' for r in per_round)} "
+              f"median={statistics.median(per_round):.3f}")
         speedup = None
         if "pandas" in summary:
             speedup = summary["pandas"]["seconds"] / base

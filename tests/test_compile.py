@@ -59,7 +59,7 @@ def test_golden_sql(group: str):
     golden = GOLDEN / f"{group}.sql"
     if os.environ.get("TRELLIS_UPDATE_GOLDEN"):
         golden.write_text(sql)
-    assert sql == golden.read_text(), f"compiled SQL changed; review and set TRELLIS_UPDATE_GOLDEN=1 to accept"
+    assert sql == golden.read_text(), "compiled SQL changed; review and set TRELLIS_UPDATE_GOLDEN=1 to accept"
 
 
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
