@@ -185,8 +185,9 @@ def _handbook_customer(customer_transactions, windows_size_in_days=WINDOWS_DAYS)
     return customer_transactions
 
 
-def _handbook_terminal(terminal_transactions, delay_period=DELAY_DAYS, windows_size_in_days=WINDOWS_DAYS,
-                       feature="TERMINAL_ID"):
+def _handbook_terminal(
+    terminal_transactions, delay_period=DELAY_DAYS, windows_size_in_days=WINDOWS_DAYS, feature="TERMINAL_ID"
+):
     """The handbook's get_count_risk_rolling_window (delay by subtracting the [t-delay, t) window),
     with closed='left'; like the handbook it fills undefined values (empty windows) with 0.
 
@@ -197,8 +198,12 @@ def _handbook_terminal(terminal_transactions, delay_period=DELAY_DAYS, windows_s
     """
     terminal_transactions = terminal_transactions.sort_values("tx_datetime")
     terminal_transactions.index = terminal_transactions.tx_datetime
-    nb_fraud_delay = terminal_transactions["tx_fraud"].rolling(f"{delay_period}d", closed="left").sum().fillna(0)
-    nb_tx_delay = terminal_transactions["tx_fraud"].rolling(f"{delay_period}d", closed="left").count().fillna(0)
+    nb_fraud_delay = (
+        terminal_transactions["tx_fraud"].rolling(f"{delay_period}d", closed="left").sum().fillna(0)
+    )
+    nb_tx_delay = (
+        terminal_transactions["tx_fraud"].rolling(f"{delay_period}d", closed="left").count().fillna(0)
+    )
     for window_size in windows_size_in_days:
         span = f"{delay_period + window_size}d"
         nb_fraud_delay_window = terminal_transactions["tx_fraud"].rolling(span, closed="left").sum()
@@ -270,7 +275,9 @@ def run_pandas(database: str, out_dir: str, modulus: int) -> dict[str, object]:
         customer_out = frame  # the handbook's final frame holds both stages (and its fillna(0) hit both)
     out = Path(out_dir)
     customer_out[["transaction_id", *_PANDAS_NAMES.values()]].to_parquet(out / "pandas_customer.parquet")
-    terminal_out[["transaction_id", *_PANDAS_TERMINAL_NAMES.values()]].to_parquet(out / "pandas_terminal.parquet")
+    terminal_out[["transaction_id", *_PANDAS_TERMINAL_NAMES.values()]].to_parquet(
+        out / "pandas_terminal.parquet"
+    )
     return {
         "load_seconds": load_seconds,
         "customer_seconds": customer_seconds,
@@ -355,8 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="population multiplier (default 1.0)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each DuckDB path; median reported")
     parser.add_argument("--pandas-repeat", type=int, default=1, help="runs of the pandas path (default 1)")
-    parser.add_argument("--pandas-max-seconds", type=float, default=600.0,
-                        help="run pandas at full size only if the pilot estimate is below this (default 600)")
+    parser.add_argument(
+        "--pandas-max-seconds",
+        type=float,
+        default=600.0,
+        help="run pandas at full size only if the pilot estimate is below this (default 600)",
+    )
     parser.add_argument("--skip-pandas", action="store_true", help="DuckDB paths only")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DuckDB file (path printed)")
     args = parser.parse_args(argv)
@@ -391,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                 "SELECT min(available_at - tx_datetime), max(available_at - tx_datetime) FROM raw.fraud_labels"
             ).fetchone()
         if delays[0] != delays[1] or delays[0].days != DELAY_DAYS:
-            raise SystemExit(f"the hand-written floor assumes a fixed {DELAY_DAYS}-day label delay, got {delays}")
+            raise SystemExit(
+                f"the hand-written floor assumes a fixed {DELAY_DAYS}-day label delay, got {delays}"
+            )
 
         t0 = time.perf_counter()
         all_sql = compiled_sql(ROOT)
@@ -411,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = in_fresh_process(run_statements, database, statements, threads)
                 runs[name].append(result)
                 tables = " ".join(f"{t.split('.')[1]}={_fmt(s)}" for t, s in result["per_table"].items())
-                print(f"run path={name} round={round_ + 1} seconds={_fmt(result['seconds'])} "
-                      f"cpu_s={_fmt(result['cpu'])} peak_rss_mib={result['rss']:.0f} {tables}", flush=True)
+                print(
+                    f"run path={name} round={round_ + 1} seconds={_fmt(result['seconds'])} "
+                    f"cpu_s={_fmt(result['cpu'])} peak_rss_mib={result['rss']:.0f} {tables}",
+                    flush=True,
+                )
 
         summary: dict[str, dict[str, float]] = {}
         for name, results in runs.items():
@@ -426,65 +442,93 @@ def main(argv: list[str] | None = None) -> int:
                 "rss": max(r["rss"] for r in results),
                 "rows": n_rows,
             }
-            print(f"{name}_s={_fmt(summary[name]['seconds'])} {name}_cpu_s={_fmt(summary[name]['cpu'])} "
-                  f"{name}_peak_rss_mib={summary[name]['rss']:.0f} {name}_rows={n_rows} "
-                  f"{name}_all_s={','.join(_fmt(r['seconds']) for r in results)}")
+            print(
+                f"{name}_s={_fmt(summary[name]['seconds'])} {name}_cpu_s={_fmt(summary[name]['cpu'])} "
+                f"{name}_peak_rss_mib={summary[name]['rss']:.0f} {name}_rows={n_rows} "
+                f"{name}_all_s={','.join(_fmt(r['seconds']) for r in results)}"
+            )
 
         with duckdb.connect(database, read_only=True) as con:
-            for group, columns in (("customer_spending", CUSTOMER_COLUMNS), ("terminal_risk", TERMINAL_COLUMNS)):
+            for group, columns in (
+                ("customer_spending", CUSTOMER_COLUMNS),
+                ("terminal_risk", TERMINAL_COLUMNS),
+            ):
                 for other in ("hand", "feat"):
                     check = compare_tables(con, f"bench.base_{group}", f"bench.{other}_{group}", columns)
-                    ok = (check["unmatched_rows"] == 0 and check["null_mismatches"] == 0
-                          and check["max_abs_diff"] <= TOLERANCE and check["rows"] == n_rows)
+                    ok = (
+                        check["unmatched_rows"] == 0
+                        and check["null_mismatches"] == 0
+                        and check["max_abs_diff"] <= TOLERANCE
+                        and check["rows"] == n_rows
+                    )
                     label = "compiled_vs_handwritten" if other == "hand" else "baseline_vs_all_features"
-                    print(f"check={label} group={group} rows={check['rows']} "
-                          f"unmatched_rows={check['unmatched_rows']} null_mismatches={check['null_mismatches']} "
-                          f"max_abs_diff={check['max_abs_diff']:.3g} result={'OK' if ok else 'FAIL'}")
+                    print(
+                        f"check={label} group={group} rows={check['rows']} "
+                        f"unmatched_rows={check['unmatched_rows']} null_mismatches={check['null_mismatches']} "
+                        f"max_abs_diff={check['max_abs_diff']:.3g} result={'OK' if ok else 'FAIL'}"
+                    )
                     failed |= not ok
                     values_ok &= ok
 
         pandas_line = "pandas: skipped (--skip-pandas)"
         if not args.skip_pandas:
             pilot = in_fresh_process(run_pandas, database, str(workdir), PILOT_MODULUS)
-            estimate = (pilot["customer_seconds"] * n_rows / max(1, pilot["customer_rows"])
-                        + pilot["terminal_seconds"] * n_rows / max(1, pilot["terminal_rows"]))
-            print(f"pandas_pilot entities=id%{PILOT_MODULUS}==0 customer_rows={pilot['customer_rows']} "
-                  f"terminal_rows={pilot['terminal_rows']} customer_s={_fmt(pilot['customer_seconds'])} "
-                  f"terminal_s={_fmt(pilot['terminal_seconds'])} estimated_full_s={_fmt(estimate)}")
+            estimate = pilot["customer_seconds"] * n_rows / max(1, pilot["customer_rows"]) + pilot[
+                "terminal_seconds"
+            ] * n_rows / max(1, pilot["terminal_rows"])
+            print(
+                f"pandas_pilot entities=id%{PILOT_MODULUS}==0 customer_rows={pilot['customer_rows']} "
+                f"terminal_rows={pilot['terminal_rows']} customer_s={_fmt(pilot['customer_seconds'])} "
+                f"terminal_s={_fmt(pilot['terminal_seconds'])} estimated_full_s={_fmt(estimate)}"
+            )
             if estimate < args.pandas_max_seconds:
-                pandas_runs = [in_fresh_process(run_pandas, database, str(workdir), 1)
-                               for _ in range(args.pandas_repeat)]
+                pandas_runs = [
+                    in_fresh_process(run_pandas, database, str(workdir), 1) for _ in range(args.pandas_repeat)
+                ]
                 for r in pandas_runs:
-                    print(f"run path=pandas seconds={_fmt(r['customer_seconds'] + r['terminal_seconds'])} "
-                          f"customer_s={_fmt(r['customer_seconds'])} terminal_s={_fmt(r['terminal_seconds'])} "
-                          f"cpu_s={_fmt(r['cpu'])} load_s={_fmt(r['load_seconds'])} "
-                          f"peak_rss_mib={r['rss']:.0f}", flush=True)
-                seconds = statistics.median(r["customer_seconds"] + r["terminal_seconds"] for r in pandas_runs)
+                    print(
+                        f"run path=pandas seconds={_fmt(r['customer_seconds'] + r['terminal_seconds'])} "
+                        f"customer_s={_fmt(r['customer_seconds'])} terminal_s={_fmt(r['terminal_seconds'])} "
+                        f"cpu_s={_fmt(r['cpu'])} load_s={_fmt(r['load_seconds'])} "
+                        f"peak_rss_mib={r['rss']:.0f}",
+                        flush=True,
+                    )
+                seconds = statistics.median(
+                    r["customer_seconds"] + r["terminal_seconds"] for r in pandas_runs
+                )
                 cpu = statistics.median(r["cpu"] for r in pandas_runs)
                 rss = max(r["rss"] for r in pandas_runs)
                 pandas_line = f"pandas: measured at full size ({n_rows} rows, median of {args.pandas_repeat})"
             else:
                 seconds, cpu, rss = estimate, float("nan"), pilot["rss"]
-                pandas_line = (f"pandas: EXTRAPOLATED linearly by row count from entities with id % "
-                               f"{PILOT_MODULUS} == 0 ({pilot['customer_rows']} customer-stage rows, "
-                               f"{pilot['terminal_rows']} terminal-stage rows); peak RSS is the pilot's")
+                pandas_line = (
+                    f"pandas: EXTRAPOLATED linearly by row count from entities with id % "
+                    f"{PILOT_MODULUS} == 0 ({pilot['customer_rows']} customer-stage rows, "
+                    f"{pilot['terminal_rows']} terminal-stage rows); peak RSS is the pilot's"
+                )
             summary["pandas"] = {"seconds": seconds, "cpu": cpu, "rss": rss, "rows": n_rows}
-            print(f"pandas_s={_fmt(seconds)} pandas_cpu_s={_fmt(cpu)} pandas_peak_rss_mib={rss:.0f} "
-                  f"pandas_rows={n_rows}")
+            print(
+                f"pandas_s={_fmt(seconds)} pandas_cpu_s={_fmt(cpu)} pandas_peak_rss_mib={rss:.0f} "
+                f"pandas_rows={n_rows}"
+            )
             with duckdb.connect(database, read_only=True) as con:
                 for group, parquet, names in (
                     ("customer_spending", workdir / "pandas_customer.parquet", _PANDAS_NAMES),
                     ("terminal_risk", workdir / "pandas_terminal.parquet", _PANDAS_TERMINAL_NAMES),
                 ):
                     check = compare_pandas(con, f"bench.base_{group}", parquet, names)
-                    print(f"check=pandas_vs_compiled group={group} rows={check['rows']} "
-                          f"value_match_rate={check['value_match_rate']:.6f} "
-                          f"row_match_rate={check['row_match_rate']:.6f} "
-                          f"mismatched_rows={check['mismatched_rows']}")
-                print(f"note=pandas windows are [t-w, t) like ours (closed='left' drops every row at t, so the "
-                      f"{same_timestamp_peers(con)} same-customer same-timestamp transactions agree); accepted "
-                      "differences are only empty windows: pandas NaN (count) or the handbook's fillna(0) where "
-                      "we give count 0 / mean NULL")
+                    print(
+                        f"check=pandas_vs_compiled group={group} rows={check['rows']} "
+                        f"value_match_rate={check['value_match_rate']:.6f} "
+                        f"row_match_rate={check['row_match_rate']:.6f} "
+                        f"mismatched_rows={check['mismatched_rows']}"
+                    )
+                print(
+                    f"note=pandas windows are [t-w, t) like ours (closed='left' drops every row at t, so the "
+                    f"{same_timestamp_peers(con)} same-customer same-timestamp transactions agree); accepted "
+                    "differences are only empty windows: pandas NaN (count) or the handbook's fillna(0) where "
+                    "we give count 0 / mean NULL"
+                )
 
         base = summary["compiled_baseline"]["seconds"]
         hand = summary["handwritten"]["seconds"]
@@ -495,10 +539,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio_compiled_baseline_over_handwritten={slowdown:.3f} (target <= 1.5)")
         cpu_slowdown = summary["compiled_baseline"]["cpu"] / summary["handwritten"]["cpu"]
         print(f"ratio_compiled_baseline_over_handwritten_cpu={cpu_slowdown:.3f}")
-        per_round = [b["seconds"] / h["seconds"] for b, h in zip(runs["compiled_baseline"], runs["handwritten"],
-                                                                    strict=True)]
-        print(f"ratio_compiled_baseline_over_handwritten_per_round={','.join(f'{r:.3f}' for r in per_round)} "
-              f"median={statistics.median(per_round):.3f}")
+        per_round = [
+            b["seconds"] / h["seconds"]
+            for b, h in zip(runs["compiled_baseline"], runs["handwritten"], strict=True)
+        ]
+        print(
+            f"ratio_compiled_baseline_over_handwritten_per_round={','.join(f'{r:.3f}' for r in per_round)} "
+            f"median={statistics.median(per_round):.3f}"
+        )
         speedup = None
         if "pandas" in summary:
             speedup = summary["pandas"]["seconds"] / base
@@ -508,23 +556,31 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print("=" * 100)
-        print(f"SUMMARY  {n_rows} transactions, scale {args.scale:g}, DuckDB {duckdb.__version__} with "
-              f"{threads} threads, medians of {args.repeat} interleaved runs, each in a fresh process")
+        print(
+            f"SUMMARY  {n_rows} transactions, scale {args.scale:g}, DuckDB {duckdb.__version__} with "
+            f"{threads} threads, medians of {args.repeat} interleaved runs, each in a fresh process"
+        )
         print(f"{'path':<20}{'seconds':>10}{'cpu_s':>10}{'peak_rss_mib':>14}{'rows':>10}")
         for name in ("compiled_all", "compiled_baseline", "handwritten", "pandas"):
             if name in summary:
                 s = summary[name]
                 print(f"{name:<20}{s['seconds']:>10.2f}{s['cpu']:>10.2f}{s['rss']:>14.0f}{s['rows']:>10}")
         print(f"compiled_all_features_s={_fmt(summary['compiled_all']['seconds'])}")
-        print(f"ratio_compiled_baseline_over_handwritten={slowdown:.3f}  target <= 1.5  "
-              f"{'MET' if slowdown <= 1.5 else 'MISSED'}  (cpu-time ratio {cpu_slowdown:.3f})")
+        print(
+            f"ratio_compiled_baseline_over_handwritten={slowdown:.3f}  target <= 1.5  "
+            f"{'MET' if slowdown <= 1.5 else 'MISSED'}  (cpu-time ratio {cpu_slowdown:.3f})"
+        )
         if speedup is not None:
-            print(f"ratio_pandas_over_compiled_baseline={speedup:.3f}  target >= 20  "
-                  f"{'MET' if speedup >= 20 else 'MISSED'}  "
-                  f"(pandas / handwritten = {summary['pandas']['seconds'] / hand:.3f})")
+            print(
+                f"ratio_pandas_over_compiled_baseline={speedup:.3f}  target >= 20  "
+                f"{'MET' if speedup >= 20 else 'MISSED'}  "
+                f"(pandas / handwritten = {summary['pandas']['seconds'] / hand:.3f})"
+            )
         print(pandas_line)
-        print(f"values: compiled baseline == handwritten (and == all-features tables) on every row: "
-              f"{'yes' if values_ok else 'NO'}")
+        print(
+            f"values: compiled baseline == handwritten (and == all-features tables) on every row: "
+            f"{'yes' if values_ok else 'NO'}"
+        )
         print("=" * 100)
     finally:
         if args.keep:
