@@ -63,13 +63,17 @@ def test_missing_column_is_a_clear_error(warehouse, project_copy):
         ingest(warehouse, project, project.sources["transactions"])
 
 
-def test_file_sources_are_ingested_like_tables(warehouse, project_copy):
-    warehouse.execute(f"copy raw.fraud_labels to '{project_copy / 'labels.parquet'}' (format parquet)")
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_file_sources_are_ingested_like_tables(warehouse, project_copy, fmt):
+    warehouse.execute(f"copy raw.fraud_labels to '{project_copy / f'labels.{fmt}'}' (format {fmt})")
     path = project_copy / "definitions/sources/fraud_labels.yaml"
-    path.write_text(path.read_text().replace("table: raw.fraud_labels", "path: labels.parquet"))
+    path.write_text(path.read_text().replace("table: raw.fraud_labels", f"path: labels.{fmt}"))
     project = load_project(project_copy)
     result = ingest(warehouse, project, project.sources["fraud_labels"])
     assert result.rows_in == result.rows_accepted > 0
+    expected = warehouse.sql("select * from raw.fraud_labels order by transaction_id").df()
+    got = warehouse.sql("select * from validated.fraud_labels order by transaction_id").df()
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
 def test_feature_table_contract_rejects_negative_counts_and_wrong_columns():

@@ -95,3 +95,20 @@ def test_feast_repo_applies_and_serves_historical_features(pipeline):
     assert len(merged) == len(expected)
     assert (merged["tx_count_7d"] == merged["tx_count_7d_feast"]).all()
     pd.testing.assert_series_equal(merged["avg_amount_30d"], merged["avg_amount_30d_feast"], check_names=False)
+
+
+def test_dagster_loads_the_workspace(tmp_path):
+    """What `dagster dev -w workspace.yaml` loads, validated by Dagster's own CLI in a fresh process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "TRELLIS_DATA_DIR": str(tmp_path / "data")}
+    env.pop("TRELLIS_PROJECT", None)
+    done = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate",
+                           "-w", "workspace.yaml"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "All code locations passed validation" in done.stderr + done.stdout

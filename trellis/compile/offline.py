@@ -103,7 +103,10 @@ class GroupCompiler:
     def _inputs(self, src: ir.Table, late: bool) -> dict[str, ir.Value]:
         """Masked aggregation inputs: on-time rows, or with ``late`` the rows the join must handle."""
         inputs: dict[str, ir.Value] = {}
-        for feature in self.features:
+        needed = list(self.features)
+        if self.late_possible:  # shared row counts for the partial states (see _count_feature)
+            needed += [c for f in self.features if (c := self._count_feature(f)) is not None]
+        for feature in needed:
             name = self._input_name(feature, late=late)
             if name in inputs or (not late and self._whole_by_join(feature)):
                 continue
@@ -122,9 +125,12 @@ class GroupCompiler:
         return ibis.window(group_by=table[self.key], order_by=table["__ts"], range=(lower, upper))
 
     @staticmethod
-    def _partials(feature: Feature, value: ir.Value, event_ts: ir.Value, w) -> dict[str, ir.Value]:
-        """Mergeable partial state of one feature over a window (or a grouped relation when w is None)."""
+    def _partials(feature: Feature, value: ir.Value, event_ts: ir.Value, w,
+                  counter: ir.Value | None = None) -> dict[str, ir.Value]:
+        """Mergeable partial state of one feature over a window (or a grouped relation when w is None).
+        ``counter``, when given, counts the same rows as ``value`` (see ``_count_feature``)."""
         over = (lambda e: e.over(w)) if w is not None else (lambda e: e)
+        n = over((value if counter is None else counter).count())
         ts = ibis.ifelse(value.notnull(), event_ts, ibis.null("timestamp"))
         agg = feature.agg
         if agg == "count":
@@ -132,9 +138,9 @@ class GroupCompiler:
         if agg == "count_distinct":
             return {"v": over(value.nunique())}
         if agg in ("sum", "mean"):
-            return {"n": over(value.count()), "s": over(value.sum())}
+            return {"n": n, "s": over(value.sum())}
         if agg == "std":
-            return {"n": over(value.count()), "m": over(value.mean()), "var": over(value.var(how="sample"))}
+            return {"n": n, "m": over(value.mean()), "var": over(value.var(how="sample"))}
         if agg in ("min", "max"):
             return {"v": over(value.min() if agg == "min" else value.max())}
         if agg in ("last", "first"):
@@ -207,27 +213,44 @@ class GroupCompiler:
         With no spine, the group's own spine source is used; when that is the source itself, features are
         computed in one windowed pass over it."""
         src = source_table(self.source) if src is None else src
-        self_spine = spine is None and self.project.spine_of(self.group).name == self.source.name
+        default_spine = spine is None
+        self_spine = default_spine and self.project.spine_of(self.group).name == self.source.name
         spine = self.spine_from_source() if spine is None else spine
         passthrough = [c for c in spine.columns if c not in (self.key, FEATURE_TS)]
-        needs_join = self.late_possible
+        primary_key = self.project.spine_of(self.group).primary_key if default_spine else None
 
-        events = src.mutate(__ts=src[self.source.event_time].cast("timestamp"), **self._inputs(src, late=False))
-        input_names = list(self._inputs(src, late=False))
+        inputs = self._inputs(src, late=False)
+        events = src.mutate(__ts=src[self.source.event_time].cast("timestamp"), **inputs)
         if self_spine:
-            timeline = events.mutate(**{FEATURE_TS: events["__ts"], _SPINE_FLAG: ibis.literal(True)})
+            spine_rows = events.mutate(**{FEATURE_TS: events["__ts"], _SPINE_FLAG: ibis.literal(True)})
         else:
             spine_rows = spine.mutate(__ts=spine[FEATURE_TS].cast("timestamp"), **{_SPINE_FLAG: ibis.literal(True)})
-            spine_rows = spine_rows.mutate(**{n: ibis.null(events[n].type()) for n in input_names})
+        if self.late_possible:
+            # Late rows are joined back per spine row: number the spine alone (or use its unique key).
+            spine_rows = spine_rows.mutate(**{_ROW_ID: spine_rows[primary_key] if primary_key else ibis.row_number()})
+        if self_spine:
+            timeline = spine_rows
+        else:
+            row_id = [_ROW_ID] if self.late_possible else []
+            spine_rows = spine_rows.mutate(**{n: ibis.null(events[n].type()) for n in inputs})
+            spine_rows = spine_rows.select(self.key, "__ts", *inputs, _SPINE_FLAG, FEATURE_TS, *passthrough, *row_id)
             event_rows = events.select(
-                self.key, "__ts", *input_names,
+                self.key, "__ts", *inputs,
                 **{_SPINE_FLAG: ibis.literal(False), FEATURE_TS: ibis.null("timestamp")},
                 **{c: ibis.null(spine[c].type()) for c in passthrough},
+                **{c: ibis.null(spine_rows[c].type()) for c in row_id},
             )
-            spine_rows = spine_rows.select(self.key, "__ts", *input_names, _SPINE_FLAG, FEATURE_TS, *passthrough)
             timeline = spine_rows.union(event_rows)
-        if needs_join:
-            timeline = timeline.mutate(**{_ROW_ID: ibis.row_number()})
+        keep = [self.key, FEATURE_TS, *passthrough]
+
+        if not self.late_possible:
+            # Every row is on time: the windows give the final values directly.
+            finals = {}
+            for feature in self.features:
+                w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
+                value = timeline[self._input_name(feature, late=False)]
+                finals[feature.name] = self._direct(feature, value, timeline["__ts"], w)
+            return timeline.mutate(**finals).filter(timeline[_SPINE_FLAG]).select(*keep, *finals)
 
         partial_cols: dict[str, ir.Value] = {}
         for feature in self.features:
@@ -235,16 +258,10 @@ class GroupCompiler:
                 continue  # not mergeable: computed whole by the join below (it has no on-time input)
             w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
             value = timeline[self._input_name(feature, late=False)]
-            for k, v in self._partials(feature, value, timeline["__ts"], w).items():
+            for k, v in self._partials(feature, value, timeline["__ts"], w, self._counter(timeline, feature)).items():
                 partial_cols[f"__p_{feature.name}_{k}"] = v
         windowed = timeline.mutate(**partial_cols).filter(timeline[_SPINE_FLAG])
-        keep = [self.key, FEATURE_TS, *passthrough]
-
-        if not needs_join:
-            return windowed.select(*keep, **{
-                f.name: self._finish(f, self._partial_dict(windowed, f)) for f in self.features})
-
-        late = self._late_partials(windowed, src)
+        late = self._late_partials(spine_rows.filter(spine_rows[_SPINE_FLAG]), src)
         joined = windowed.left_join(late, windowed[_ROW_ID] == late[_ROW_ID])
         out = {}
         for feature in self.features:
@@ -253,6 +270,31 @@ class GroupCompiler:
                  if k.startswith(f"__l_{feature.name}_")}
             out[feature.name] = self._finish(feature, self._merge(feature, a, b))
         return joined.select(*keep, **out)
+
+    def _direct(self, feature: Feature, value: ir.Value, event_ts: ir.Value, w) -> ir.Value:
+        """A feature's final value from one window (no partial state to merge)."""
+        agg = feature.agg
+        if agg == "mean":
+            out = value.mean().over(w)
+        elif agg == "std":
+            out = value.std(how="sample").over(w)
+        elif agg == "sum":
+            out = value.sum().over(w).fill_null(0)
+        else:
+            return self._finish(feature, self._partials(feature, value, event_ts, w))
+        return out.cast(mapping(feature.dtype).ibis)
+
+    def _count_feature(self, feature: Feature) -> Feature | None:
+        """The row-count input this feature's count may share: when its column can never be null and no
+        expression is involved, counting the column equals counting rows (one window aggregate less)."""
+        column = self.source.columns.get(feature.column) if feature.column else None
+        if feature.agg not in ("sum", "mean", "std") or column is None or not column.checks.not_null:
+            return None
+        return feature.model_copy(update={"agg": "count", "column": None, "expr": None})
+
+    def _counter(self, table: ir.Table, feature: Feature, late: bool = False) -> ir.Value | None:
+        counter = self._count_feature(feature)
+        return None if counter is None else table[self._input_name(counter, late=late)]
 
     def _partial_dict(self, table: ir.Table, feature: Feature) -> dict[str, ir.Value]:
         prefix = f"__p_{feature.name}_"
@@ -282,9 +324,13 @@ class GroupCompiler:
                 inside &= pairs["__lts"] >= pairs["__sts"] - _interval(b.lower)
             inside &= (pairs["__lavail"] < pairs["__sts"]) if b.availability_strict else (
                 pairs["__lavail"] <= pairs["__sts"])
-            raw = pairs[self._input_name(feature, late=True)]
-            value = ibis.ifelse(inside, raw, ibis.null(raw.type()))
-            for k, v in self._partials(feature, value, pairs["__lts"], None).items():
+            def masked(column: ir.Value, inside: ir.BooleanValue = inside) -> ir.Value:
+                return ibis.ifelse(inside, column, ibis.null(column.type()))
+
+            value = masked(pairs[self._input_name(feature, late=True)])
+            counter = self._counter(pairs, feature, late=True)
+            counter = None if counter is None else masked(counter)
+            for k, v in self._partials(feature, value, pairs["__lts"], None, counter).items():
                 aggregates[f"__l_{feature.name}_{k}"] = v
         return pairs.group_by(_ROW_ID).aggregate(**aggregates)
 

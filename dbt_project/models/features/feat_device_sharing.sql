@@ -5,9 +5,9 @@ SELECT
   "t2"."device_id",
   "t2"."feature_ts",
   "t2"."transaction_id",
-  COALESCE("t2"."__p_distinct_customers_1d_v", 0) AS "distinct_customers_1d",
-  COALESCE("t2"."__p_distinct_customers_7d_v", 0) AS "distinct_customers_7d",
-  COALESCE("t2"."__p_tx_count_7d_n", 0) AS "tx_count_7d"
+  "t2"."distinct_customers_1d",
+  "t2"."distinct_customers_7d",
+  "t2"."tx_count_7d"
 FROM (
   SELECT
     "t1"."transaction_id",
@@ -21,21 +21,30 @@ FROM (
     "t1"."__in_one",
     "t1"."feature_ts",
     "t1"."__is_spine",
-    COUNT(DISTINCT "t1"."__in_customer_id") OVER (
-      PARTITION BY "t1"."device_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '86400000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
-    ) AS "__p_distinct_customers_1d_v",
-    COUNT(DISTINCT "t1"."__in_customer_id") OVER (
-      PARTITION BY "t1"."device_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
-    ) AS "__p_distinct_customers_7d_v",
-    COUNT("t1"."__in_one") OVER (
-      PARTITION BY "t1"."device_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
-    ) AS "__p_tx_count_7d_n"
+    COALESCE(
+      COUNT(DISTINCT "t1"."__in_customer_id") OVER (
+        PARTITION BY "t1"."device_id"
+        ORDER BY "t1"."__ts" ASC
+        RANGE BETWEEN INTERVAL '86400000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ),
+      0
+    ) AS "distinct_customers_1d",
+    COALESCE(
+      COUNT(DISTINCT "t1"."__in_customer_id") OVER (
+        PARTITION BY "t1"."device_id"
+        ORDER BY "t1"."__ts" ASC
+        RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ),
+      0
+    ) AS "distinct_customers_7d",
+    COALESCE(
+      COUNT("t1"."__in_one") OVER (
+        PARTITION BY "t1"."device_id"
+        ORDER BY "t1"."__ts" ASC
+        RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ),
+      0
+    ) AS "tx_count_7d"
   FROM (
     SELECT
       "t0"."transaction_id",
