@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import duckdb
@@ -15,10 +14,11 @@ from trellis.compile.offline import DIALECTS, GroupCompiler, to_sql
 from trellis.spec import load_project
 
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).parent / "golden"
 
 
 def test_checked_in_generated_files_are_current():
+    """The checked-in dbt models and Feast repo are the golden files: any change in compiler output shows
+    as a reviewed diff of them, and this fails until `trellis compile` is run and the result committed."""
     assert compiler.stale(load_project(REPO)) == []
 
 
@@ -48,18 +48,6 @@ def test_removed_group_leaves_no_orphaned_model(project_copy: Path):
         compiler.stale(project))
     compiler.write(project)
     assert not (project_copy / "dbt_project/models/features/feat_device_sharing.sql").exists()
-
-
-@pytest.mark.parametrize("group", ["customer_spending", "terminal_risk", "device_sharing"])
-def test_golden_sql(group: str):
-    """The compiled SQL per group is pinned: a change in the compiler shows as a diff here."""
-    project = load_project(REPO)
-    model = FeatureModel(project, project.feature_groups[group])
-    sql = model.sql({s: f"validated.{s}" for s in model.sources})
-    golden = GOLDEN / f"{group}.sql"
-    if os.environ.get("TRELLIS_UPDATE_GOLDEN"):
-        golden.write_text(sql)
-    assert sql == golden.read_text(), "compiled SQL changed; review and set TRELLIS_UPDATE_GOLDEN=1 to accept"
 
 
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
