@@ -84,9 +84,14 @@ class GroupCompiler:
             value = ibis.ifelse(keep.fill_null(False), value, ibis.null(value.type()))
         return value
 
-    def _on_time(self, src: ir.Table, delay: timedelta) -> ir.BooleanValue:
+    def _available_at(self, src: ir.Table) -> ir.TimestampValue:
+        """When a row became known; a missing value means at its event time (design section 3)."""
         assert self.source.available_at is not None
-        return src[self.source.available_at] <= src[self.source.event_time] + _interval(delay)
+        event_time = src[self.source.event_time].cast("timestamp")
+        return src[self.source.available_at].cast("timestamp").fill_null(event_time)
+
+    def _on_time(self, src: ir.Table, delay: timedelta) -> ir.BooleanValue:
+        return self._available_at(src) <= src[self.source.event_time] + _interval(delay)
 
     def _whole_by_join(self, feature: Feature) -> bool:
         """count_distinct cannot merge partial results, so with late rows it is computed whole by the join."""
@@ -227,7 +232,10 @@ class GroupCompiler:
             spine_rows = spine.mutate(__ts=spine[FEATURE_TS].cast("timestamp"), **{_SPINE_FLAG: ibis.literal(True)})
         if self.late_possible:
             # Late rows are joined back per spine row: number the spine alone (or use its unique key).
-            spine_rows = spine_rows.mutate(**{_ROW_ID: spine_rows[primary_key] if primary_key else ibis.row_number()})
+            # Ordered so that every engine numbers rows alike; rows sharing (key, time) get equal features.
+            row_id = spine_rows[primary_key] if primary_key else ibis.row_number().over(
+                order_by=[spine_rows[self.key], spine_rows["__ts"]])
+            spine_rows = spine_rows.mutate(**{_ROW_ID: row_id})
         if self_spine:
             timeline = spine_rows
         else:
@@ -304,7 +312,7 @@ class GroupCompiler:
         """Partial aggregates of late rows, per spine row, by a join with both time bounds."""
         late_inputs = self._inputs(src, late=True)
         late = src.mutate(__lts=src[self.source.event_time].cast("timestamp"),
-                          __lavail=src[self.source.available_at].cast("timestamp"),
+                          __lavail=self._available_at(src),
                           __lkey=src[self.key], **late_inputs)
         late = late.filter(ibis.or_(*[late[n].notnull() for n in late_inputs]))
         left = spine.select(_ROW_ID, __skey=spine[self.key], __sts=spine["__ts"])

@@ -122,14 +122,14 @@ FROM (
           "t1"."terminal_id",
           "t1"."tx_datetime" AS "__ts",
           CASE
-            WHEN "t1"."available_at" <= (
+            WHEN COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
               "t1"."tx_datetime" + INTERVAL '7' DAY
             )
             THEN 1
             ELSE CAST(NULL AS TINYINT)
           END AS "__in_one_d604800",
           CASE
-            WHEN "t1"."available_at" <= (
+            WHEN COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
               "t1"."tx_datetime" + INTERVAL '7' DAY
             )
             THEN "t1"."tx_fraud"
@@ -359,11 +359,11 @@ LEFT OUTER JOIN (
           "t1"."tx_fraud_scenario",
           "t1"."available_at",
           "t1"."tx_datetime" AS "__lts",
-          "t1"."available_at" AS "__lavail",
+          COALESCE("t1"."available_at", "t1"."tx_datetime") AS "__lavail",
           "t1"."terminal_id" AS "__lkey",
           CASE
             WHEN NOT (
-              "t1"."available_at" <= (
+              COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
                 "t1"."tx_datetime" + INTERVAL '7' DAY
               )
             )
@@ -372,7 +372,7 @@ LEFT OUTER JOIN (
           END AS "__in_one_d604800_late",
           CASE
             WHEN NOT (
-              "t1"."available_at" <= (
+              COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
                 "t1"."tx_datetime" + INTERVAL '7' DAY
               )
             )
