@@ -31,6 +31,8 @@ FEATURE_TS = "feature_ts"
 _SPINE_FLAG = "__is_spine"
 _ROW_ID = "__spine_row"
 _PLACEHOLDER = "__trellis_{}__"
+_MICROS = "__us"  # event time as integer microseconds since the epoch: the window order key
+_EPOCH = ibis.timestamp("1970-01-01 00:00:00")
 
 
 def placeholder(source_name: str) -> str:
@@ -46,15 +48,15 @@ _UNITS = (("days", 86_400_000_000), ("hours", 3_600_000_000), ("minutes", 60_000
           ("microseconds", 1))
 
 
-def _unit(*deltas: timedelta) -> tuple[str, int]:
-    """The coarsest unit that expresses every delta exactly (frame bounds must share a unit)."""
-    micros = [d // timedelta(microseconds=1) for d in deltas]
-    return next((u, size) for u, size in _UNITS if all(m % size == 0 for m in micros))
+def _micros(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
 
 
-def _interval(delta: timedelta, unit: tuple[str, int] | None = None) -> ir.IntervalScalar:
-    name, size = unit or _unit(delta)
-    return ibis.interval(**{name: (delta // timedelta(microseconds=1)) // size})
+def _interval(delta: timedelta) -> ir.IntervalScalar:
+    """An interval literal in the coarsest unit that expresses ``delta`` exactly (readable SQL)."""
+    micros = _micros(delta)
+    name, size = next((u, size) for u, size in _UNITS if micros % size == 0)
+    return ibis.interval(**{name: micros // size})
 
 
 class GroupCompiler:
@@ -124,10 +126,11 @@ class GroupCompiler:
 
     # -- windowed partial aggregates ---------------------------------------------------------------
     def _window(self, table: ir.Table, b: Bounds) -> ibis.expr.builders.LegacyWindowBuilder:
-        unit = _unit(b.upper, *([b.lower] if b.lower is not None else []))
-        lower = None if b.lower is None else -_interval(b.lower, unit)
-        upper = -_interval(b.upper, unit) if b.upper > timedelta(0) else 0
-        return ibis.window(group_by=table[self.key], order_by=table["__ts"], range=(lower, upper))
+        # Frames over integer microseconds: cheaper for DuckDB to search than TIMESTAMP +/- INTERVAL, and
+        # the portable form (BigQuery, for one, only accepts numeric RANGE offsets).
+        lower = None if b.lower is None else -_micros(b.lower)
+        upper = -_micros(b.upper) if b.upper > timedelta(0) else 0
+        return ibis.window(group_by=table[self.key], order_by=table[_MICROS], range=(lower, upper))
 
     @staticmethod
     def _partials(feature: Feature, value: ir.Value, event_ts: ir.Value, w,
@@ -249,6 +252,7 @@ class GroupCompiler:
                 **{c: ibis.null(spine_rows[c].type()) for c in row_id},
             )
             timeline = spine_rows.union(event_rows)
+        timeline = timeline.mutate(**{_MICROS: timeline["__ts"].delta(_EPOCH, unit="microsecond")})
         keep = [self.key, FEATURE_TS, *passthrough]
 
         if not self.late_possible:

@@ -33,91 +33,92 @@ FROM (
     "t1"."__in_terminal_id",
     "t1"."feature_ts",
     "t1"."__is_spine",
+    "t1"."__us",
     COALESCE(
       COUNT("t1"."__in_one") OVER (
         PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '86400000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
     ) AS "tx_count_1d",
     COALESCE(
       COUNT("t1"."__in_one") OVER (
         PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
     ) AS "tx_count_7d",
     COALESCE(
       COUNT("t1"."__in_one") OVER (
         PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '2592000000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 2592000000000 preceding AND 1 preceding
       ),
       0
     ) AS "tx_count_30d",
     AVG("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '86400000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 86400000000 preceding AND 1 preceding
     ) AS "avg_amount_1d",
     AVG("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 604800000000 preceding AND 1 preceding
     ) AS "avg_amount_7d",
     AVG("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '2592000000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 2592000000000 preceding AND 1 preceding
     ) AS "avg_amount_30d",
     STDDEV_SAMP("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 604800000000 preceding AND 1 preceding
     ) AS "std_amount_7d",
     STDDEV_SAMP("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '2592000000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 2592000000000 preceding AND 1 preceding
     ) AS "std_amount_30d",
     MAX("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '86400000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 86400000000 preceding AND 1 preceding
     ) AS "max_amount_1d",
     MAX("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 604800000000 preceding AND 1 preceding
     ) AS "max_amount_7d",
     MAX("t1"."__in_tx_amount") OVER (
       PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__ts" ASC
-      RANGE BETWEEN INTERVAL '2592000000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+      ORDER BY "t1"."__us" ASC
+      RANGE BETWEEN 2592000000000 preceding AND 1 preceding
     ) AS "max_amount_30d",
     COALESCE(
       COUNT(DISTINCT "t1"."__in_terminal_id") OVER (
         PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '86400000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_terminals_1d",
     COALESCE(
       COUNT(DISTINCT "t1"."__in_terminal_id") OVER (
         PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_terminals_7d",
     COALESCE(
       COUNT(DISTINCT "t1"."__in_terminal_id") OVER (
         PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '2592000000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 2592000000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_terminals_30d"
@@ -134,7 +135,8 @@ FROM (
       "t0"."tx_amount" AS "__in_tx_amount",
       "t0"."terminal_id" AS "__in_terminal_id",
       "t0"."tx_datetime" AS "feature_ts",
-      TRUE AS "__is_spine"
+      TRUE AS "__is_spine",
+      DATE_DIFF('MICROSECOND', MAKE_TIMESTAMP(1970, 1, 1, 0, 0, 0.0), "t0"."tx_datetime") AS "__us"
     FROM {{ ref('stg_transactions') }} AS "t0"
   ) AS "t1"
 ) AS "t2"

@@ -21,27 +21,28 @@ FROM (
     "t1"."__in_one",
     "t1"."feature_ts",
     "t1"."__is_spine",
+    "t1"."__us",
     COALESCE(
       COUNT(DISTINCT "t1"."__in_customer_id") OVER (
         PARTITION BY "t1"."device_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '86400000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_customers_1d",
     COALESCE(
       COUNT(DISTINCT "t1"."__in_customer_id") OVER (
         PARTITION BY "t1"."device_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_customers_7d",
     COALESCE(
       COUNT("t1"."__in_one") OVER (
         PARTITION BY "t1"."device_id"
-        ORDER BY "t1"."__ts" ASC
-        RANGE BETWEEN INTERVAL '604800000000' MICROSECOND preceding AND INTERVAL '1' MICROSECOND preceding
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
     ) AS "tx_count_7d"
@@ -57,7 +58,8 @@ FROM (
       "t0"."customer_id" AS "__in_customer_id",
       1 AS "__in_one",
       "t0"."tx_datetime" AS "feature_ts",
-      TRUE AS "__is_spine"
+      TRUE AS "__is_spine",
+      DATE_DIFF('MICROSECOND', MAKE_TIMESTAMP(1970, 1, 1, 0, 0, 0.0), "t0"."tx_datetime") AS "__us"
     FROM {{ ref('stg_transactions') }} AS "t0"
   ) AS "t1"
 ) AS "t2"

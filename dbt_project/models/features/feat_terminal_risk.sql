@@ -2,43 +2,43 @@
 {{ config(materialized='table', post_hook='{{ export_feature_table() }}') }}
 
 SELECT
-  "t12"."terminal_id",
-  "t12"."feature_ts",
-  "t12"."transaction_id",
-  COALESCE(COALESCE("t12"."__p_tx_count_1d_n", 0) + COALESCE("t15"."__l_tx_count_1d_n", 0), 0) AS "tx_count_1d",
-  COALESCE(COALESCE("t12"."__p_tx_count_7d_n", 0) + COALESCE("t15"."__l_tx_count_7d_n", 0), 0) AS "tx_count_7d",
+  "t14"."terminal_id",
+  "t14"."feature_ts",
+  "t14"."transaction_id",
+  COALESCE(COALESCE("t14"."__p_tx_count_1d_n", 0) + COALESCE("t16"."__l_tx_count_1d_n", 0), 0) AS "tx_count_1d",
+  COALESCE(COALESCE("t14"."__p_tx_count_7d_n", 0) + COALESCE("t16"."__l_tx_count_7d_n", 0), 0) AS "tx_count_7d",
   COALESCE(
-    COALESCE("t12"."__p_tx_count_30d_n", 0) + COALESCE("t15"."__l_tx_count_30d_n", 0),
+    COALESCE("t14"."__p_tx_count_30d_n", 0) + COALESCE("t16"."__l_tx_count_30d_n", 0),
     0
   ) AS "tx_count_30d",
   CASE
     WHEN (
-      COALESCE("t12"."__p_fraud_risk_1d_n", 0) + COALESCE("t15"."__l_fraud_risk_1d_n", 0)
+      COALESCE("t14"."__p_fraud_risk_1d_n", 0) + COALESCE("t16"."__l_fraud_risk_1d_n", 0)
     ) > 0
-    THEN COALESCE("t12"."__p_fraud_risk_1d_s", 0) + COALESCE("t15"."__l_fraud_risk_1d_s", 0)
+    THEN COALESCE("t14"."__p_fraud_risk_1d_s", 0) + COALESCE("t16"."__l_fraud_risk_1d_s", 0)
     ELSE CAST(NULL AS DOUBLE)
   END / NULLIF(
-    COALESCE("t12"."__p_fraud_risk_1d_n", 0) + COALESCE("t15"."__l_fraud_risk_1d_n", 0),
+    COALESCE("t14"."__p_fraud_risk_1d_n", 0) + COALESCE("t16"."__l_fraud_risk_1d_n", 0),
     0
   ) AS "fraud_risk_1d",
   CASE
     WHEN (
-      COALESCE("t12"."__p_fraud_risk_7d_n", 0) + COALESCE("t15"."__l_fraud_risk_7d_n", 0)
+      COALESCE("t14"."__p_fraud_risk_7d_n", 0) + COALESCE("t16"."__l_fraud_risk_7d_n", 0)
     ) > 0
-    THEN COALESCE("t12"."__p_fraud_risk_7d_s", 0) + COALESCE("t15"."__l_fraud_risk_7d_s", 0)
+    THEN COALESCE("t14"."__p_fraud_risk_7d_s", 0) + COALESCE("t16"."__l_fraud_risk_7d_s", 0)
     ELSE CAST(NULL AS DOUBLE)
   END / NULLIF(
-    COALESCE("t12"."__p_fraud_risk_7d_n", 0) + COALESCE("t15"."__l_fraud_risk_7d_n", 0),
+    COALESCE("t14"."__p_fraud_risk_7d_n", 0) + COALESCE("t16"."__l_fraud_risk_7d_n", 0),
     0
   ) AS "fraud_risk_7d",
   CASE
     WHEN (
-      COALESCE("t12"."__p_fraud_risk_30d_n", 0) + COALESCE("t15"."__l_fraud_risk_30d_n", 0)
+      COALESCE("t14"."__p_fraud_risk_30d_n", 0) + COALESCE("t16"."__l_fraud_risk_30d_n", 0)
     ) > 0
-    THEN COALESCE("t12"."__p_fraud_risk_30d_s", 0) + COALESCE("t15"."__l_fraud_risk_30d_s", 0)
+    THEN COALESCE("t14"."__p_fraud_risk_30d_s", 0) + COALESCE("t16"."__l_fraud_risk_30d_s", 0)
     ELSE CAST(NULL AS DOUBLE)
   END / NULLIF(
-    COALESCE("t12"."__p_fraud_risk_30d_n", 0) + COALESCE("t15"."__l_fraud_risk_30d_n", 0),
+    COALESCE("t14"."__p_fraud_risk_30d_n", 0) + COALESCE("t16"."__l_fraud_risk_30d_n", 0),
     0
   ) AS "fraud_risk_30d"
 FROM (
@@ -46,106 +46,119 @@ FROM (
     *
   FROM (
     SELECT
-      "t6"."terminal_id",
-      "t6"."__ts",
-      "t6"."__in_one_d604800",
-      "t6"."__in_tx_fraud_d604800",
-      "t6"."__is_spine",
-      "t6"."feature_ts",
-      "t6"."transaction_id",
-      "t6"."__spine_row",
-      COUNT("t6"."__in_one_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '691200000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      "t8"."terminal_id",
+      "t8"."__ts",
+      "t8"."__in_one_d604800",
+      "t8"."__in_tx_fraud_d604800",
+      "t8"."__is_spine",
+      "t8"."feature_ts",
+      "t8"."transaction_id",
+      "t8"."__spine_row",
+      "t8"."__us",
+      COUNT("t8"."__in_one_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 691200000000 preceding AND 604800000001 preceding
       ) AS "__p_tx_count_1d_n",
-      COUNT("t6"."__in_one_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '1209600000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      COUNT("t8"."__in_one_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 1209600000000 preceding AND 604800000001 preceding
       ) AS "__p_tx_count_7d_n",
-      COUNT("t6"."__in_one_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '3196800000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      COUNT("t8"."__in_one_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 3196800000000 preceding AND 604800000001 preceding
       ) AS "__p_tx_count_30d_n",
-      COUNT("t6"."__in_one_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '691200000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      COUNT("t8"."__in_one_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 691200000000 preceding AND 604800000001 preceding
       ) AS "__p_fraud_risk_1d_n",
-      SUM("t6"."__in_tx_fraud_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '691200000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      SUM("t8"."__in_tx_fraud_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 691200000000 preceding AND 604800000001 preceding
       ) AS "__p_fraud_risk_1d_s",
-      COUNT("t6"."__in_one_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '1209600000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      COUNT("t8"."__in_one_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 1209600000000 preceding AND 604800000001 preceding
       ) AS "__p_fraud_risk_7d_n",
-      SUM("t6"."__in_tx_fraud_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '1209600000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      SUM("t8"."__in_tx_fraud_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 1209600000000 preceding AND 604800000001 preceding
       ) AS "__p_fraud_risk_7d_s",
-      COUNT("t6"."__in_one_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '3196800000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      COUNT("t8"."__in_one_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 3196800000000 preceding AND 604800000001 preceding
       ) AS "__p_fraud_risk_30d_n",
-      SUM("t6"."__in_tx_fraud_d604800") OVER (
-        PARTITION BY "t6"."terminal_id"
-        ORDER BY "t6"."__ts" ASC
-        RANGE BETWEEN INTERVAL '3196800000000' MICROSECOND preceding AND INTERVAL '604800000001' MICROSECOND preceding
+      SUM("t8"."__in_tx_fraud_d604800") OVER (
+        PARTITION BY "t8"."terminal_id"
+        ORDER BY "t8"."__us" ASC
+        RANGE BETWEEN 3196800000000 preceding AND 604800000001 preceding
       ) AS "__p_fraud_risk_30d_s"
     FROM (
       SELECT
-        *
+        "t6"."terminal_id",
+        "t6"."__ts",
+        "t6"."__in_one_d604800",
+        "t6"."__in_tx_fraud_d604800",
+        "t6"."__is_spine",
+        "t6"."feature_ts",
+        "t6"."transaction_id",
+        "t6"."__spine_row",
+        DATE_DIFF('MICROSECOND', MAKE_TIMESTAMP(1970, 1, 1, 0, 0, 0.0), "t6"."__ts") AS "__us"
       FROM (
         SELECT
-          "t0"."terminal_id",
-          "t0"."tx_datetime" AS "__ts",
-          CAST(NULL AS TINYINT) AS "__in_one_d604800",
-          CAST(NULL AS INT) AS "__in_tx_fraud_d604800",
-          TRUE AS "__is_spine",
-          "t0"."tx_datetime" AS "feature_ts",
-          "t0"."transaction_id",
-          "t0"."transaction_id" AS "__spine_row"
-        FROM {{ ref('stg_transactions') }} AS "t0"
-      ) AS "t2"
-      UNION ALL
-      SELECT
-        *
-      FROM (
+          *
+        FROM (
+          SELECT
+            "t0"."terminal_id",
+            "t0"."tx_datetime" AS "__ts",
+            CAST(NULL AS TINYINT) AS "__in_one_d604800",
+            CAST(NULL AS INT) AS "__in_tx_fraud_d604800",
+            TRUE AS "__is_spine",
+            "t0"."tx_datetime" AS "feature_ts",
+            "t0"."transaction_id",
+            "t0"."transaction_id" AS "__spine_row"
+          FROM {{ ref('stg_transactions') }} AS "t0"
+        ) AS "t2"
+        UNION ALL
         SELECT
-          "t1"."terminal_id",
-          "t1"."tx_datetime" AS "__ts",
-          CASE
-            WHEN COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
-              "t1"."tx_datetime" + INTERVAL '7' DAY
-            )
-            THEN 1
-            ELSE CAST(NULL AS TINYINT)
-          END AS "__in_one_d604800",
-          CASE
-            WHEN COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
-              "t1"."tx_datetime" + INTERVAL '7' DAY
-            )
-            THEN "t1"."tx_fraud"
-            ELSE CAST(NULL AS INT)
-          END AS "__in_tx_fraud_d604800",
-          FALSE AS "__is_spine",
-          CAST(NULL AS TIMESTAMP) AS "feature_ts",
-          CAST(NULL AS BIGINT) AS "transaction_id",
-          CAST(NULL AS BIGINT) AS "__spine_row"
-        FROM {{ ref('stg_fraud_labels') }} AS "t1"
-      ) AS "t5"
-    ) AS "t6"
-  ) AS "t8"
+          *
+        FROM (
+          SELECT
+            "t1"."terminal_id",
+            "t1"."tx_datetime" AS "__ts",
+            CASE
+              WHEN COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
+                "t1"."tx_datetime" + INTERVAL '7' DAY
+              )
+              THEN 1
+              ELSE CAST(NULL AS TINYINT)
+            END AS "__in_one_d604800",
+            CASE
+              WHEN COALESCE("t1"."available_at", "t1"."tx_datetime") <= (
+                "t1"."tx_datetime" + INTERVAL '7' DAY
+              )
+              THEN "t1"."tx_fraud"
+              ELSE CAST(NULL AS INT)
+            END AS "__in_tx_fraud_d604800",
+            FALSE AS "__is_spine",
+            CAST(NULL AS TIMESTAMP) AS "feature_ts",
+            CAST(NULL AS BIGINT) AS "transaction_id",
+            CAST(NULL AS BIGINT) AS "__spine_row"
+          FROM {{ ref('stg_fraud_labels') }} AS "t1"
+        ) AS "t5"
+      ) AS "t6"
+    ) AS "t8"
+  ) AS "t11"
   WHERE
-    "t8"."__is_spine"
-) AS "t12"
+    "t11"."__is_spine"
+) AS "t14"
 LEFT OUTER JOIN (
   SELECT
     "t13"."__spine_row",
@@ -399,5 +412,5 @@ LEFT OUTER JOIN (
   ) AS "t13"
   GROUP BY
     1
-) AS "t15"
-  ON "t12"."__spine_row" = "t15"."__spine_row"
+) AS "t16"
+  ON "t14"."__spine_row" = "t16"."__spine_row"
