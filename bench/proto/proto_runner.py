@@ -158,13 +158,13 @@ def main() -> int:
     ok_all = True
     with duckdb.connect(args.db) as con:
         print(f"\nduckdb={duckdb.__version__} threads={args.threads} repeat={args.repeat}")
-        print(f"| variant | median s | customer s | terminal s | CPU s | peak RSS MiB | max rel err | exact |")
+        print("| variant | median s | customer s | terminal s | CPU s | peak RSS MiB | max rel err | exact |")
         print("|---|---|---|---|---|---|---|---|")
         for v, rs in runs.items():
             chk = compare(con, v) if v != REFERENCE else {"max_rel": 0.0, "ok": True, "problems": []}
             ok_all &= chk["ok"]
-            med = lambda k: statistics.median(x[k] for x in rs)  # noqa: E731
-            medg = lambda g: statistics.median(x["per"][g] for x in rs)  # noqa: E731
+            med = lambda k, rs=rs: statistics.median(x[k] for x in rs)  # noqa: E731
+            medg = lambda g, rs=rs: statistics.median(x["per"][g] for x in rs)  # noqa: E731
             print(
                 f"| {v} | {med('seconds'):.2f} | {medg('customer_spending'):.2f} | {medg('terminal_risk'):.2f} | "
                 f"{med('cpu'):.2f} | {max(x['rss'] for x in rs):.0f} | {chk['max_rel']:.2g} | "
