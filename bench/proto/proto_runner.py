@@ -63,7 +63,7 @@ def parse_sections(path: Path) -> dict[str, list[str]]:
     out = {}
     for name, text in sections.items():
         stmts = [s.strip() for s in text.split(";")]
-        out[name] = [s for s in stmts if s and not all(l.strip().startswith("--") or not l.strip() for l in s.splitlines())]
+        out[name] = [s for s in stmts if s and not all(line.strip().startswith("--") or not line.strip() for line in s.splitlines())]
     return out
 
 
