@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 import warnings
 
@@ -17,13 +16,15 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
     from assets.definitions import defs
     from assets.project import paths
 
-    logging.getLogger("dagster").setLevel(logging.WARNING)  # the report below is the summary
     started = time.perf_counter()
     definitions = defs()
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         resources=definitions.resources,
-        run_config={"ops": {"landing__reference_data": {"config": {"scale": scale, "n_days": n_days}}}},
+        run_config={
+            "ops": {"landing__reference_data": {"config": {"scale": scale, "n_days": n_days}}},
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},  # the report below is the summary
+        },
         raise_on_error=False,
     )
     elapsed = time.perf_counter() - started

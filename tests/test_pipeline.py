@@ -64,6 +64,7 @@ def test_metadata_a_user_reads_in_the_ui(pipeline):
 
     spec = graph.get(dg.AssetKey(["features", "terminal_risk"]))
     assert spec.owners == ["fraud-ml@trellis.dev"]
+    assert spec.code_version and graph.get(dg.AssetKey(["raw", "transactions"])).code_version
     assert "fraud rate" in spec.description
     metadata = spec.metadata
     assert "RANGE BETWEEN" in metadata["compiled_sql"].value

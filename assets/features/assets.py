@@ -1,6 +1,7 @@
 """Feature tables: the generated dbt project as assets keyed by layer, plus contract checks."""
 
 
+import hashlib
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -47,6 +48,8 @@ class TrellisTranslator(DagsterDbtTranslator):
             return spec.replace_attributes(
                 key=dg.AssetKey(["features", group.name]),
                 group_name="features",
+                # Changes when the compiled SQL does, so the UI flags the table stale after a definition edit.
+                code_version=hashlib.sha256(model.raw_sql.encode()).hexdigest()[:12],
                 owners=[group.owner] if "@" in group.owner else [],
                 tags={**spec.tags, **{k: v for k, v in group.tags.items()}},
             ).merge_attributes(metadata={

@@ -1,5 +1,6 @@
 """Landing data and validated sources: simulate the reference data, then enforce each source's contract."""
 
+import hashlib
 
 import dagster as dg
 
@@ -38,6 +39,7 @@ def _source_asset(source_name: str) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(["landing", "reference_data"])],
         kinds={"duckdb", "pandera"},
         owners=[source.owner] if "@" in source.owner else None,
+        code_version=hashlib.sha256(source.model_dump_json().encode()).hexdigest()[:12],
         description=(source.description or f"Validated rows of {source_name}.").strip(),
         check_specs=[dg.AssetCheckSpec("rows_add_up", asset=["raw", source_name], blocking=True,
                                        description="rows in = rows accepted + rows quarantined")],
