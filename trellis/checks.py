@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from trellis import expr
 from trellis.errors import Problem, did_you_mean
-from trellis.spec import FeatureGroup, Project, RequestFeatures, Source, column_name
+from trellis.spec import FeatureGroup, Model, Project, RequestFeatures, Source, column_name
 from trellis.types import mapping
 
 _NUMERIC_AGGS = {"sum", "mean", "std"}
@@ -27,7 +27,51 @@ def check_project(project: Project) -> list[Problem]:
         problems += found
     for request in project.request_features.values():
         problems += _check_request(project, request, broken)
+    for model in project.models.values():
+        problems += _check_model(project, model, broken)
     return problems
+
+
+def _check_model(project: Project, model: Model, broken: set[str]) -> list[Problem]:
+    out = []
+    sources = project.sources
+    for field, name in (("spine",), model.spine), (("label", "source"), model.label.source):
+        if name not in sources:
+            out.append(project.problem(model, field, f"unknown source {name!r}{did_you_mean(name, sources)}"))
+    if out:
+        return out
+    spine, labels = sources[model.spine], sources[model.label.source]
+    if model.label.column not in labels.columns:
+        out.append(project.problem(model, ("label", "column"), f"unknown column {model.label.column!r} in source "
+                                   f"{labels.name!r}{did_you_mean(model.label.column, labels.columns)}"))
+    elif not mapping(labels.columns[model.label.column].type).numeric and \
+            labels.columns[model.label.column].type != "bool":
+        out.append(project.problem(model, ("label", "column"),
+                                   f"label {model.label.column!r} must be 0/1 or boolean, not "
+                                   f"{labels.columns[model.label.column].type}"))
+    for table in (spine, labels):
+        if model.label.join_key not in table.columns:
+            out.append(project.problem(model, ("label", "join_key"),
+                                       f"source {table.name!r} has no column {model.label.join_key!r}"
+                                       f"{did_you_mean(model.label.join_key, table.columns)}"))
+    if broken:  # the groups' own problems are reported; their features cannot be judged here
+        return out
+    known = [*project.feature_groups, *project.all_features(), *project.request_features]
+    for index, ref in enumerate(model.features):
+        if ref not in known:
+            out.append(project.problem(model, ("features", index),
+                                       f"unknown feature, feature group or request feature set {ref!r}"
+                                       f"{did_you_mean(ref, known)}"))
+    features, _ = project.model_inputs(model)
+    for feature in features:
+        group = project.feature_groups[feature.group]
+        key = project.key_column(group)
+        if key not in spine.columns:
+            out.append(project.problem(model, ("features",),
+                                       f"feature {feature.qualified!r} is keyed by {key!r}, which spine "
+                                       f"{spine.name!r} does not have"))
+            break
+    return out
 
 
 def _check_source(project: Project, source: Source) -> list[Problem]:

@@ -50,7 +50,7 @@ def validate(project_dir: Path) -> None:
     click.echo(
         f"ok: {len(project.entities)} entities, {len(project.sources)} sources, "
         f"{len(project.feature_groups)} feature groups ({len(project.all_features())} features), "
-        f"{len(project.request_features)} request feature sets"
+        f"{len(project.request_features)} request feature sets, {len(project.models)} models"
     )
 
 

@@ -201,9 +201,55 @@ class RequestFeatures(_Strict):
     owner: str = ""
 
 
-Definition = Annotated[Entity | Source | FeatureGroup | RequestFeatures, Field(discriminator="kind")]
+class Label(_Strict):
+    source: str = Field(description="Source holding the outcome; its available_at is when a label matures.")
+    column: str
+    join_key: str = Field(description="Column shared by the spine and the label source (e.g. transaction_id).")
+
+
+class SplitPlan(_Strict):
+    """Time-ordered split ending at the training cutoff: train, then validation (early stopping), a gap
+    as long as the label delay, then test."""
+
+    train_days: int = Field(56, gt=0)
+    validation_days: int = Field(7, gt=0)
+    gap_days: int = Field(7, ge=0)
+    test_days: int = Field(14, gt=0)
+
+
+class BacktestPlan(_Strict):
+    folds: int = Field(4, gt=0)
+    train_days: int = Field(7, gt=0)
+    gap_days: int = Field(7, ge=0)
+    test_days: int = Field(7, gt=0)
+
+
+class PromotionGates(_Strict):
+    metric: Literal["roc_auc", "average_precision"] = "average_precision"
+    max_drop: float = Field(0.01, ge=0, description="How much worse than the champion a challenger may be.")
+
+
+class Model(_Strict):
+    kind: Literal["model"]
+    name: Name
+    description: str = ""
+    owner: str = ""
+    spine: str = Field(description="Source whose events the model scores, one row each.")
+    label: Label
+    features: list[str] = Field(
+        min_length=1, description="Feature groups, single features (group__feature) or request feature sets.")
+    catboost: dict[str, Any] = Field(default_factory=lambda: {"iterations": 300, "depth": 6, "learning_rate": 0.1})
+    seed: int = 0
+    split: SplitPlan = SplitPlan()
+    backtest: BacktestPlan = BacktestPlan()
+    gates: PromotionGates = PromotionGates()
+    threshold: float = Field(0.5, gt=0, lt=1, description="Score at or above which the decision is 'review'.")
+    retrain_min_new_labels: int = Field(10_000, gt=0)
+
+
+Definition = Annotated[Entity | Source | FeatureGroup | RequestFeatures | Model, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Definition)
-KINDS = ("entity", "source", "feature_group", "request_features")
+KINDS = ("entity", "source", "feature_group", "request_features", "model")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -358,11 +404,13 @@ class Project:
         self.sources: dict[str, Source] = {}
         self.feature_groups: dict[str, FeatureGroup] = {}
         self.request_features: dict[str, RequestFeatures] = {}
+        self.models: dict[str, Model] = {}
         self._buckets = {
             "entity": self.entities,
             "source": self.sources,
             "feature_group": self.feature_groups,
             "request_features": self.request_features,
+            "model": self.models,
         }
         for obj, path, lines, prefix in definitions:
             self._buckets[obj.kind][obj.name] = obj
@@ -391,6 +439,20 @@ class Project:
 
     def all_features(self) -> dict[str, Feature]:
         return {f.qualified: f for g in self.feature_groups.values() for f in self.features(g)}
+
+    def model_inputs(self, model: Model) -> tuple[list[Feature], list[RequestFeatures]]:
+        """A model's stored features (groups expanded, in order, without repeats) and request feature sets."""
+        every = self.all_features()
+        features: dict[str, Feature] = {}
+        requests: list[RequestFeatures] = []
+        for ref in model.features:
+            if ref in self.feature_groups:
+                features.update({f.qualified: f for f in self.features(ref)})
+            elif ref in every:
+                features[ref] = every[ref]
+            elif ref in self.request_features:
+                requests.append(self.request_features[ref])
+        return list(features.values()), requests
 
     def fingerprint(self) -> str:
         """Hash of every definition's content: changes when any definition changes."""
@@ -500,6 +562,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "source": Source,
     "feature_group": FeatureGroup,
     "request_features": RequestFeatures,
+    "model": Model,
 }
 
 
