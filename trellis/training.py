@@ -1,0 +1,352 @@
+"""Training sets: matured labels as the spine, point-in-time features, request features; stored and
+fingerprinted so that a set built "as of T" can be rebuilt later, byte for byte.
+
+Time semantics (design section 3 and 5):
+
+* the spine is the model's spine source rows with ``event_time < T``, inner-joined with the label source on
+  the label's join key, keeping only labels **known strictly before T** (``available_at < T``; the label
+  source's event time when it declares no ``available_at`` or the value is missing). This is the same
+  ``< t`` rule features use: a set as of T holds exactly what was known just before T, so data landing at
+  or after T (new events, late labels, corrections) never changes it;
+* stored features come from the feature tables ``features.feat_<group>`` with one ASOF LEFT JOIN per group
+  on the group's key column and ``feature_ts <= event_time`` (the latest feature row at or before the
+  event; when the model's spine is the group's spine that is the event's own row);
+* request features are the same compiled expressions (``trellis.expr``) the online path uses, over the
+  spine row (request fields by name; the spine's event-time column is the request time) and the joined
+  features.
+
+The set is sorted by ``(event_time, join key)``, validated by its Pandera contract and written with pyarrow
+with fixed settings and no varying metadata to ``<out>/<model>/as_of=<YYYYmmddTHHMMSS>/<fingerprint>.parquet``.
+The fingerprint hashes the definitions, T, the Trellis version and a DuckDB digest of the rows that enter
+the set (every row of the sources it reads that was known before T), so it too is unaffected by anything
+that arrives after T.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from trellis import expr as sqlexpr
+from trellis.compile.dbt import VALIDATED_SCHEMA, FeatureModel
+from trellis.compile.offline import FEATURE_TS
+from trellis.contracts import ContractViolation
+from trellis.spec import Feature, Model, Project
+from trellis.types import mapping
+
+FEATURE_SCHEMA = "features"
+LABEL = "label"
+EVENT_TIME = "event_time"
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True,
+                   "write_statistics": True, "row_group_size": 1 << 20, "version": "2.6",
+                   "data_page_version": "1.0"}
+_REQ = "__req_"  # prefix of hidden request-field columns
+
+
+class TrainingSetError(ContractViolation):
+    """A training set that cannot be built or breaks its contract; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    model: str
+    as_of: datetime
+    path: Path
+    rows: int
+    positives: int
+    fingerprint: str
+    feature_columns: list[str] = field(default_factory=list)  # stored (qualified) then request features
+    label_column: str = LABEL
+    time_column: str = EVENT_TIME
+
+
+def code_version() -> str:
+    try:
+        return importlib.metadata.version("trellis")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _as_of(value: datetime) -> datetime:
+    """Naive UTC (the warehouse stores naive UTC timestamps)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"as_of must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _model(project: Project, model: str | Model) -> Model:
+    if isinstance(model, Model):
+        return model
+    if model not in project.models:
+        raise TrainingSetError(f"unknown model {model!r}; defined models: {', '.join(sorted(project.models))}")
+    return project.models[model]
+
+
+def _table(columns: dict[str, str], name: str, database: str) -> ir.Table:
+    return ibis.table({n: mapping(t).ibis for n, t in columns.items()}, name=name, database=database)
+
+
+@dataclass
+class _Parts:
+    """The pieces of a training set expression (shared by the set, its digest and its schema)."""
+
+    model: Model
+    entering: ir.Table  # spine rows joined with their matured labels, every source column
+    output: ir.Table  # the training set, sorted
+    keys: list[str]
+    stored: list[str]
+    requests: list[str]
+    groups: list[str]  # feature groups joined
+
+
+def _parts(project: Project, model: str | Model, as_of: datetime, source_schema: str,
+           feature_schema: str) -> _Parts:
+    model = _model(project, model)
+    cutoff = ibis.literal(_as_of(as_of), type="timestamp")
+    spine_source = project.sources[model.spine]
+    label_source = project.sources[model.label.source]
+    join_key = model.label.join_key
+    for source, column in ((spine_source, join_key), (label_source, join_key), (label_source, model.label.column)):
+        if column not in source.columns:
+            raise TrainingSetError(f"model {model.name!r}: source {source.name!r} has no column {column!r}")
+
+    spine_t = _table({n: c.type for n, c in spine_source.columns.items()}, spine_source.name, source_schema)
+    label_t = _table({n: c.type for n, c in label_source.columns.items()}, label_source.name, source_schema)
+    spine = spine_t.filter(spine_t[spine_source.event_time].cast("timestamp") < cutoff)
+    known = label_t[label_source.event_time].cast("timestamp")
+    if label_source.available_at:
+        known = label_t[label_source.available_at].cast("timestamp").fill_null(known)
+    labels = label_t.filter(known < cutoff)
+    labels = labels.rename({f"__label__{n}": n for n in labels.columns})
+    entering = spine.inner_join(labels, spine[join_key] == labels[f"__label__{join_key}"])
+
+    stored, requests = project.model_inputs(model)
+    every = project.all_features()
+    # Features a request expression reads are joined too, even when the model does not list them.
+    needed: dict[str, Feature] = {f.qualified: f for f in stored}
+    request_items = [(rs, rf) for rs in requests for rf in rs.features]
+    for request_set, item in request_items:
+        for name in sqlexpr.parse(item.expr).columns:
+            if name not in request_set.request_schema and name in every:
+                needed.setdefault(name, every[name])
+    groups: dict[str, list[Feature]] = {}
+    for feature in needed.values():
+        groups.setdefault(feature.group, []).append(feature)
+
+    keys: list[str] = []
+    for group_name in groups:
+        key = project.key_column(project.feature_groups[group_name])
+        if key not in spine_source.columns:
+            raise TrainingSetError(
+                f"model {model.name!r}: feature group {group_name!r} is keyed on {key!r}, "
+                f"which the spine source {spine_source.name!r} does not have")
+        if key != join_key and key not in keys:
+            keys.append(key)
+    request_fields: dict[str, str] = {}
+    for request_set in requests:
+        for name, dtype in request_set.request_schema.items():
+            if name not in spine_source.columns:
+                raise TrainingSetError(
+                    f"model {model.name!r}: request field {request_set.name}.{name} is not a column of the "
+                    f"spine source {spine_source.name!r}, so it cannot be replayed for training")
+            request_fields[name] = dtype
+
+    base = entering.select(
+        join_key,
+        **{EVENT_TIME: entering[spine_source.event_time].cast("timestamp")},
+        **{k: entering[k] for k in keys},
+        **{LABEL: entering[f"__label__{model.label.column}"].cast("int64")},
+        **{_REQ + n: entering[n].cast(mapping(t).ibis) for n, t in request_fields.items()},
+    )
+    joined = base
+    for group_name, features in groups.items():
+        group = project.feature_groups[group_name]
+        table = _table(dict(FeatureModel(project, group).columns()), f"feat_{group_name}", feature_schema)
+        key = project.key_column(group)
+        right = table.select(**{f"__k_{group_name}": table[key], f"__ts_{group_name}": table[FEATURE_TS]},
+                             **{f.qualified: table[f.name] for f in features})
+        joined = joined.asof_join(right, on=joined[EVENT_TIME] >= right[f"__ts_{group_name}"],
+                                  predicates=[joined[key] == right[f"__k_{group_name}"]])
+
+    columns: dict[str, ir.Value] = {q: joined[q] for q in needed}
+    for name in request_fields:
+        columns[name] = joined[EVENT_TIME] if name == spine_source.event_time else joined[_REQ + name]
+    request_values: dict[str, ir.Value] = {}
+    for request_set, item in request_items:
+        try:
+            value = sqlexpr.to_ibis(sqlexpr.parse(item.expr), columns, unknown="request field or feature")
+        except sqlexpr.ExpressionError as exc:
+            raise TrainingSetError(f"request feature {request_set.name}.{item.name}: {exc}") from None
+        request_values[f"{request_set.name}__{item.name}"] = value
+
+    stored_names = [f.qualified for f in stored]
+    output = joined.select(
+        join_key, EVENT_TIME, *keys, LABEL, *stored_names, **request_values,
+    ).order_by([EVENT_TIME, join_key])
+    return _Parts(model, entering, output, keys, stored_names, list(request_values), list(groups))
+
+
+def training_set_expr(project: Project, model: str | Model, as_of: datetime, *,
+                      source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA) -> ir.Table:
+    """The training set as an unbound Ibis expression over ``{source_schema}.<source>`` and
+    ``{feature_schema}.feat_<group>``; ``training_set_sql`` renders it for DuckDB."""
+    return _parts(project, model, as_of, source_schema, feature_schema).output
+
+
+def training_set_sql(project: Project, model: str | Model, as_of: datetime, *,
+                     source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA) -> str:
+    return str(ibis.to_sql(training_set_expr(project, model, as_of, source_schema=source_schema,
+                                             feature_schema=feature_schema), dialect="duckdb"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Contract
+
+
+def _pandas_dtype(logical: str, nullable: bool) -> str:
+    # A LEFT JOIN can leave integer / boolean features null; pandas needs its nullable dtypes for those.
+    if nullable and logical in ("int64", "int32"):
+        return "Int64" if logical == "int64" else "Int32"
+    if nullable and logical == "bool":
+        return "boolean"
+    return mapping(logical).pandas
+
+
+def training_set_schema(project: Project, model: str | Model, as_of: datetime | None = None) -> pa.DataFrameSchema:
+    """Pandera contract of a model's training set: exact columns in order, types from the type mapping,
+    label in {0, 1}, join key unique and keys / time not null; with ``as_of``, every event before it."""
+    parts = _parts(project, model, as_of or datetime(2000, 1, 1), VALIDATED_SCHEMA, FEATURE_SCHEMA)
+    schema = parts.output.schema()
+    join_key = parts.model.label.join_key
+    counts = {f.qualified for f in project.all_features().values() if f.agg in ("count", "count_distinct")}
+    columns: dict[str, pa.Column] = {}
+    for name, dtype in schema.items():
+        logical = sqlexpr.logical_type(dtype)
+        is_feature = name in parts.stored or name in parts.requests
+        checks: list[pa.Check] = []
+        if name == LABEL:
+            checks.append(pa.Check.isin([0, 1]))
+        if name in counts:
+            checks.append(pa.Check.ge(0))
+        if name == EVENT_TIME and as_of is not None:
+            checks.append(pa.Check.lt(pd.Timestamp(_as_of(as_of)), error=f"event_time < as_of {as_of}"))
+        columns[name] = pa.Column(_pandas_dtype(logical, is_feature), checks=checks, nullable=is_feature,
+                                  unique=name == join_key, coerce=True)
+    return pa.DataFrameSchema(columns, name=f"training set {parts.model.name}", strict=True, ordered=True)
+
+
+def validate(frame: pd.DataFrame, project: Project, model: str | Model,
+             as_of: datetime | None = None) -> pd.DataFrame:
+    """Validate a training set (lazily: every failure at once); raise TrainingSetError listing them."""
+    schema = training_set_schema(project, model, as_of)
+    try:
+        return schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        summary = (cases.assign(n=1).groupby(["column", "check"], dropna=False)
+                   .agg(n=("n", "sum"), example=("failure_case", "first")).reset_index())
+        lines = [f"{r.column}: {r.check} ({r.n} rows, e.g. {r.example!r})" for r in summary.itertuples()]
+        raise TrainingSetError(
+            f"{schema.name} breaks its contract: " + "; ".join(lines)) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Build
+
+
+def _digest(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """Order-independent digest of a relation's rows, computed in DuckDB."""
+    row = con.sql(f"select count(*), bit_xor(hash(t)), sum(hash(t)::hugeint) from ({sql}) as t").fetchone()
+    return f"{row[0]}:{row[1]}:{row[2]}"
+
+
+def _snapshot(con: duckdb.DuckDBPyConnection, project: Project, parts: _Parts, as_of: datetime,
+              source_schema: str) -> str:
+    """Digest of the data the set depends on: every row known before ``as_of`` of each source it reads
+    (the spine, the labels, the feature groups' sources). Rows that arrive at or after T do not change it,
+    and neither does float rounding noise in the feature tables."""
+    names = {parts.model.spine, parts.model.label.source}
+    for group_name in parts.groups:
+        group = project.feature_groups[group_name]
+        names |= {group.source, project.spine_of(group).name}
+    digests = []
+    for name in sorted(names):
+        source = project.sources[name]
+        table = _table({n: c.type for n, c in source.columns.items()}, source.name, source_schema)
+        known = table[source.event_time].cast("timestamp")
+        if source.available_at:
+            known = table[source.available_at].cast("timestamp").fill_null(known)
+        rows = table.filter(known < ibis.literal(as_of, type="timestamp"))
+        digests.append(f"{name}={_digest(con, str(ibis.to_sql(rows, dialect='duckdb')))}")
+    return "|".join(digests)
+
+
+def fingerprint(definitions: str, as_of: datetime, version: str, snapshot: str) -> str:
+    digest = hashlib.sha256()
+    for part in (definitions, _as_of(as_of).isoformat(), version, snapshot):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build_training_set(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model, as_of: datetime,
+                       out_dir: Path, *, source_schema: str = VALIDATED_SCHEMA,
+                       feature_schema: str = FEATURE_SCHEMA) -> TrainingSet:
+    """Build, validate, fingerprint and store the training set of ``model`` as of ``as_of``."""
+    as_of = _as_of(as_of)
+    parts = _parts(project, model, as_of, source_schema, feature_schema)
+    sql = str(ibis.to_sql(parts.output, dialect="duckdb"))
+    table = con.sql(sql).arrow().read_all().replace_schema_metadata(None)
+    validate(table.to_pandas(), project, parts.model, as_of)
+
+    snapshot = _snapshot(con, project, parts, as_of, source_schema)
+    fp = fingerprint(project.fingerprint(), as_of, code_version(), snapshot)
+    folder = Path(out_dir) / parts.model.name / f"as_of={as_of:%Y%m%dT%H%M%S}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{fp}.parquet"
+    partial = path.with_suffix(f".parquet.tmp{os.getpid()}")
+    pq.write_table(_plain(table), partial, **PARQUET_OPTIONS)
+    partial.replace(path)
+    positives = int(pc.sum(table[LABEL]).as_py() or 0)
+    return TrainingSet(
+        model=parts.model.name, as_of=as_of, path=path, rows=table.num_rows, positives=positives,
+        fingerprint=fp, feature_columns=[*parts.stored, *parts.requests],
+    )
+
+
+def _plain(table: pa_arrow.Table) -> pa_arrow.Table:
+    """The table without any schema or field metadata (nothing that could vary between builds)."""
+    fields = [f.remove_metadata() for f in table.schema]
+    return table.cast(pa_arrow.schema(fields))
+
+
+def read_training_set(path: str | Path) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas()
+
+
+__all__ = [
+    "TrainingSet",
+    "TrainingSetError",
+    "build_training_set",
+    "fingerprint",
+    "read_training_set",
+    "training_set_expr",
+    "training_set_schema",
+    "training_set_sql",
+    "validate",
+]
