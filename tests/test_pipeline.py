@@ -24,7 +24,7 @@ def test_every_asset_materializes_and_every_check_passes(pipeline):
     assert set(_materialized(result)) == {
         "landing/reference_data", "raw/transactions", "raw/fraud_labels", "staging/transactions",
         "staging/fraud_labels", "features/customer_spending", "features/terminal_risk",
-        "features/device_sharing", "online/feast_registry",
+        "features/device_sharing", "online/feast_registry", "training/card_fraud_training_set",
     }
     checks = list(result.get_asset_check_evaluations())
     names = {(c.asset_key.to_user_string(), c.check_name) for c in checks}
@@ -113,3 +113,23 @@ def test_dagster_loads_the_workspace(tmp_path):
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "All code locations passed validation" in done.stderr + done.stdout
+
+
+def test_training_set_asset_holds_matured_labels_with_their_features(pipeline):
+    from trellis.training import read_training_set
+
+    result, paths = pipeline
+    meta = _materialized(result)["training/card_fraud_training_set"]
+    frame = read_training_set(meta["path"])
+    assert len(frame) == meta["dagster/row_count"] > 0
+    assert frame["label"].sum() == meta["positives"]
+    con = duckdb.connect(str(paths.warehouse))
+    try:
+        as_of = pd.Timestamp(meta["as_of"])
+        matured = con.sql("select count(*) from validated.fraud_labels l join validated.transactions t "
+                          "using (transaction_id) where l.available_at < ? and t.tx_datetime < ?",
+                          params=[as_of, as_of]).fetchone()[0]
+    finally:
+        con.close()
+    assert len(frame) == matured
+    assert (frame["event_time"] < as_of).all()
