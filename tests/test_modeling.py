@@ -1,0 +1,162 @@
+"""Modeling: time-ordered split, CatBoost training (deterministic, early-stopped), evaluation against a
+logistic-regression baseline, and registration in a real MLflow registry on a local SQLite store."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_training import _warehouse
+
+from trellis.modeling import evaluate, register, time_split, train_catboost
+from trellis.simulate import SimulationConfig, simulate
+from trellis.spec import SplitPlan, load_project
+from trellis.training import build_training_set, read_training_set
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = SimulationConfig(n_customers=200, n_terminals=400, n_days=50, label_delay="uniform")
+AS_OF = datetime(2018, 5, 21)  # the simulation starts 2018-04-01; all 50 days are before the cutoff
+PLAN = SplitPlan(train_days=21, validation_days=7, gap_days=3, test_days=10)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    project = load_project(REPO)
+    root = tmp_path_factory.mktemp("modeling")
+    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG), exact_windows=False)
+    training_set = build_training_set(con, project, "card_fraud", AS_OF, root / "sets")
+    con.close()
+    model = project.models["card_fraud"].model_copy(
+        update={"split": PLAN, "catboost": {**project.models["card_fraud"].catboost, "iterations": 120}})
+    frame = read_training_set(training_set.path)
+    trained = train_catboost(frame, model, training_set.feature_columns)
+    return SimpleNamespace(project=project, root=root, training_set=training_set, frame=frame, model=model,
+                           trained=trained)
+
+
+def test_time_split_boundaries():
+    start = datetime(2024, 1, 1)
+    frame = pd.DataFrame({"t": [start + timedelta(hours=h) for h in range(24 * 30)][::-1], "x": range(720)})
+    end = frame["t"].max()  # 2024-01-30 23:00
+    plan = SplitPlan(train_days=10, validation_days=5, gap_days=2, test_days=7)
+    train, validation, test = time_split(frame, plan, "t")
+    test_start, gap_start = end - timedelta(days=7), end - timedelta(days=9)
+    val_start, train_start = gap_start - timedelta(days=5), gap_start - timedelta(days=15)
+    assert test["t"].min() == test_start and test["t"].max() == end and len(test) == 7 * 24 + 1
+    assert validation["t"].min() == val_start and validation["t"].max() == gap_start - timedelta(hours=1)
+    assert train["t"].min() == train_start and train["t"].max() == val_start - timedelta(hours=1)
+    assert (len(train), len(validation)) == (10 * 24, 5 * 24)
+    # The gap (and anything older than train) is dropped; parts are time-sorted and disjoint.
+    gap = frame[(frame["t"] >= gap_start) & (frame["t"] < test_start)]
+    assert len(gap) == 2 * 24 and not set(gap["x"]) & set(pd.concat([train, validation, test])["x"])
+    for part in (train, validation, test):
+        assert part["t"].is_monotonic_increasing
+    assert train["t"].max() < validation["t"].min() and validation["t"].max() < test["t"].min()
+    # An explicit end anchors the split there.
+    _, _, early_test = time_split(frame, plan, "t", end=datetime(2024, 1, 25))
+    assert early_test["t"].max() == datetime(2024, 1, 25)
+
+
+@pytest.mark.parametrize(("field", "plan", "hours", "end"), [
+    # too little history for train
+    ("train_days", SplitPlan(train_days=10, validation_days=5, gap_days=2, test_days=20), range(24 * 25), None),
+    # a hole in the data (days 10..20) where validation falls
+    ("validation_days", SplitPlan(train_days=10, validation_days=5, gap_days=2, test_days=3),
+     [*range(24 * 10), *range(24 * 20, 24 * 25)], None),
+    # a long silence before the given end: no events in the test window
+    ("test_days", SplitPlan(train_days=10, validation_days=5, gap_days=2, test_days=7), range(24 * 20),
+     datetime(2024, 2, 15)),
+])
+def test_time_split_names_the_empty_part(field, plan, hours, end):
+    frame = pd.DataFrame({"t": [datetime(2024, 1, 1) + timedelta(hours=h) for h in hours]})
+    with pytest.raises(ValueError, match=f"split.{field}="):
+        time_split(frame, plan, "t", end=end)
+
+
+def test_evaluate_at_the_alert_rate():
+    y = np.array([1] * 5 + [0] * 195)
+    scores = np.linspace(1, 0, 200)  # the 2 flagged rows (1% of 200) are the top two, both frauds
+    metrics = evaluate(y, scores, amounts=np.array([10, 30, 20, 20, 20] + [5] * 195))
+    assert metrics["roc_auc"] == 1.0 and metrics["average_precision"] == 1.0
+    assert metrics["fraud_caught_at_1pct"] == 2 / 5 and metrics["precision_at_1pct"] == 1.0
+    assert metrics["false_positive_rate_at_1pct"] == 0.0
+    assert metrics["fraud_amount_caught_at_1pct"] == 40 / 100
+    worst = evaluate(y, -scores)
+    assert worst["fraud_caught_at_1pct"] == 0.0 and worst["false_positive_rate_at_1pct"] == 2 / 195
+    assert np.isnan(evaluate(np.zeros(10), np.arange(10))["roc_auc"])
+
+
+def test_training_is_deterministic_and_beats_chance(world):
+    trained = world.trained
+    again = train_catboost(world.frame, world.model, world.training_set.feature_columns)
+    np.testing.assert_array_equal(trained.predict(world.frame), again.predict(world.frame))
+    assert trained.metrics == again.metrics
+
+    params = trained.model.get_params()
+    assert params["random_seed"] == world.model.seed == 7 and params["thread_count"] == 2
+    assert params["use_best_model"] is True and params["od_type"] == "Iter" and params["od_wait"] == 30
+    assert 0 <= trained.metrics["best_iteration"] < 120
+    assert trained.cat_features == []  # the card_fraud features are numeric and bool (bools cast to 0/1)
+    assert min(trained.split_rows.values()) > 500
+
+    m, b = trained.metrics, trained.baseline_metrics
+    assert m["test_roc_auc"] > 0.7 and m["validation_roc_auc"] > 0.7
+    assert m["test_average_precision"] > m["test_positives"] / m["test_rows"]  # better than random ranking
+    assert 0 < m["test_fraud_caught_at_1pct"] <= 1
+    assert 0 <= m["test_false_positive_rate_at_1pct"] < 0.02
+    assert set(b) == {k for k in m if k != "best_iteration"} and 0.5 < b["test_roc_auc"] <= 1
+
+
+def test_categorical_string_columns_are_native(world):
+    frame = world.frame.assign(
+        channel=np.where(world.frame["transaction_id"] % 3 == 0, "web", "pos"),
+        is_weekend=world.frame["transaction_context__is_weekend"])
+    frame.loc[frame.index[::50], "channel"] = None
+    columns = [*world.training_set.feature_columns, "channel"]
+    trained = train_catboost(frame, world.model, columns)
+    assert trained.cat_features == ["channel"]
+    assert trained.model.get_cat_feature_indices() == [len(columns) - 1]
+    assert trained.predict(frame).shape == (len(frame),)
+
+
+def test_register_versions_aliases_and_reload(world, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    definitions = world.project.fingerprint()
+    first = register(world.trained, world.model, world.training_set, uri, definitions_hash=definitions)
+    second = register(world.trained, world.model, world.training_set, uri, definitions_hash=definitions)
+    assert first == ("card_fraud", "1") and second == ("card_fraud", "2")
+    assert not mlflow.is_tracking_uri_set()  # register leaves no global MLflow state behind
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert str(client.get_model_version_by_alias("card_fraud", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("card_fraud", "challenger").version) == "2"
+    version = client.get_model_version("card_fraud", "2")
+    assert version.tags["trellis.training_fingerprint"] == world.training_set.fingerprint
+    assert version.tags["trellis.definitions_hash"] == definitions
+    assert version.tags["trellis.feature_service"] == "card_fraud_v2"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["trellis.training_fingerprint"] == world.training_set.fingerprint
+    assert run.data.params["catboost.random_seed"] == "7"
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(world.trained.metrics["test_roc_auc"])
+    assert "baseline_test_average_precision" in run.data.metrics
+    assert (tmp_path / "mlartifacts").is_dir()
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        loaded = mlflow.catboost.load_model("models:/card_fraud@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    x = world.trained.features(world.frame)
+    np.testing.assert_array_equal(loaded.predict_proba(x)[:, 1], world.trained.predict(world.frame))
