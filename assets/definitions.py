@@ -10,14 +10,15 @@ from assets.online.assets import feast_registry
 from assets.project import paths
 from assets.raw.assets import reference_data, source_assets
 from assets.resources import Warehouse
-from assets.training.assets import training_set_assets
+from assets.training.assets import model_assets, training_set_assets
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     project_paths = paths()
     return dg.Definitions(
-        assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, *training_set_assets()],
+        assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, *training_set_assets(),
+                *model_assets()],
         asset_checks=contract_checks(),
         resources={
             "warehouse": Warehouse(path=str(project_paths.warehouse)),

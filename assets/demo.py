@@ -38,6 +38,12 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
         if "rows_quarantined" in mat.metadata:
             extra = f"  (in {mat.metadata['rows_in'].value:,}, quarantined {mat.metadata['rows_quarantined'].value:,})"
         print(f"  {mat.asset_key.to_user_string():28s} {'' if rows is None else f'{rows.value:>12,} rows'}{extra}")
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        if mat.asset_key.path[0] == "models":
+            print(f"\nmodel {mat.asset_key.path[1]} version {mat.metadata['version'].value} (MLflow: "
+                  f"{paths().mlflow_uri}):")
+            print(mat.metadata["metrics"].value)
     checks = list(result.get_asset_check_evaluations())
     failed = [c for c in checks if not c.passed]
     print(f"\nasset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")

@@ -32,10 +32,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     simulated network. Returns (result, project paths)."""
     root = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
     saved = {k: os.environ.get(k) for k in ("TRELLIS_PROJECT", "TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE",
-                                           "TRELLIS_FEATURE_EXPORTS", "DBT_PROFILES_DIR")}
+                                           "TRELLIS_FEATURE_EXPORTS", "DBT_PROFILES_DIR", "TRELLIS_MLFLOW_URI")}
     for key in saved:
         os.environ.pop(key, None)
     os.environ["TRELLIS_PROJECT"] = str(root)
+    os.environ["TRELLIS_MLFLOW_URI"] = f"sqlite:///{root / 'data' / 'mlflow.db'}"
 
     import dagster as dg
 
@@ -46,7 +47,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         resources=definitions.resources,
-        run_config={"ops": {"landing__reference_data": {"config": {"scale": 0.04, "n_days": 50}}}},
+        run_config={"ops": {"landing__reference_data": {"config": {"scale": 0.03, "n_days": 100}}}},
         raise_on_error=False,
     )
     yield result, paths()

@@ -25,6 +25,7 @@ def test_every_asset_materializes_and_every_check_passes(pipeline):
         "landing/reference_data", "raw/transactions", "raw/fraud_labels", "staging/transactions",
         "staging/fraud_labels", "features/customer_spending", "features/terminal_risk",
         "features/device_sharing", "online/feast_registry", "training/card_fraud_training_set",
+        "models/card_fraud",
     }
     checks = list(result.get_asset_check_evaluations())
     names = {(c.asset_key.to_user_string(), c.check_name) for c in checks}
@@ -133,3 +134,26 @@ def test_training_set_asset_holds_matured_labels_with_their_features(pipeline):
         con.close()
     assert len(frame) == matured
     assert (frame["event_time"] < as_of).all()
+
+
+def test_model_is_trained_evaluated_and_registered(pipeline):
+    import mlflow.catboost
+    from mlflow import MlflowClient
+
+    from trellis.training import read_training_set
+
+    result, paths = pipeline
+    meta = _materialized(result)["models/card_fraud"]
+    assert meta["version"] == "1" and meta["test_roc_auc"] > 0.7
+    assert "| roc_auc |" in meta["metrics"] and "baseline" in meta["metrics"]
+    client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
+    version = client.get_model_version_by_alias("card_fraud", "champion")
+    training = _materialized(result)["training/card_fraud_training_set"]
+    assert version.tags["trellis.training_fingerprint"] == training["fingerprint"]
+    mlflow.set_registry_uri(paths.mlflow_uri)
+    try:
+        loaded = mlflow.catboost.load_model("models:/card_fraud@champion")
+    finally:
+        mlflow.set_registry_uri("")
+    frame = read_training_set(training["path"]).head(50)
+    assert loaded.predict_proba(frame[training["features"]].astype(float))[:, 1].shape == (50,)

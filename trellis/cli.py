@@ -164,5 +164,82 @@ def ingest(project_dir: Path) -> None:
         con.close()
 
 
+# ---------------------------------------------------------------------------------------------------
+# Model registry
+
+tracking_uri_option = click.option(
+    "--tracking-uri", default=None,
+    help="MLflow tracking / registry URI (default: $TRELLIS_MLFLOW_URI, else sqlite:///<data>/mlflow.db).")
+
+
+def _tracking_uri(project_dir: Path, tracking_uri: str | None) -> str:
+    from trellis.paths import ProjectPaths
+    from trellis.registry import default_tracking_uri
+
+    return tracking_uri or default_tracking_uri(ProjectPaths.of(project_dir))
+
+
+def _registry_call(fn, *args, **kwargs):
+    from trellis.registry import RegistryError
+
+    try:
+        return fn(*args, **kwargs)
+    except RegistryError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def models() -> None:
+    """The model registry: list versions, promote a version to champion, roll the champion back."""
+
+
+@models.command(name="list")
+@project_option
+@tracking_uri_option
+@click.argument("name")
+def models_list(project_dir: Path, tracking_uri: str | None, name: str) -> None:
+    """List the versions of registered model NAME with aliases, fingerprint and key test metrics."""
+    from trellis import registry
+
+    uri = _tracking_uri(project_dir, tracking_uri)
+    rows = _registry_call(registry.list_versions, uri, name)
+    for row in rows:
+        aliases = ",".join(row["aliases"]) or "-"
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items())
+        click.echo(f"{name} v{row['version']}  [{aliases}]  created {row['created']}  "
+                   f"fingerprint {row['fingerprint'][:12] or '-'}  {metrics}".rstrip())
+
+
+@models.command(name="promote")
+@project_option
+@tracking_uri_option
+@click.argument("name")
+@click.argument("version")
+@click.option("--why", default="", help="Reason, recorded in the champion history.")
+def models_promote(project_dir: Path, tracking_uri: str | None, name: str, version: str, why: str) -> None:
+    """Make VERSION the champion of NAME (recorded with who / when / why)."""
+    from trellis import registry
+
+    uri = _tracking_uri(project_dir, tracking_uri)
+    event = _registry_call(registry.promote, uri, name, version, who=registry.current_user(), why=why)
+    click.echo(f"{name}: champion v{event['from'] or '-'} -> v{event['to']} by {event['who']} at {event['when']}")
+
+
+@models.command(name="rollback")
+@project_option
+@tracking_uri_option
+@click.argument("name")
+@click.option("--why", default="", help="Reason, recorded in the champion history.")
+def models_rollback(project_dir: Path, tracking_uri: str | None, name: str, why: str) -> None:
+    """Move the champion of NAME back to the previous champion (recorded with who / when / why)."""
+    from trellis import registry
+
+    uri = _tracking_uri(project_dir, tracking_uri)
+    event = _registry_call(registry.rollback, uri, name, who=registry.current_user(), why=why)
+    click.echo(f"{name}: champion rolled back v{event['from'] or '-'} -> v{event['to']} "
+               f"by {event['who']} at {event['when']}")
+
+
 if __name__ == "__main__":
     main()

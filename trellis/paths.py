@@ -25,6 +25,11 @@ class ProjectPaths:
         return Path(os.environ.get("TRELLIS_WAREHOUSE", self.data / "warehouse.duckdb")).resolve()
 
     @property
+    def mlflow_uri(self) -> str:
+        """MLflow tracking and registry store: a local SQLite file by default, any MLflow URI via the env."""
+        return os.environ.get("TRELLIS_MLFLOW_URI", f"sqlite:///{self.data / 'mlflow.db'}")
+
+    @property
     def dbt_project(self) -> Path:
         return self.root / "dbt_project"
 

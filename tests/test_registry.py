@@ -1,0 +1,200 @@
+"""Model registry: the promotion gate, promote / rollback of the champion alias with recorded history, and the
+`trellis models` commands, on a real MLflow SQLite registry with real CatBoost models."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_modeling import AS_OF, CONFIG, PLAN, REPO
+from test_training import _warehouse
+
+from trellis import registry
+from trellis.cli import main
+from trellis.modeling import evaluate, register, time_split, train_catboost
+from trellis.paths import ProjectPaths
+from trellis.simulate import simulate
+from trellis.spec import load_project
+from trellis.training import build_training_set, read_training_set
+
+NAME = "card_fraud"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    project = load_project(REPO)
+    root = tmp_path_factory.mktemp("registry")
+    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG), exact_windows=False)
+    training_set = build_training_set(con, project, NAME, AS_OF, root / "sets")
+    con.close()
+    model = project.models[NAME].model_copy(
+        update={"split": PLAN, "catboost": {**project.models[NAME].catboost, "iterations": 60}})
+    frame = read_training_set(training_set.path)
+    columns = training_set.feature_columns
+    good = train_catboost(frame, model, columns)
+    # A deliberately worse challenger: the same features trained on shuffled labels.
+    shuffled = frame.assign(label=np.random.default_rng(0).permutation(frame["label"].to_numpy()))
+    worse = train_catboost(shuffled, model, columns)
+    _, _, test = time_split(frame, model.split, "event_time")
+    return SimpleNamespace(project=project, training_set=training_set, frame=frame, model=model, good=good,
+                           worse=worse, test=test, columns=columns)
+
+
+@pytest.fixture
+def uri(world, tmp_path, monkeypatch) -> str:
+    """A registry holding v1 (good, champion) and v2 (worse, challenger)."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert register(world.good, world.model, world.training_set, uri) == (NAME, "1")
+    assert register(world.worse, world.model, world.training_set, uri) == (NAME, "2")
+    return uri
+
+
+def _champion(uri: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_default_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRELLIS_MLFLOW_URI", raising=False)
+    monkeypatch.delenv("TRELLIS_DATA_DIR", raising=False)
+    paths = ProjectPaths.of(tmp_path)
+    assert registry.default_tracking_uri(paths) == f"sqlite:///{tmp_path.resolve() / 'data' / 'mlflow.db'}"
+    monkeypatch.setenv("TRELLIS_MLFLOW_URI", "http://mlflow.internal:5000")
+    assert registry.default_tracking_uri(paths) == "http://mlflow.internal:5000"
+
+
+def test_list_versions(world, uri):
+    rows = registry.list_versions(uri, NAME)
+    assert [r["version"] for r in rows] == ["1", "2"]
+    assert rows[0]["aliases"] == ["champion"] and rows[1]["aliases"] == ["challenger"]
+    assert rows[0]["fingerprint"] == world.training_set.fingerprint
+    assert rows[0]["created"].endswith("+00:00")
+    assert rows[0]["metrics"]["test_roc_auc"] == pytest.approx(world.good.metrics["test_roc_auc"])
+    with pytest.raises(registry.RegistryError, match="unknown registered model 'nope'"):
+        registry.list_versions(uri, "nope")
+
+
+def test_gate_blocks_a_worse_challenger_and_passes_an_equal_one(world, uri):
+    result = registry.gate(uri, world.model, world.test, world.columns)
+    assert not result.passed
+    assert (result.champion_version, result.challenger_version) == ("1", "2")
+    assert result.metric == world.model.gates.metric and result.max_drop == world.model.gates.max_drop
+    assert result.challenger_value < result.champion_value - result.max_drop
+    assert "worse than the tolerance" in result.reason
+    # The gate scored the same test frame the training reported on.
+    assert result.champion_value == pytest.approx(world.good.metrics[f"test_{result.metric}"])
+    # (The worse model's own reported test metric is on shuffled labels; the gate uses the real ones.)
+    real = evaluate(world.test["label"].astype(int), world.worse.predict(world.test))[result.metric]
+    assert result.challenger_value == pytest.approx(real)
+
+    # A wide enough tolerance lets the same challenger through.
+    lenient = world.model.model_copy(update={"gates": world.model.gates.model_copy(update={"max_drop": 1.0})})
+    assert registry.gate(uri, lenient, world.test, world.columns).passed
+
+    # An equally good challenger (v3, the same model as the champion) passes; feature columns default to the
+    # model's own feature names.
+    assert register(world.good, world.model, world.training_set, uri)[1] == "3"
+    equal = registry.gate(uri, world.model, world.test)
+    assert equal.passed and equal.challenger_version == "3"
+    assert equal.challenger_value == pytest.approx(equal.champion_value)
+    assert "within the tolerance" in equal.reason
+
+
+def test_gate_without_champion_or_with_challenger_as_champion(world, uri):
+    from mlflow import MlflowClient
+
+    registry.promote(uri, NAME, "2", who="t", why="test")
+    same = registry.gate(uri, world.model, world.test, world.columns)
+    assert same.passed and "is the champion" in same.reason
+    MlflowClient(tracking_uri=uri, registry_uri=uri).delete_registered_model_alias(NAME, "champion")
+    none = registry.gate(uri, world.model, world.test, world.columns)
+    assert none.passed and none.reason == "no champion yet" and none.champion_value is None
+
+
+def test_promote_records_history_and_rollback_restores_the_previous_champion(world, uri, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    assert _champion(uri) == "1"
+    with pytest.raises(registry.RegistryError, match="no previous champion"):
+        registry.rollback(uri, NAME, who="alice", why="nothing to undo")
+
+    event = registry.promote(uri, NAME, 2, who="alice", why="weekly retrain")
+    assert _champion(uri) == "2"
+    assert {k: event[k] for k in ("action", "who", "why", "from", "to")} == {
+        "action": "promote", "who": "alice", "why": "weekly retrain", "from": "1", "to": "2"}
+    assert event["when"].endswith("+00:00")
+
+    back = registry.rollback(uri, NAME, who="bob", why="precision dropped in production")
+    assert _champion(uri) == "1"
+    assert (back["action"], back["from"], back["to"], back["who"]) == ("rollback", "2", "1", "bob")
+    events = registry.history(uri, NAME)
+    assert [(e["action"], e["from"], e["to"]) for e in events] == [("promote", "1", "2"), ("rollback", "2", "1")]
+    tag = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model(NAME).tags[registry.HISTORY_TAG]
+    assert json.loads(tag) == events
+
+    # Any reader resolving the alias now gets version 1's model.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        loaded = mlflow.catboost.load_model(f"models:/{NAME}@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    x = world.good.features(world.frame)
+    np.testing.assert_array_equal(loaded.predict_proba(x)[:, 1], world.good.predict(world.frame))
+
+    # Rollback is a stack: 1 -> 2 -> 3, then two rollbacks go 3 -> 2 -> 1, and a third has nothing left.
+    assert register(world.good, world.model, world.training_set, uri)[1] == "3"
+    registry.promote(uri, NAME, "2", who="a", why="")
+    registry.promote(uri, NAME, "3", who="a", why="")
+    assert registry.rollback(uri, NAME, who="a")["to"] == "2"
+    assert registry.rollback(uri, NAME, who="a")["to"] == "1"
+    assert _champion(uri) == "1"
+    with pytest.raises(registry.RegistryError, match="no previous champion"):
+        registry.rollback(uri, NAME, who="a")
+
+
+def test_promote_unknown_model_or_version(uri):
+    with pytest.raises(registry.RegistryError, match="has no version '9'"):
+        registry.promote(uri, NAME, "9", who="a", why="")
+    with pytest.raises(registry.RegistryError, match="unknown registered model"):
+        registry.promote(uri, "nope", "1", who="a", why="")
+    assert _champion(uri) == "1"
+
+
+def test_cli_list_promote_rollback(uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("USER", "carol")
+    runner = CliRunner()
+    common = ["--project", str(tmp_path), "--tracking-uri", uri]
+
+    listed = runner.invoke(main, ["models", "list", NAME, *common])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.strip().splitlines()
+    assert lines[0].startswith(f"{NAME} v1  [champion]") and "test_roc_auc=" in lines[0]
+    assert lines[1].startswith(f"{NAME} v2  [challenger]")
+
+    promoted = runner.invoke(main, ["models", "promote", NAME, "2", *common, "--why", "better recall"])
+    assert promoted.exit_code == 0, promoted.output
+    assert "champion v1 -> v2 by carol" in promoted.output and _champion(uri) == "2"
+
+    rolled = runner.invoke(main, ["models", "rollback", NAME, *common, "--why", "incident 42"])
+    assert rolled.exit_code == 0, rolled.output
+    assert "rolled back v2 -> v1 by carol" in rolled.output and _champion(uri) == "1"
+    last = registry.history(uri, NAME)[-1]
+    assert (last["who"], last["why"], last["action"]) == ("carol", "incident 42", "rollback")
+
+    for args, message in ((["promote", NAME, "7"], "has no version '7'"),
+                          (["list", "nope"], "unknown registered model 'nope'"),
+                          (["rollback", NAME], "no previous champion")):
+        bad = runner.invoke(main, ["models", *args, *common])
+        assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output
+        assert bad.exception is None or isinstance(bad.exception, SystemExit)

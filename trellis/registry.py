@@ -1,0 +1,280 @@
+"""Model registry operations on top of MLflow (design section 5): list versions, the promotion gate,
+promote and rollback of the ``champion`` alias.
+
+The registry is MLflow's model registry; by default a local SQLite store at ``<data>/mlflow.db``
+(``TRELLIS_MLFLOW_URI`` overrides it, and any MLflow tracking / registry URI works, e.g. a server).
+``trellis.modeling.register`` creates versions and sets ``challenger`` (every new version) and ``champion``
+(the first version only); everything after that goes through ``promote`` / ``rollback`` here.
+
+Champion history: every promote / rollback appends an event
+``{"action", "who", "when" (UTC ISO 8601), "why", "from", "to"}`` to a JSON list stored in the
+*registered-model* tag ``trellis.champion_history``. The stack of previous champions is the replay of that
+list: ``promote`` pushes the outgoing champion, ``rollback`` pops it. So a rollback after two promotions
+goes back one step, and a second rollback goes back one more. Aliases are stored in the registry itself, so
+a move takes effect for any reader resolving ``models:/<name>@champion`` on its next load.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from trellis.modeling import _mlflow, evaluate, prepare_features
+from trellis.paths import ProjectPaths
+from trellis.spec import Model
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "trellis.champion_history"
+MAX_HISTORY_CHARS = 90_000  # MLflow caps registry tag values at 100,000 characters; oldest events are dropped
+KEY_METRICS = ("test_roc_auc", "test_average_precision", "test_fraud_caught_at_1pct",
+               "lift_test_roc_auc", "lift_test_average_precision")
+
+
+class RegistryError(Exception):
+    """An unknown model / version / alias, or a rollback with no previous champion."""
+
+
+def default_tracking_uri(paths: ProjectPaths) -> str:
+    """``$TRELLIS_MLFLOW_URI`` when set, else the SQLite store ``<paths.data>/mlflow.db``."""
+    uri = os.environ.get("TRELLIS_MLFLOW_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{paths.data / 'mlflow.db'}"
+
+
+def current_user() -> str:
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _registered(client: Any, name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        raise RegistryError(f"unknown registered model {name!r} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "message", exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _alias_version(client: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _iso(millis: int | None) -> str | None:
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat() if millis else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Listing
+
+
+def list_versions(tracking_uri: str, name: str) -> list[dict[str, Any]]:
+    """Every version of ``name``, oldest first: version, aliases, training fingerprint, creation time (UTC
+    ISO), run id and the run's key test metrics. Raises RegistryError for an unknown model."""
+    with _mlflow(tracking_uri):
+        client = _client(tracking_uri)
+        registered = _registered(client, name)
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (registered.aliases or {}).items():  # search results don't carry aliases
+            aliases.setdefault(str(version), []).append(alias)
+        versions = client.search_model_versions(f"name = '{name}'")
+        out = []
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            metrics: dict[str, float] = {}
+            if mv.run_id:
+                try:
+                    run_metrics = client.get_run(mv.run_id).data.metrics
+                    metrics = {k: run_metrics[k] for k in KEY_METRICS if k in run_metrics}
+                except Exception:  # a deleted run leaves the version listable
+                    metrics = {}
+            out.append({
+                "version": str(mv.version),
+                "aliases": sorted(aliases.get(str(mv.version), [])),
+                "fingerprint": (mv.tags or {}).get("trellis.training_fingerprint", ""),
+                "created": _iso(mv.creation_timestamp),
+                "run_id": mv.run_id,
+                "metrics": metrics,
+            })
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Promotion gate
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    metric: str
+    champion_value: float | None
+    challenger_value: float | None
+    max_drop: float
+    reason: str
+    champion_version: str | None = None
+    challenger_version: str | None = None
+
+
+def _score(loaded: Any, test_frame: pd.DataFrame, feature_columns: list[str] | None) -> Any:
+    columns = list(feature_columns) if feature_columns else list(loaded.feature_names_)
+    cat_idx = set(loaded.get_cat_feature_indices())
+    cat_features = [c for i, c in enumerate(columns) if i in cat_idx]
+    return loaded.predict_proba(prepare_features(test_frame, columns, cat_features))[:, 1]
+
+
+def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame, feature_columns: list[str] | None = None,
+         label_column: str = "label") -> GateResult:
+    """The promotion gate: score the ``champion`` and ``challenger`` versions of ``model.name`` on the same
+    ``test_frame`` and compare ``model.gates.metric``. Passes iff challenger >= champion - max_drop; also
+    passes when there is no champion yet or the challenger *is* the champion. Fails when the challenger
+    alias is missing or the metric is undefined (single-class test frame). ``feature_columns`` defaults to
+    each model's own feature names."""
+    metric, max_drop = model.gates.metric, model.gates.max_drop
+    name = model.name
+    with _mlflow(tracking_uri) as mlflow:
+        client = _client(tracking_uri)
+        _registered(client, name)
+        champion = _alias_version(client, name, CHAMPION)
+        challenger = _alias_version(client, name, CHALLENGER)
+        base = {"metric": metric, "max_drop": max_drop, "champion_version": champion,
+                "challenger_version": challenger}
+        if challenger is None:
+            return GateResult(False, champion_value=None, challenger_value=None,
+                              reason=f"{name} has no {CHALLENGER!r} alias", **base)
+        if champion is None:
+            return GateResult(True, champion_value=None, challenger_value=None, reason="no champion yet", **base)
+        if champion == challenger:
+            return GateResult(True, champion_value=None, challenger_value=None,
+                              reason=f"the challenger is the champion (version {champion})", **base)
+        y = test_frame[label_column].astype(int).to_numpy()
+        values = {}
+        for alias, version in ((CHAMPION, champion), (CHALLENGER, challenger)):
+            loaded = mlflow.catboost.load_model(f"models:/{name}/{version}")
+            values[alias] = evaluate(y, _score(loaded, test_frame, feature_columns))[metric]
+    champ, chall = values[CHAMPION], values[CHALLENGER]
+    if not (math.isfinite(champ) and math.isfinite(chall)):
+        return GateResult(False, champion_value=champ, challenger_value=chall,
+                          reason=f"{metric} is undefined on the test frame (a single label class?)", **base)
+    passed = chall >= champ - max_drop
+    relation = "within" if passed else "worse than"
+    reason = (f"challenger v{challenger} {metric}={chall:.4f} vs champion v{champion} {champ:.4f}: "
+              f"{relation} the tolerance {max_drop}")
+    return GateResult(passed, champion_value=champ, challenger_value=chall, reason=reason, **base)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Promote / rollback
+
+
+def history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
+    """The champion events of ``name``, oldest first (see the module docstring)."""
+    with _mlflow(tracking_uri):
+        return _history(_registered(_client(tracking_uri), name))
+
+
+def _history(registered: Any) -> list[dict[str, Any]]:
+    raw = (registered.tags or {}).get(HISTORY_TAG)
+    return json.loads(raw) if raw else []
+
+
+def _previous_champions(events: list[dict[str, Any]]) -> list[str]:
+    stack: list[str] = []
+    for event in events:
+        if event["action"] == "promote" and event.get("from") and event["from"] != event["to"]:
+            stack.append(event["from"])
+        elif event["action"] == "rollback" and stack:
+            stack.pop()
+    return stack
+
+
+def _record(client: Any, name: str, events: list[dict[str, Any]]) -> None:
+    text = json.dumps(events)
+    while len(text) > MAX_HISTORY_CHARS and len(events) > 1:
+        events = events[1:]
+        text = json.dumps(events)
+    client.set_registered_model_tag(name, HISTORY_TAG, text)
+
+
+def _move(client: Any, name: str, action: str, to: str, previous: str | None, who: str, why: str,
+          events: list[dict[str, Any]]) -> dict[str, Any]:
+    event = {"action": action, "who": who, "when": datetime.now(UTC).isoformat(), "why": why,
+             "from": previous, "to": to}
+    client.set_registered_model_alias(name, CHAMPION, to)
+    _record(client, name, [*events, event])
+    return event
+
+
+def promote(tracking_uri: str, name: str, version: str | int, *, who: str | None = None,
+            why: str = "") -> dict[str, Any]:
+    """Move ``champion`` of ``name`` to ``version`` and record the event (returned). Raises RegistryError for
+    an unknown model or version."""
+    from mlflow.exceptions import MlflowException
+
+    version = str(version)
+    with _mlflow(tracking_uri):
+        client = _client(tracking_uri)
+        registered = _registered(client, name)
+        try:
+            client.get_model_version(name, version)
+        except MlflowException:
+            raise RegistryError(f"{name} has no version {version!r}") from None
+        previous = _alias_version(client, name, CHAMPION)
+        return _move(client, name, "promote", version, previous, who or current_user(), why, _history(registered))
+
+
+def rollback(tracking_uri: str, name: str, *, who: str | None = None, why: str = "") -> dict[str, Any]:
+    """Move ``champion`` of ``name`` back to the previous champion (from the recorded history) and record the
+    event (returned). Raises RegistryError when there is no previous champion."""
+    from mlflow.exceptions import MlflowException
+
+    with _mlflow(tracking_uri):
+        client = _client(tracking_uri)
+        registered = _registered(client, name)
+        events = _history(registered)
+        stack = _previous_champions(events)
+        if not stack:
+            raise RegistryError(f"{name} has no previous champion to roll back to (no promotion recorded)")
+        target = stack[-1]
+        try:
+            client.get_model_version(name, target)
+        except MlflowException:
+            raise RegistryError(f"the previous champion {name} v{target} no longer exists") from None
+        current = _alias_version(client, name, CHAMPION)
+        return _move(client, name, "rollback", target, current, who or current_user(), why, events)
+
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "HISTORY_TAG",
+    "GateResult",
+    "RegistryError",
+    "default_tracking_uri",
+    "gate",
+    "history",
+    "list_versions",
+    "promote",
+    "rollback",
+]
