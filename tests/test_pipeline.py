@@ -150,10 +150,6 @@ def test_model_is_trained_evaluated_and_registered(pipeline):
     version = client.get_model_version_by_alias("card_fraud", "champion")
     training = _materialized(result)["training/card_fraud_training_set"]
     assert version.tags["trellis.training_fingerprint"] == training["fingerprint"]
-    mlflow.set_registry_uri(paths.mlflow_uri)
-    try:
-        loaded = mlflow.catboost.load_model("models:/card_fraud@champion")
-    finally:
-        mlflow.set_registry_uri("")
+    loaded = mlflow.catboost.load_model(client.get_model_version_download_uri("card_fraud", version.version))
     frame = read_training_set(training["path"]).head(50)
     assert loaded.predict_proba(frame[training["features"]].astype(float))[:, 1].shape == (50,)

@@ -65,9 +65,11 @@ def test_default_tracking_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("TRELLIS_MLFLOW_URI", raising=False)
     monkeypatch.delenv("TRELLIS_DATA_DIR", raising=False)
     paths = ProjectPaths.of(tmp_path)
-    assert registry.default_tracking_uri(paths) == f"sqlite:///{tmp_path.resolve() / 'data' / 'mlflow.db'}"
-    monkeypatch.setenv("TRELLIS_MLFLOW_URI", "http://mlflow.internal:5000")
-    assert registry.default_tracking_uri(paths) == "http://mlflow.internal:5000"
+    assert paths.mlflow_uri == f"sqlite:///{tmp_path.resolve() / 'data' / 'mlflow.db'}"
+    monkeypatch.setenv("TRELLIS_MLFLOW_URI", "http://127.0.0.1:5000")
+    assert paths.mlflow_uri == "http://127.0.0.1:5000"
+    monkeypatch.setenv("TRELLIS_MLFLOW_URI", "")
+    assert paths.mlflow_uri.startswith("sqlite:///")
 
 
 def test_list_versions(world, uri):
@@ -198,3 +200,8 @@ def test_cli_list_promote_rollback(uri, tmp_path, monkeypatch):
         bad = runner.invoke(main, ["models", *args, *common])
         assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output
         assert bad.exception is None or isinstance(bad.exception, SystemExit)
+
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    nowhere = runner.invoke(main, ["models", "list", NAME, "--tracking-uri", f"sqlite:///{missing}"])
+    assert nowhere.exit_code == 1 and "no MLflow registry at" in nowhere.output
+    assert not missing.exists()  # the lookup does not create an empty store

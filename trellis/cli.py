@@ -174,9 +174,8 @@ tracking_uri_option = click.option(
 
 def _tracking_uri(project_dir: Path, tracking_uri: str | None) -> str:
     from trellis.paths import ProjectPaths
-    from trellis.registry import default_tracking_uri
 
-    return tracking_uri or default_tracking_uri(ProjectPaths.of(project_dir))
+    return tracking_uri or ProjectPaths.of(project_dir).mlflow_uri
 
 
 def _registry_call(fn, *args, **kwargs):

@@ -27,7 +27,7 @@ class ProjectPaths:
     @property
     def mlflow_uri(self) -> str:
         """MLflow tracking and registry store: a local SQLite file by default, any MLflow URI via the env."""
-        return os.environ.get("TRELLIS_MLFLOW_URI", f"sqlite:///{self.data / 'mlflow.db'}")
+        return os.environ.get("TRELLIS_MLFLOW_URI") or f"sqlite:///{self.data / 'mlflow.db'}"
 
     @property
     def dbt_project(self) -> Path:

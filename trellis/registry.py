@@ -22,12 +22,12 @@ import math
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from trellis.modeling import _mlflow, evaluate, prepare_features
-from trellis.paths import ProjectPaths
 from trellis.spec import Model
 
 CHAMPION = "champion"
@@ -42,20 +42,19 @@ class RegistryError(Exception):
     """An unknown model / version / alias, or a rollback with no previous champion."""
 
 
-def default_tracking_uri(paths: ProjectPaths) -> str:
-    """``$TRELLIS_MLFLOW_URI`` when set, else the SQLite store ``<paths.data>/mlflow.db``."""
-    uri = os.environ.get("TRELLIS_MLFLOW_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{paths.data / 'mlflow.db'}"
-
-
 def current_user() -> str:
     return os.environ.get("USER") or getpass.getuser()
 
 
 def _client(tracking_uri: str) -> Any:
+    """An MlflowClient on ``tracking_uri``; a ``sqlite:///`` store must already exist (MLflow would otherwise
+    silently create an empty one, so a mistyped path would read as "unknown model")."""
     from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise RegistryError(f"no MLflow registry at {path} (register a model first, or pass --tracking-uri)")
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -271,7 +270,6 @@ __all__ = [
     "HISTORY_TAG",
     "GateResult",
     "RegistryError",
-    "default_tracking_uri",
     "gate",
     "history",
     "list_versions",
