@@ -10,7 +10,7 @@ from assets.online.assets import feast_registry
 from assets.project import paths
 from assets.raw.assets import reference_data, source_assets
 from assets.resources import Warehouse
-from assets.training.assets import model_assets, training_set_assets
+from assets.training.assets import model_assets, model_checks, training_set_assets
 
 
 @dg.definitions
@@ -19,7 +19,7 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, *training_set_assets(),
                 *model_assets()],
-        asset_checks=contract_checks(),
+        asset_checks=[*contract_checks(), *model_checks()],
         resources={
             "warehouse": Warehouse(path=str(project_paths.warehouse)),
             "dbt": DbtCliResource(project_dir=dbt_project()),

@@ -25,12 +25,13 @@ def test_every_asset_materializes_and_every_check_passes(pipeline):
         "landing/reference_data", "raw/transactions", "raw/fraud_labels", "staging/transactions",
         "staging/fraud_labels", "features/customer_spending", "features/terminal_risk",
         "features/device_sharing", "online/feast_registry", "training/card_fraud_training_set",
-        "models/card_fraud",
+        "models/card_fraud", "models/card_fraud_champion",
     }
     checks = list(result.get_asset_check_evaluations())
     names = {(c.asset_key.to_user_string(), c.check_name) for c in checks}
     assert ("features/customer_spending", "pandera_contract") in names
     assert ("raw/transactions", "rows_add_up") in names
+    assert ("models/card_fraud", "promotion_gate") in names
     assert any(name.startswith("unique_feat_customer_spending") for _, name in names)  # dbt data tests
     assert [c.check_name for c in checks if not c.passed] == []
 
@@ -148,6 +149,7 @@ def test_model_is_trained_evaluated_and_registered(pipeline):
     assert "| roc_auc |" in meta["metrics"] and "baseline" in meta["metrics"]
     client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
     version = client.get_model_version_by_alias("card_fraud", "champion")
+    assert _materialized(result)["models/card_fraud_champion"]["champion_version"] == str(version.version) == "1"
     training = _materialized(result)["training/card_fraud_training_set"]
     assert version.tags["trellis.training_fingerprint"] == training["fingerprint"]
     loaded = mlflow.catboost.load_model(client.get_model_version_download_uri("card_fraud", version.version))

@@ -9,7 +9,8 @@ from pydantic import Field
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
 from trellis.compile.dbt import VALIDATED_SCHEMA
-from trellis.modeling import TrainedModel, register, train_catboost
+from trellis.modeling import TrainedModel, register, time_split, train_catboost
+from trellis.registry import gate, list_versions, promote
 from trellis.training import TrainingSet, build_training_set, read_training_set
 
 
@@ -73,14 +74,7 @@ def _model_asset(model_name: str) -> dg.AssetsDefinition:
                     "logistic-regression baseline on a later period, registered in MLflow as the challenger.",
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        event = context.instance.get_latest_materialization_event(training_key)
-        if event is None or event.asset_materialization is None:
-            raise dg.Failure(description=f"{training_key.to_user_string()} has not been materialized")
-        meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-        training_set = TrainingSet(
-            model=model_name, as_of=datetime.fromisoformat(meta["as_of"]), path=Path(meta["path"]),
-            rows=meta["dagster/row_count"], positives=meta["positives"], fingerprint=meta["fingerprint"],
-            feature_columns=list(meta["features"]))
+        training_set = _latest_training_set(context.instance, model_name)
         frame = read_training_set(training_set.path)
         trained = train_catboost(frame, model, training_set.feature_columns)
         name, version = register(trained, model, training_set, paths().mlflow_uri,
@@ -101,6 +95,58 @@ def _model_asset(model_name: str) -> dg.AssetsDefinition:
     return _asset
 
 
+def _latest_training_set(instance: dg.DagsterInstance, model_name: str) -> TrainingSet:
+    """The training set recorded by the latest materialization of training/<model>_training_set."""
+    key = dg.AssetKey(["training", f"{model_name}_training_set"])
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(description=f"{key.to_user_string()} has not been materialized")
+    meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return TrainingSet(
+        model=model_name, as_of=datetime.fromisoformat(meta["as_of"]), path=Path(meta["path"]),
+        rows=meta["dagster/row_count"], positives=meta["positives"], fingerprint=meta["fingerprint"],
+        feature_columns=list(meta["features"]))
+
+
+def _promotion_gate(model_name: str) -> dg.AssetChecksDefinition:
+    model = trellis_project().models[model_name]
+
+    @dg.asset_check(asset=dg.AssetKey(["models", model_name]), name="promotion_gate", blocking=True,
+                    description=f"The challenger's {model.gates.metric} on the test period is no more than "
+                                f"{model.gates.max_drop} below the champion's (same rows for both).")
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        training_set = _latest_training_set(context.instance, model_name)
+        _, _, test = time_split(read_training_set(training_set.path), model.split, training_set.time_column)
+        result = gate(paths().mlflow_uri, model, test, training_set.feature_columns)
+        return dg.AssetCheckResult(passed=result.passed, metadata={
+            "reason": result.reason, "metric": result.metric, "max_drop": result.max_drop,
+            "champion_version": str(result.champion_version), "challenger_version": str(result.challenger_version),
+            "champion_value": float("nan") if result.champion_value is None else result.champion_value,
+            "challenger_value": float("nan") if result.challenger_value is None else result.challenger_value,
+        })
+
+    return _check
+
+
+def _champion_asset(model_name: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["models", f"{model_name}_champion"],
+        group_name="models",
+        kinds={"mlflow"},
+        deps=[dg.AssetKey(["models", model_name])],
+        description=f"Moves the champion alias of {model_name} to the challenger once the blocking promotion "
+                    "gate has passed (a failed gate stops this step). Rollback: `trellis models rollback`.",
+    )
+    def _asset() -> dg.MaterializeResult:
+        uri = paths().mlflow_uri
+        challenger = next(v for v in list_versions(uri, model_name) if "challenger" in v["aliases"])
+        event = promote(uri, model_name, challenger["version"], who="dagster", why="passed the promotion gate")
+        return dg.MaterializeResult(metadata={"champion_version": dg.MetadataValue.text(str(event["to"])),
+                                              "previous_champion": dg.MetadataValue.text(str(event["from"]))})
+
+    return _asset
+
+
 def metrics_table(trained: TrainedModel) -> str:
     """Model vs baseline on validation and test, as a markdown table (the UI and the demo show it)."""
     names = sorted({k.split("_", 1)[1] for k in trained.baseline_metrics if k.startswith("test_")})
@@ -114,4 +160,9 @@ def metrics_table(trained: TrainedModel) -> str:
 
 
 def model_assets() -> list[dg.AssetsDefinition]:
-    return [_model_asset(name) for name in trellis_project().models]
+    names = list(trellis_project().models)
+    return [*(_model_asset(n) for n in names), *(_champion_asset(n) for n in names)]
+
+
+def model_checks() -> list[dg.AssetChecksDefinition]:
+    return [_promotion_gate(name) for name in trellis_project().models]
