@@ -11,6 +11,7 @@ from assets.project import paths
 from assets.raw.assets import reference_data, source_assets
 from assets.resources import Warehouse
 from assets.training.assets import model_assets, model_checks, training_set_assets
+from assets.training.sensors import retrain_sensors
 
 
 @dg.definitions
@@ -20,6 +21,7 @@ def defs() -> dg.Definitions:
         assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, *training_set_assets(),
                 *model_assets()],
         asset_checks=[*contract_checks(), *model_checks()],
+        sensors=retrain_sensors(),
         resources={
             "warehouse": Warehouse(path=str(project_paths.warehouse)),
             "dbt": DbtCliResource(project_dir=dbt_project()),

@@ -44,12 +44,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     from assets.project import paths
 
     definitions = defs()
+    instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         resources=definitions.resources,
         run_config={"ops": {"landing__reference_data": {"config": {"scale": 0.03, "n_days": 100}}}},
         raise_on_error=False,
+        instance=instance,
     )
+    result.instance = instance  # the sensors' tests read materializations from it
     yield result, paths()
     for key, value in saved.items():
         if value is None:

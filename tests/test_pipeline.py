@@ -155,3 +155,32 @@ def test_model_is_trained_evaluated_and_registered(pipeline):
     loaded = mlflow.catboost.load_model(client.get_model_version_download_uri("card_fraud", version.version))
     frame = read_training_set(training["path"]).head(50)
     assert loaded.predict_proba(frame[training["features"]].astype(float))[:, 1].shape == (50,)
+
+
+def test_retrain_sensor_fires_on_new_matured_labels_and_not_otherwise(pipeline):
+    import dagster as dg
+
+    from assets.definitions import defs
+    from assets.resources import Warehouse
+
+    result, paths = pipeline
+    sensor = defs().get_sensor_def("card_fraud_retrain_on_new_labels")
+    warehouse = Warehouse(path=str(paths.warehouse))
+    context = dg.build_sensor_context(instance=result.instance, resources={"warehouse": warehouse})
+    skipped = sensor(context)
+    assert isinstance(skipped, dg.SkipReason) and "new matured labels" in skipped.skip_message
+    threshold = load_project(paths.root).models["card_fraud"].retrain_min_new_labels
+    con = duckdb.connect(str(paths.warehouse))
+    try:  # labels that matured since the training set was built
+        con.execute(f"insert into validated.fraud_labels select 10000000 + i, 1, 1, timestamp '2018-01-01', 0, 0, "
+                    f"timestamp '2018-01-08' from range({threshold}) t(i)")
+    finally:
+        con.close()
+    try:
+        fired = sensor(dg.build_sensor_context(instance=result.instance, resources={"warehouse": warehouse}))
+    finally:  # leave the shared warehouse as the other tests expect it
+        con = duckdb.connect(str(paths.warehouse))
+        con.execute("delete from validated.fraud_labels where transaction_id >= 10000000")
+        con.close()
+    assert isinstance(fired, dg.RunRequest)
+    assert int(fired.tags["trellis/new_labels"]) >= threshold
