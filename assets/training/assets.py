@@ -22,7 +22,7 @@ class TrainingCutoff(dg.Config):
 def _training_set_asset(model_name: str) -> dg.AssetsDefinition:
     project = trellis_project()
     model = project.models[model_name]
-    features, requests = project.model_inputs(model)
+    features, _ = project.model_inputs(model)
     groups = sorted({f.group for f in features})
 
     @dg.asset(
