@@ -10,6 +10,7 @@ from assets.online.assets import feast_registry
 from assets.project import paths
 from assets.raw.assets import reference_data, source_assets
 from assets.resources import Warehouse
+from assets.scoring.assets import scoring_assets, scoring_schedules
 from assets.training.assets import model_assets, model_checks, training_set_assets
 from assets.training.sensors import retrain_sensors
 
@@ -19,9 +20,10 @@ def defs() -> dg.Definitions:
     project_paths = paths()
     return dg.Definitions(
         assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, *training_set_assets(),
-                *model_assets()],
+                *model_assets(), *scoring_assets()],
         asset_checks=[*contract_checks(), *model_checks()],
         sensors=retrain_sensors(),
+        schedules=scoring_schedules(),
         resources={
             "warehouse": Warehouse(path=str(project_paths.warehouse)),
             "dbt": DbtCliResource(project_dir=dbt_project()),

@@ -10,23 +10,14 @@ warnings.filterwarnings("ignore")
 
 
 def run(scale: float = 1.0, n_days: int = 183) -> int:
-    import dagster as dg
     import duckdb
 
-    from assets.definitions import defs
     from assets.project import paths
+    from assets.run import materialize_all
 
     started = time.perf_counter()
-    definitions = defs()
-    result = dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
-        resources=definitions.resources,
-        run_config={
-            "ops": {"landing__reference_data": {"config": {"scale": scale, "n_days": n_days}}},
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},  # the report below is the summary
-        },
-        raise_on_error=False,
-    )
+    pipeline = materialize_all(scale, n_days, quiet=True)
+    result = pipeline.result
     elapsed = time.perf_counter() - started
     print("\n=== Trellis demo ===")
     print(f"run {'succeeded' if result.success else 'FAILED'} in {elapsed:.0f}s  (warehouse: {paths().warehouse})")
@@ -44,6 +35,11 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
             print(f"\nmodel {mat.asset_key.path[1]} version {mat.metadata['version'].value} (MLflow: "
                   f"{paths().mlflow_uri}):")
             print(mat.metadata["metrics"].value)
+    if pipeline.scores is not None:
+        for event in pipeline.scores.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            rows = mat.metadata["dagster/row_count"].value
+            print(f"  {mat.asset_key.to_user_string():28s} {rows:>12,} rows  (partition {pipeline.score_day})")
     checks = list(result.get_asset_check_evaluations())
     failed = [c for c in checks if not c.passed]
     print(f"\nasset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
@@ -60,8 +56,15 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
         )
         print("\nlatest transactions with their point-in-time features:")
         print(sample)
+        if pipeline.scores is not None and pipeline.scores.success:
+            print(f"\nhighest scores of {pipeline.score_day}, with reason codes (SHAP contributions):")
+            print(con.sql("select transaction_id, round(score, 4) score, model_version, reason_1, "
+                          "round(reason_1_contribution, 3) c1, reason_2, round(reason_2_contribution, 3) c2, "
+                          "reason_3, round(reason_3_contribution, 3) c3 from scores.card_fraud "
+                          "order by score desc limit 5"))
         con.close()
-    return 0 if result.success and not failed else 1
+    scored = pipeline.scores is None or pipeline.scores.success
+    return 0 if result.success and scored and not failed else 1
 
 
 def main() -> None:

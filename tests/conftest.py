@@ -38,21 +38,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     os.environ["TRELLIS_PROJECT"] = str(root)
     os.environ["TRELLIS_MLFLOW_URI"] = f"sqlite:///{root / 'data' / 'mlflow.db'}"
 
-    import dagster as dg
-
-    from assets.definitions import defs
     from assets.project import paths
+    from assets.run import materialize_all
 
-    definitions = defs()
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
-        resources=definitions.resources,
-        run_config={"ops": {"landing__reference_data": {"config": {"scale": 0.03, "n_days": 100}}}},
-        raise_on_error=False,
-        instance=instance,
-    )
-    result.instance = instance  # the sensors' tests read materializations from it
+    run = materialize_all(scale=0.03, n_days=100)
+    result = run.result
+    result.instance = run.instance  # the sensors' tests read materializations from it
+    result.scores, result.score_day = run.scores, run.score_day
     yield result, paths()
     for key, value in saved.items():
         if value is None:

@@ -184,3 +184,27 @@ def test_retrain_sensor_fires_on_new_matured_labels_and_not_otherwise(pipeline):
         con.close()
     assert isinstance(fired, dg.RunRequest)
     assert int(fired.tags["trellis/new_labels"]) >= threshold
+
+
+def test_daily_scores_cover_the_day_and_match_the_model(pipeline):
+    from trellis.scoring import load_champion
+
+    result, paths = pipeline
+    assert result.scores is not None and result.scores.success
+    meta = {e.event_specific_data.materialization.asset_key.to_user_string():
+            {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()}
+            for e in result.scores.get_asset_materialization_events()}
+    con = duckdb.connect(str(paths.warehouse))
+    try:
+        day_tx = con.sql("select count(*) from validated.transactions where cast(tx_datetime as date) = ?",
+                         params=[result.score_day]).fetchone()[0]
+        scores = con.sql("select * from scores.card_fraud").df()
+        institutions = con.sql("select * from scores.card_fraud_institutions").df()
+    finally:
+        con.close()
+    assert meta["scores/card_fraud"]["dagster/row_count"] == day_tx == len(scores) > 0
+    assert meta["scores/card_fraud"]["model_version"] == "1"
+    assert institutions["transactions"].sum() == day_tx
+    model, version = load_champion(paths.mlflow_uri, "card_fraud")
+    assert version == "1" and scores["reason_1"].notna().all()
+    assert (scores["reason_1_contribution"] >= scores["reason_2_contribution"]).all()

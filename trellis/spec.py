@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -229,6 +229,11 @@ class PromotionGates(_Strict):
     max_drop: float = Field(0.01, ge=0, description="How much worse than the champion a challenger may be.")
 
 
+class BatchScoring(_Strict):
+    start_date: date = Field(description="First day of the daily score partitions.")
+    hour_of_day: int = Field(2, ge=0, le=23, description="When each night yesterday's transactions are scored.")
+
+
 class Model(_Strict):
     kind: Literal["model"]
     name: Name
@@ -245,6 +250,7 @@ class Model(_Strict):
     gates: PromotionGates = PromotionGates()
     threshold: float = Field(0.5, gt=0, lt=1, description="Score at or above which the decision is 'review'.")
     retrain_min_new_labels: int = Field(10_000, gt=0)
+    batch_scoring: BatchScoring | None = None
 
 
 Definition = Annotated[Entity | Source | FeatureGroup | RequestFeatures | Model, Field(discriminator="kind")]
