@@ -31,7 +31,7 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
         print(f"  {mat.asset_key.to_user_string():28s} {'' if rows is None else f'{rows.value:>12,} rows'}{extra}")
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
-        if mat.asset_key.path[0] == "models":
+        if mat.asset_key.path[0] == "models" and "metrics" in mat.metadata:
             print(f"\nmodel {mat.asset_key.path[1]} version {mat.metadata['version'].value} (MLflow: "
                   f"{paths().mlflow_uri}):")
             print(mat.metadata["metrics"].value)
