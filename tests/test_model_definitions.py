@@ -40,6 +40,8 @@ def test_reference_model_resolves_its_inputs():
     ("source: fraud_labels", "source: fraud_label", "label.source: unknown source 'fraud_label'"),
     ("threshold: 0.5", "threshold: 1.5", "threshold:"),
     ("spine: transactions", "spine: transaction", "spine: unknown source 'transaction' (did you mean"),
+    ("card_key: customer_id", "card_key: customr_id",
+     "card_key: spine 'transactions' has no column 'customr_id' (did you mean 'customer_id'?)"),
 ])
 def test_model_problems_name_file_line_and_field(project_copy: Path, old: str, new: str, expected: str):
     problems = _problems(project_copy, old, new)

@@ -160,3 +160,17 @@ def test_register_versions_aliases_and_reload(world, tmp_path, monkeypatch):
         monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     x = world.trained.features(world.frame)
     np.testing.assert_array_equal(loaded.predict_proba(x)[:, 1], world.trained.predict(world.frame))
+
+
+def test_card_precision_at_k_by_hand():
+    from trellis.modeling import card_precision_at_k
+
+    day1, day2 = "2018-05-01 10:00", "2018-05-02 10:00"
+    cards = ["a", "a", "b", "c", "a", "b", "c"]
+    days = [day1, day1, day1, day1, day2, day2, day2]
+    y = [0, 1, 0, 0, 1, 0, 1]
+    scores = [0.1, 0.9, 0.8, 0.2, 0.95, 0.7, 0.6]
+    # Day 1, k=2: cards by max score a (0.9, fraud), b (0.8) -> 1/2; a is now known compromised.
+    # Day 2: a is excluded; b (0.7, genuine), c (0.6, fraud) -> 1/2.
+    assert card_precision_at_k(cards, days, y, scores, k=2) == 0.5
+    assert card_precision_at_k(cards, days, y, scores, k=1) == 0.5  # day 1: a (1/1); day 2: b (0/1)

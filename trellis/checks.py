@@ -56,6 +56,9 @@ def _check_model(project: Project, model: Model, broken: set[str]) -> list[Probl
                                        f"{did_you_mean(model.label.join_key, table.columns)}"))
     if broken:  # the groups' own problems are reported; their features cannot be judged here
         return out
+    if model.card_key is not None and model.card_key not in spine.columns:
+        out.append(project.problem(model, ("card_key",), f"spine {spine.name!r} has no column {model.card_key!r}"
+                                   f"{did_you_mean(model.card_key, spine.columns)}"))
     known = [*project.feature_groups, *project.all_features(), *project.request_features]
     for index, ref in enumerate(model.features):
         if ref not in known:

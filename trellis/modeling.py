@@ -160,6 +160,24 @@ def evaluate(y_true: Any, scores: Any, amounts: Any = None, *, alert_rate: float
     return metrics
 
 
+def card_precision_at_k(cards: Any, days: Any, y_true: Any, scores: Any, k: int = 100) -> float:
+    """Mean over days of the handbook's card precision@k: each day, rank cards by their highest score that
+    day, take the top ``k`` among cards not already found compromised on an earlier day (a true positive in
+    an earlier day's top k), and count the share of those with a fraud that day."""
+    frame = pd.DataFrame({"card": np.asarray(cards), "day": pd.to_datetime(np.asarray(days)).normalize(),
+                          "y": np.asarray(y_true).astype(int), "s": np.asarray(scores, dtype=float)})
+    per_card = frame.groupby(["day", "card"], sort=True).agg(s=("s", "max"), y=("y", "max")).reset_index()
+    found: set[Any] = set()
+    precisions = []
+    for _, day in per_card.groupby("day", sort=True):
+        candidates = day[~day["card"].isin(found)].sort_values(["s", "card"], ascending=[False, True]).head(k)
+        if candidates.empty:
+            continue
+        precisions.append(candidates["y"].sum() / k)
+        found.update(candidates.loc[candidates["y"] == 1, "card"])
+    return float(np.mean(precisions)) if precisions else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training
 
@@ -231,11 +249,15 @@ def train_catboost(frame: pd.DataFrame, model: Model, feature_columns: list[str]
 
     metrics: dict[str, float] = {"best_iteration": float(classifier.get_best_iteration() or 0)}
     baseline_metrics: dict[str, float] = {}
+    parts = {"validation": validation, "test": test}
     for name in ("validation", "test"):
-        for key, value in evaluate(y[name], classifier.predict_proba(x[name])[:, 1]).items():
-            metrics[f"{name}_{key}"] = value
-        for key, value in evaluate(y[name], baseline.predict_proba(x[name])[:, 1]).items():
-            baseline_metrics[f"{name}_{key}"] = value
+        for predictor, out in ((classifier, metrics), (baseline, baseline_metrics)):
+            scores = predictor.predict_proba(x[name])[:, 1]
+            for key, value in evaluate(y[name], scores).items():
+                out[f"{name}_{key}"] = value
+            if model.card_key is not None and model.card_key in parts[name]:
+                out[f"{name}_card_precision_at_100"] = card_precision_at_k(
+                    parts[name][model.card_key], parts[name][time_column], y[name], scores)
     return TrainedModel(model=classifier, feature_columns=list(feature_columns), cat_features=cat_features,
                         metrics=metrics, baseline_metrics=baseline_metrics, params=params, baseline=baseline,
                         split_rows={k: len(v) for k, v in x.items()})

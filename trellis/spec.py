@@ -249,6 +249,8 @@ class Model(_Strict):
     backtest: BacktestPlan = BacktestPlan()
     gates: PromotionGates = PromotionGates()
     threshold: float = Field(0.5, gt=0, lt=1, description="Score at or above which the decision is 'review'.")
+    card_key: str | None = Field(None, description="Spine column identifying the card (customer) for card "
+                                                   "precision@100 per day.")
     retrain_min_new_labels: int = Field(10_000, gt=0)
     batch_scoring: BatchScoring | None = None
 
