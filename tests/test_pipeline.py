@@ -191,9 +191,7 @@ def test_daily_scores_cover_the_day_and_match_the_model(pipeline):
 
     result, paths = pipeline
     assert result.scores is not None and result.scores.success
-    meta = {e.event_specific_data.materialization.asset_key.to_user_string():
-            {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()}
-            for e in result.scores.get_asset_materialization_events()}
+    meta = _materialized(result.scores)
     con = duckdb.connect(str(paths.warehouse))
     try:
         day_tx = con.sql("select count(*) from validated.transactions where cast(tx_datetime as date) = ?",

@@ -82,6 +82,23 @@ def _alias_version(client: Any, name: str, alias: str) -> str | None:
         return None
 
 
+def alias_version(tracking_uri: str, name: str, alias: str) -> str:
+    """The version ``alias`` points to; RegistryError when the model or the alias does not exist."""
+    client = _client(tracking_uri)
+    _registered(client, name)
+    version = _alias_version(client, name, alias)
+    if version is None:
+        raise RegistryError(f"no {alias!r} version of registered model {name!r}")
+    return version
+
+
+def load_alias(tracking_uri: str, name: str, alias: str = CHAMPION) -> tuple[Any, str]:
+    """The CatBoost model behind ``models:/<name>@<alias>`` and its version."""
+    with _mlflow(tracking_uri) as mlflow:
+        version = alias_version(tracking_uri, name, alias)
+        return mlflow.catboost.load_model(f"models:/{name}/{version}"), version
+
+
 def _iso(millis: int | None) -> str | None:
     return datetime.fromtimestamp(millis / 1000, UTC).isoformat() if millis else None
 

@@ -29,11 +29,11 @@ from catboost import CatBoostClassifier, Pool
 
 from trellis.compile.dbt import VALIDATED_SCHEMA
 from trellis.modeling import prepare_features
+from trellis.registry import CHAMPION, RegistryError, load_alias
 from trellis.spec import Model, Project
 from trellis.training import EVENT_TIME, FEATURE_SCHEMA, LABEL, _model, training_set_sql
 
 _PLACEHOLDER = "__trellis_scoring_source__"  # schema the training SQL is rendered against, then replaced
-CHAMPION = "champion"
 
 
 class ScoringError(Exception):
@@ -193,18 +193,10 @@ def backfill(con: duckdb.DuckDBPyConnection, project: Project, model: str | Mode
 
 def load_champion(tracking_uri: str, name: str, alias: str = CHAMPION) -> tuple[CatBoostClassifier, str]:
     """The CatBoost model behind ``models:/<name>@<alias>`` and its registry version."""
-    from trellis.modeling import _mlflow
-
-    with _mlflow(tracking_uri) as mlflow:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        try:
-            version = str(client.get_model_version_by_alias(name, alias).version)
-        except mlflow.exceptions.MlflowException as exc:
-            raise ScoringError(f"no {alias!r} version of registered model {name!r}: {exc}") from None
-        loaded = mlflow.catboost.load_model(f"models:/{name}/{version}")
-    return loaded, version
+    try:
+        return load_alias(tracking_uri, name, alias)
+    except RegistryError as exc:
+        raise ScoringError(str(exc)) from None
 
 
 __all__ = [

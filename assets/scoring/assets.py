@@ -20,10 +20,15 @@ def _replace_partition(con, table: str, frame, day) -> None:
     con.unregister("__frame")
 
 
+def _daily(model_name: str) -> dg.DailyPartitionsDefinition:
+    batch = trellis_project().models[model_name].batch_scoring
+    assert batch is not None
+    return dg.DailyPartitionsDefinition(start_date=batch.start_date.isoformat())
+
+
 def _scoring_assets(model_name: str) -> list[dg.AssetsDefinition]:
     model = trellis_project().models[model_name]
-    assert model.batch_scoring is not None
-    partitions = dg.DailyPartitionsDefinition(start_date=model.batch_scoring.start_date.isoformat())
+    partitions = _daily(model_name)
 
     @dg.asset(
         key=["scores", model_name],
@@ -74,7 +79,7 @@ def _schedule(model_name: str) -> dg.ScheduleDefinition:
     job = dg.define_asset_job(
         f"{model_name}_daily_scores",
         selection=[dg.AssetKey(["scores", model_name]), dg.AssetKey(["scores", f"{model_name}_institutions"])],
-        partitions_def=dg.DailyPartitionsDefinition(start_date=model.batch_scoring.start_date.isoformat()),
+        partitions_def=_daily(model_name),
     )
     return dg.build_schedule_from_partitioned_job(job, hour_of_day=model.batch_scoring.hour_of_day)
 

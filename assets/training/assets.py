@@ -10,7 +10,7 @@ from assets.project import paths, trellis_project
 from assets.resources import Warehouse
 from trellis.compile.dbt import VALIDATED_SCHEMA
 from trellis.modeling import TrainedModel, register, time_split, train_catboost
-from trellis.registry import gate, list_versions, promote
+from trellis.registry import CHALLENGER, alias_version, gate, promote
 from trellis.training import TrainingSet, build_training_set, read_training_set
 
 
@@ -139,8 +139,8 @@ def _champion_asset(model_name: str) -> dg.AssetsDefinition:
     )
     def _asset() -> dg.MaterializeResult:
         uri = paths().mlflow_uri
-        challenger = next(v for v in list_versions(uri, model_name) if "challenger" in v["aliases"])
-        event = promote(uri, model_name, challenger["version"], who="dagster", why="passed the promotion gate")
+        challenger = alias_version(uri, model_name, CHALLENGER)
+        event = promote(uri, model_name, challenger, who="dagster", why="passed the promotion gate")
         return dg.MaterializeResult(metadata={"champion_version": dg.MetadataValue.text(str(event["to"])),
                                               "previous_champion": dg.MetadataValue.text(str(event["from"]))})
 
