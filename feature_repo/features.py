@@ -5,11 +5,26 @@
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Bool, Float64, Int32, Int64, String, UnixTimestamp  # noqa: F401
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    RequestSource,
+    ValueType,
+)
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Bool, Bytes, Float64, Int32, Int64, String, UnixTimestamp  # noqa: F401
 
 # Feast reads FileSource paths relative to the working directory, so anchor them to this repo.
 DATA = Path(__file__).resolve().parent / 'data'
+
+# The time a live (on-demand) view computes its windows at: the scoring request's time.
+scoring_time = RequestSource(
+    name='scoring_time',
+    schema=[Field(name='request_ts', dtype=UnixTimestamp)],
+)
 
 customer = Entity(
     name='customer',
@@ -70,6 +85,78 @@ customer_spending = FeatureView(
     tags={'domain': 'fraud', 'tier': 'realtime'},
 )
 
+customer_spending_state_source = FileSource(
+    name='customer_spending_state',
+    path=str(DATA / 'customer_spending_state.parquet'),
+    timestamp_field='feature_ts',
+    description='Streaming state (raw tails) of customer_spending, written by trellis materialize',
+)
+
+customer_spending_state = FeatureView(
+    name='customer_spending_state',
+    entities=[customer],
+    ttl=timedelta(seconds=0),
+    schema=[
+        Field(name='customer_id', dtype=Int64),
+        Field(name='state', dtype=Bytes),
+    ],
+    source=customer_spending_state_source,
+    online=True,
+    description='Raw tail of customer_spending per entity; read through customer_spending_live.',
+    owner='fraud-ml@trellis.dev',
+    tags={'trellis': 'online-state'},
+)
+
+
+@on_demand_feature_view(
+    sources=[customer_spending_state, scoring_time],
+    schema=[
+        Field(name='tx_count_1d', dtype=Int64),
+        Field(name='tx_count_7d', dtype=Int64),
+        Field(name='tx_count_30d', dtype=Int64),
+        Field(name='avg_amount_1d', dtype=Float64),
+        Field(name='avg_amount_7d', dtype=Float64),
+        Field(name='avg_amount_30d', dtype=Float64),
+        Field(name='std_amount_7d', dtype=Float64),
+        Field(name='std_amount_30d', dtype=Float64),
+        Field(name='max_amount_1d', dtype=Float64),
+        Field(name='max_amount_7d', dtype=Float64),
+        Field(name='max_amount_30d', dtype=Float64),
+        Field(name='distinct_terminals_1d', dtype=Int64),
+        Field(name='distinct_terminals_7d', dtype=Int64),
+        Field(name='distinct_terminals_30d', dtype=Int64),
+    ],
+    mode='python',
+    description='customer_spending evaluated exactly at request_ts from the streaming state.',
+)
+def customer_spending_live(inputs: dict) -> dict:
+    from trellis.online.state import evaluate_rows
+
+    return evaluate_rows(
+        {'features': [['tx_count_1d', 'count', None, 86400000000, 1, 'int64'],
+                      ['tx_count_7d', 'count', None, 604800000000, 1, 'int64'],
+                      ['tx_count_30d', 'count', None, 2592000000000, 1, 'int64'],
+                      ['avg_amount_1d', 'mean', 0, 86400000000, 1, 'float64'],
+                      ['avg_amount_7d', 'mean', 0, 604800000000, 1, 'float64'],
+                      ['avg_amount_30d', 'mean', 0, 2592000000000, 1, 'float64'],
+                      ['std_amount_7d', 'std', 0, 604800000000, 1, 'float64'],
+                      ['std_amount_30d', 'std', 0, 2592000000000, 1, 'float64'],
+                      ['max_amount_1d', 'max', 0, 86400000000, 1, 'float64'],
+                      ['max_amount_7d', 'max', 0, 604800000000, 1, 'float64'],
+                      ['max_amount_30d', 'max', 0, 2592000000000, 1, 'float64'],
+                      ['distinct_terminals_1d', 'count_distinct', 1, 86400000000, 1, 'int64'],
+                      ['distinct_terminals_7d', 'count_distinct', 1, 604800000000, 1, 'int64'],
+                      ['distinct_terminals_30d', 'count_distinct', 1, 2592000000000, 1, 'int64']],
+         'group': 'customer_spending',
+         'has_primary_key': True,
+         'horizon_us': 2592000000000,
+         'inputs': [['tx_amount', 'f8'], ['terminal_id', 'i8'], ['pk:transaction_id', 'i8']],
+         'key_column': 'customer_id',
+         'strict': True},
+        inputs,
+    )
+
+
 device_sharing_source = FileSource(
     name='feat_device_sharing',
     path=str(DATA / 'feat_device_sharing.parquet'),
@@ -93,6 +180,56 @@ device_sharing = FeatureView(
     owner='fraud-ml@trellis.dev',
     tags={'domain': 'fraud', 'flavour': 'graph', 'tier': 'realtime'},
 )
+
+device_sharing_state_source = FileSource(
+    name='device_sharing_state',
+    path=str(DATA / 'device_sharing_state.parquet'),
+    timestamp_field='feature_ts',
+    description='Streaming state (raw tails) of device_sharing, written by trellis materialize',
+)
+
+device_sharing_state = FeatureView(
+    name='device_sharing_state',
+    entities=[device],
+    ttl=timedelta(seconds=0),
+    schema=[
+        Field(name='device_id', dtype=Int64),
+        Field(name='state', dtype=Bytes),
+    ],
+    source=device_sharing_state_source,
+    online=True,
+    description='Raw tail of device_sharing per entity; read through device_sharing_live.',
+    owner='fraud-ml@trellis.dev',
+    tags={'trellis': 'online-state'},
+)
+
+
+@on_demand_feature_view(
+    sources=[device_sharing_state, scoring_time],
+    schema=[
+        Field(name='distinct_customers_1d', dtype=Int64),
+        Field(name='distinct_customers_7d', dtype=Int64),
+        Field(name='tx_count_7d', dtype=Int64),
+    ],
+    mode='python',
+    description='device_sharing evaluated exactly at request_ts from the streaming state.',
+)
+def device_sharing_live(inputs: dict) -> dict:
+    from trellis.online.state import evaluate_rows
+
+    return evaluate_rows(
+        {'features': [['distinct_customers_1d', 'count_distinct', 0, 86400000000, 1, 'int64'],
+                      ['distinct_customers_7d', 'count_distinct', 0, 604800000000, 1, 'int64'],
+                      ['tx_count_7d', 'count', None, 604800000000, 1, 'int64']],
+         'group': 'device_sharing',
+         'has_primary_key': True,
+         'horizon_us': 604800000000,
+         'inputs': [['customer_id', 'i8'], ['pk:transaction_id', 'i8']],
+         'key_column': 'device_id',
+         'strict': True},
+        inputs,
+    )
+
 
 terminal_risk_source = FileSource(
     name='feat_terminal_risk',
@@ -120,6 +257,62 @@ terminal_risk = FeatureView(
     owner='fraud-ml@trellis.dev',
     tags={'domain': 'fraud', 'tier': 'realtime'},
 )
+
+terminal_risk_state_source = FileSource(
+    name='terminal_risk_state',
+    path=str(DATA / 'terminal_risk_state.parquet'),
+    timestamp_field='feature_ts',
+    description='Streaming state (raw tails) of terminal_risk, written by trellis materialize',
+)
+
+terminal_risk_state = FeatureView(
+    name='terminal_risk_state',
+    entities=[terminal],
+    ttl=timedelta(seconds=0),
+    schema=[
+        Field(name='terminal_id', dtype=Int64),
+        Field(name='state', dtype=Bytes),
+    ],
+    source=terminal_risk_state_source,
+    online=True,
+    description='Raw tail of terminal_risk per entity; read through terminal_risk_live.',
+    owner='fraud-ml@trellis.dev',
+    tags={'trellis': 'online-state'},
+)
+
+
+@on_demand_feature_view(
+    sources=[terminal_risk_state, scoring_time],
+    schema=[
+        Field(name='tx_count_1d', dtype=Int64),
+        Field(name='tx_count_7d', dtype=Int64),
+        Field(name='tx_count_30d', dtype=Int64),
+        Field(name='fraud_risk_1d', dtype=Float64),
+        Field(name='fraud_risk_7d', dtype=Float64),
+        Field(name='fraud_risk_30d', dtype=Float64),
+    ],
+    mode='python',
+    description='terminal_risk evaluated exactly at request_ts from the streaming state.',
+)
+def terminal_risk_live(inputs: dict) -> dict:
+    from trellis.online.state import evaluate_rows
+
+    return evaluate_rows(
+        {'features': [['tx_count_1d', 'count', None, 691200000000, 604800000001, 'int64'],
+                      ['tx_count_7d', 'count', None, 1209600000000, 604800000001, 'int64'],
+                      ['tx_count_30d', 'count', None, 3196800000000, 604800000001, 'int64'],
+                      ['fraud_risk_1d', 'mean', 0, 691200000000, 604800000001, 'float64'],
+                      ['fraud_risk_7d', 'mean', 0, 1209600000000, 604800000001, 'float64'],
+                      ['fraud_risk_30d', 'mean', 0, 3196800000000, 604800000001, 'float64']],
+         'group': 'terminal_risk',
+         'has_primary_key': True,
+         'horizon_us': 3196800000000,
+         'inputs': [['tx_fraud', 'i8'], ['pk:transaction_id', 'i8']],
+         'key_column': 'terminal_id',
+         'strict': True},
+        inputs,
+    )
+
 
 all_online_features = FeatureService(
     name='all_online_features',

@@ -3,6 +3,7 @@ to Parquet), feature views and feature services, plus feature_store.yaml."""
 
 from __future__ import annotations
 
+import pprint
 from datetime import timedelta
 
 from trellis.compile.dbt import header
@@ -32,11 +33,26 @@ def feature_definitions(project: Project) -> str:
         "from datetime import timedelta",
         "from pathlib import Path",
         "",
-        "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
-        "from feast.types import Bool, Float64, Int32, Int64, String, UnixTimestamp  # noqa: F401",
+        "from feast import (",
+        "    Entity,",
+        "    FeatureService,",
+        "    FeatureView,",
+        "    Field,",
+        "    FileSource,",
+        "    RequestSource,",
+        "    ValueType,",
+        ")",
+        "from feast.on_demand_feature_view import on_demand_feature_view",
+        "from feast.types import Bool, Bytes, Float64, Int32, Int64, String, UnixTimestamp  # noqa: F401",
         "",
         "# Feast reads FileSource paths relative to the working directory, so anchor them to this repo.",
         "DATA = Path(__file__).resolve().parent / 'data'",
+        "",
+        "# The time a live (on-demand) view computes its windows at: the scoring request's time.",
+        f"{REQUEST_SOURCE} = RequestSource(",
+        f"    name={REQUEST_SOURCE!r},",
+        f"    schema=[Field(name={REQUEST_TIME!r}, dtype=UnixTimestamp)],",
+        ")",
         "",
     ]
     for entity in project.entities.values():
@@ -80,6 +96,7 @@ def feature_definitions(project: Project) -> str:
         ]
         if group.online:
             online_views.append(group.name)
+            lines += _live_views(project, group.name)
     lines += [
         "all_online_features = FeatureService(",
         "    name='all_online_features',",
@@ -89,6 +106,68 @@ def feature_definitions(project: Project) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+REQUEST_SOURCE = "scoring_time"
+REQUEST_TIME = "request_ts"
+
+
+def _live_views(project: Project, group_name: str) -> list[str]:
+    """The group's streaming state view and the on-demand view that evaluates it at the request time.
+
+    The transformation's source text is all Feast keeps of it (it re-creates the function from the text), so
+    the group's online spec is written into the body as a literal."""
+    from trellis.online.materialize import STATE_FIELD, state_view
+    from trellis.online.state import group_spec
+
+    group = project.feature_groups[group_name]
+    entity = project.entities[group.entity]
+    key = project.key_column(group)
+    spec = group_spec(project, group_name)
+    state = state_view(group_name)
+    literal = pprint.pformat(spec.to_literal(), width=100, sort_dicts=True).replace("\n", "\n        ")
+    return [
+        f"{state}_source = FileSource(",
+        f"    name={state!r},",
+        f"    path=str(DATA / '{state}.parquet'),",
+        f"    timestamp_field={FEATURE_TS!r},",
+        f"    description='Streaming state (raw tails) of {group_name}, written by trellis materialize',",
+        ")",
+        "",
+        f"{state} = FeatureView(",
+        f"    name={state!r},",
+        f"    entities=[{group.entity}],",
+        "    ttl=timedelta(seconds=0),",
+        "    schema=[",
+        f"        Field(name={key!r}, dtype={mapping(entity.key_type).feast}),",
+        f"        Field(name={STATE_FIELD!r}, dtype=Bytes),",
+        "    ],",
+        f"    source={state}_source,",
+        "    online=True,",
+        f"    description='Raw tail of {group_name} per entity; read through {group_name}_live.',",
+        f"    owner={group.owner!r},",
+        "    tags={'trellis': 'online-state'},",
+        ")",
+        "",
+        "",
+        "@on_demand_feature_view(",
+        f"    sources=[{state}, {REQUEST_SOURCE}],",
+        "    schema=[",
+        *[f"        Field(name={f.name!r}, dtype={mapping(f.dtype).feast})," for f in project.features(group)],
+        "    ],",
+        "    mode='python',",
+        f"    description='{group_name} evaluated exactly at {REQUEST_TIME} from the streaming state.',",
+        ")",
+        f"def {group_name}_live(inputs: dict) -> dict:",
+        "    from trellis.online.state import evaluate_rows",
+        "",
+        "    return evaluate_rows(",
+        f"        {literal},",
+        "        inputs,",
+        "    )",
+        "",
+        "",
+    ]
 
 
 FEATURE_STORE_YAML = """project: trellis

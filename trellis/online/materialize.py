@@ -1,0 +1,206 @@
+"""Bulk materialisation of online feature groups into Feast's online store, from the warehouse.
+
+For every online group two Feast views are written in **one transaction** (SQLite):
+
+* ``<group>``: each entity's latest row of the offline feature table ``features.feat_<group>``, exactly the
+  rows ``feast materialize`` writes from the same table (same key bytes, value bytes and event time);
+* ``<group>_state``: each entity's raw tail (``trellis.online.state``) as of the cutoff ``as_of``: the source
+  rows available before ``as_of`` that a window can still see. Also exported to
+  ``feature_repo/data/<group>_state.parquet``, the state view's Feast source, so ``feast materialize`` of that
+  view writes the same bytes.
+
+Readers of the store see the previous complete version until the transaction commits; a crash in the middle
+leaves the previous version (SQLite rolls the transaction back).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trellis.compile.dbt import VALIDATED_SCHEMA
+from trellis.compile.offline import FEATURE_TS
+from trellis.online.state import SLACK_US, GroupSpec, Tail, group_spec, row_mapper, to_us
+from trellis.online.store import OnlineStore, encode_values, key_encoder
+from trellis.spec import Project
+
+FEATURE_SCHEMA = "features"
+STATE_FIELD = "state"
+
+
+def state_view(group: str) -> str:
+    return f"{group}_state"
+
+
+@dataclass
+class GroupReport:
+    group: str
+    entities: int
+    value_rows: int
+    state_rows: int  # source rows kept in the tails
+    seconds: float
+
+
+@dataclass
+class MaterializeReport:
+    as_of: datetime
+    groups: list[GroupReport] = field(default_factory=list)
+    values_written: int = 0
+    seconds: float = 0.0
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _cutoff(con: duckdb.DuckDBPyConnection, project: Project, groups: list[str]) -> datetime:
+    """Default ``as_of``: 1 µs after the newest row any online group's source knows."""
+    newest = []
+    for name in groups:
+        source = project.sources[project.feature_groups[name].source]
+        known = f"coalesce({_q(source.available_at)}, {_q(source.event_time)})" if source.available_at \
+            else _q(source.event_time)
+        newest.append(con.sql(f"select max({known}) from {VALIDATED_SCHEMA}.{_q(source.name)}").fetchone()[0])
+    newest = [n for n in newest if n is not None]
+    return (max(newest) if newest else datetime(1970, 1, 1)) + timedelta(microseconds=1)
+
+
+def latest_values(con: duckdb.DuckDBPyConnection, project: Project, group: str) -> pa.Table:
+    """Each entity's latest row of the group's feature table (what ``feast materialize`` picks)."""
+    key = project.key_column(project.feature_groups[group])
+    return con.sql(
+        f"select * from {FEATURE_SCHEMA}.{_q('feat_' + group)} "
+        f"qualify row_number() over (partition by {_q(key)} order by {_q(FEATURE_TS)} desc) = 1 "
+        f"order by {_q(key)}").to_arrow_table()
+
+
+def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: datetime,
+          spec: GroupSpec | None = None) -> tuple[list[Any], list[Tail]]:
+    """Every entity's tail as of ``as_of``: keys and tails, from ``validated.<source>``."""
+    spec = spec or group_spec(project, group)
+    definition = project.feature_groups[group]
+    source = project.sources[definition.source]
+    event, avail = _q(source.event_time), _q(source.available_at) if source.available_at else None
+    known = f"coalesce({avail}, {event})" if avail else event
+    where = [f"{known} < ?"]
+    params: list[Any] = [as_of]
+    if spec.horizon_us is not None:
+        where.append(f"{event} >= ?")
+        params.append(as_of - timedelta(microseconds=spec.horizon_us + SLACK_US))
+    relation = f"{VALIDATED_SCHEMA}.{_q(source.name)}"
+    if definition.filter or any(name.startswith("expr:") for name, _ in spec.inputs):
+        # Row expressions: the same compiled closures the ingestion path uses, row by row.
+        cursor = con.execute(f"select * from {relation} where {' and '.join(where)}", params)
+        names = [d[0] for d in cursor.description]
+        records = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        mapper = row_mapper(project, group, spec)
+        by_key: dict[Any, list[dict[str, Any]]] = {}
+        for record in records:
+            by_key.setdefault(mapper.key(record), []).append(record)
+        keys = sorted(k for k in by_key if k is not None)
+        return keys, [mapper.tail(by_key[k]) for k in keys]
+    key = _q(spec.key_column)
+    columns = [f"epoch_us({event}) as __event", f"epoch_us({known}) as __avail"]
+    for i, (name, _) in enumerate(spec.inputs):
+        columns.append(f"{_q(name.removeprefix('pk:'))} as __in{i}")
+    table = con.execute(
+        f"select {key} as __key, {', '.join(columns)} from {relation} where {' and '.join(where)} "
+        f"and {key} is not null order by __key, __event, __avail", params).to_arrow_table()
+    if table.num_rows == 0:
+        return [], []
+    keys_all = table.column("__key").to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, keys_all[1:] != keys_all[:-1]])
+    bounds = np.r_[starts, len(keys_all)]
+    event_us = table.column("__event").to_numpy().astype(np.int64)
+    avail_us = table.column("__avail").to_numpy().astype(np.int64)
+    inputs: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
+    for i, (_, kind) in enumerate(spec.inputs):
+        column = table.column(f"__in{i}")
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        if kind == "f8":
+            inputs.append(column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64))
+            masks.append(None)
+        elif kind == "i8":
+            if pa.types.is_timestamp(column.type):
+                column = column.cast(pa.timestamp("us")).cast(pa.int64())
+            inputs.append(column.cast(pa.int64()).fill_null(0).to_numpy().astype(np.int64))
+            masks.append(nulls if nulls.any() else None)
+        else:
+            inputs.append(np.array(column.cast(pa.string()).to_pylist(), dtype=object))
+            masks.append(None)
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        out.append(Tail(event_us[a:b], avail_us[a:b], [c[a:b] for c in inputs],
+                        [None if m is None or not m[a:b].any() else m[a:b] for m in masks]))
+    return keys_all[starts].tolist(), out
+
+
+def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineStore, *,
+                as_of: datetime | None = None, exports: Path | None = None,
+                groups: list[str] | None = None) -> MaterializeReport:
+    """Write every online group's values and state (see the module docstring); returns what was written."""
+    started = time.perf_counter()
+    groups = groups or [g.name for g in project.feature_groups.values() if g.online]
+    as_of = as_of or _cutoff(con, project, groups)
+    report = MaterializeReport(as_of=as_of)
+    batches: dict[str, list] = {}
+    for name in groups:
+        t0 = time.perf_counter()
+        group = project.feature_groups[name]
+        entity = project.entities[group.entity]
+        encode = key_encoder(entity.join_key, entity.key_type)
+        key = project.key_column(group)
+        features = project.features(group)
+        values = latest_values(con, project, name)
+        keys = [encode(k) for k in values.column(key).to_pylist()]
+        encoded = {f.name: encode_values(f.dtype, _column(values, f.name, f.dtype)) for f in features}
+        stamps = values.column(FEATURE_TS).to_pylist()
+        batches[name] = [(k, {f: encoded[f][i] for f in encoded}, stamps[i]) for i, k in enumerate(keys)]
+
+        spec = group_spec(project, name)
+        state_keys, state_tails = tails(con, project, name, as_of, spec)
+        blobs = [t.encode() for t in state_tails]
+        state_values = encode_values("bytes", blobs)
+        batches[state_view(name)] = [(encode(k), {STATE_FIELD: v}, as_of)
+                                     for k, v in zip(state_keys, state_values, strict=True)]
+        if exports is not None:
+            _export_state(exports / f"{state_view(name)}.parquet", entity.join_key, entity.key_type,
+                          state_keys, blobs, as_of)
+        report.groups.append(GroupReport(name, len(state_keys), len(keys), sum(len(t) for t in state_tails),
+                                         time.perf_counter() - t0))
+    report.values_written = store.write(batches, replace=list(batches))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _column(table: pa.Table, name: str, logical: str) -> Any:
+    column = table.column(name)
+    if logical == "float64":
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return column.to_pylist()
+
+
+def _export_state(path: Path, join_key: str, key_type: str, keys: list[Any], blobs: list[bytes],
+                  as_of: datetime) -> None:
+    key_type_arrow = {"int64": pa.int64(), "int32": pa.int32()}.get(key_type, pa.string())
+    table = pa.table({
+        join_key: pa.array(keys, type=key_type_arrow),
+        STATE_FIELD: pa.array(blobs, type=pa.binary()),
+        FEATURE_TS: pa.array([as_of] * len(keys), type=pa.timestamp("us")),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+__all__ = ["GroupReport", "MaterializeReport", "latest_values", "materialize", "state_view", "tails", "to_us"]

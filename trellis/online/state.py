@@ -1,0 +1,509 @@
+"""Streaming feature state for online groups, exact under design section 3.
+
+For every entity of an online feature group the state is the **raw tail** of the source rows that a window
+can still see: event time, available-at time, the values the aggregations read and the source's primary key.
+Features as of ``t`` are evaluated from the tail with the bounds of ``trellis.timesem`` (the same module the
+offline SQL takes its bounds from), so a value served at ``t`` equals the offline point-in-time value for
+``(entity, t)`` given the same rows. No tiles: with windows of up to a few weeks and a few rows per entity
+per day the tail is small (tens to hundreds of rows), and a raw tail is exact by construction, including
+for late rows (``available_at`` after the event) and out-of-order arrivals.
+
+The tail is pruned to the group's horizon (longest ``delay + window``) plus ``SLACK`` behind the newest event
+time seen: rows older than that cannot count for any ``t`` at or after that event. Groups with a
+whole-history feature (no window) keep every row.
+
+A tail is serialised into one ``bytes`` value (``encode``/``decode``) that Trellis stores through Feast's
+online-store interface in the view ``<group>_state``; the generated Feast repo's on-demand view
+``<group>_live`` calls ``evaluate_rows`` on it, so Feast's own ``get_online_features`` returns the values
+the scoring endpoint uses. This module imports only numpy and the standard library: it runs inside the
+scoring process and inside Feast's on-demand transformation.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+MICROS = 1_000_000
+SLACK_US = 24 * 3600 * MICROS  # requests may be up to a day older than the newest event seen
+_MAGIC = b"TS1"
+FEAST_SAMPLE_BYTES = b"hello world"  # feast.OnDemandFeatureView._get_sample_values_by_type, ValueType.BYTES
+_EPOCH = datetime(1970, 1, 1)
+
+
+class StateError(ValueError):
+    """A row or request the online state cannot take; the message names the field and value."""
+
+
+def to_us(value: Any) -> int:
+    """Microseconds since the epoch (UTC) for a datetime (naive = UTC), numpy/pandas timestamp, ISO text or
+    an int already in µs."""
+    if isinstance(value, bool):
+        raise StateError(f"expected a timestamp, got {value!r}")
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise StateError(f"expected an ISO timestamp, got {value!r}") from None
+    if isinstance(value, np.datetime64):
+        return int(value.astype("datetime64[us]").astype(np.int64))
+    if isinstance(value, datetime):  # also pandas.Timestamp
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * MICROS + delta.microseconds
+    raise StateError(f"expected a timestamp, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a group's state holds and computes: a plain-data spec (it is embedded as a literal in the generated
+# Feast repo, so it must not need the definitions at hand).
+
+
+@dataclass(frozen=True)
+class OnlineFeature:
+    name: str
+    agg: str
+    column: int | None  # index into GroupSpec.inputs; None counts rows
+    lower_us: int | None  # rows with t - lower <= event <= t - upper count; None: unbounded
+    upper_us: int
+    dtype: str  # output logical type
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    group: str
+    key_column: str
+    strict: bool  # availability rule: available_at < t (default) or <= t (include_current)
+    inputs: tuple[tuple[str, str], ...]  # (name, kind) the aggregations read; kind: 'f8' | 'i8' | 'str'
+    features: tuple[OnlineFeature, ...]
+    horizon_us: int | None
+    has_primary_key: bool  # the last input is the source's primary key, used to drop re-ingested rows
+
+    def to_literal(self) -> dict[str, Any]:
+        return {
+            "group": self.group, "key_column": self.key_column, "strict": self.strict,
+            "inputs": [list(i) for i in self.inputs],
+            "features": [[f.name, f.agg, f.column, f.lower_us, f.upper_us, f.dtype] for f in self.features],
+            "horizon_us": self.horizon_us, "has_primary_key": self.has_primary_key,
+        }
+
+    @classmethod
+    def from_literal(cls, literal: Mapping[str, Any]) -> GroupSpec:
+        return cls(
+            group=literal["group"], key_column=literal["key_column"], strict=literal["strict"],
+            inputs=tuple((name, kind) for name, kind in literal["inputs"]),
+            features=tuple(OnlineFeature(*f) for f in literal["features"]),
+            horizon_us=literal["horizon_us"], has_primary_key=literal["has_primary_key"],
+        )
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def _us(delta: Any) -> int:
+    return int(round(delta.total_seconds() * MICROS))
+
+
+def _kind(logical: str) -> str:
+    if logical == "float64":
+        return "f8"
+    if logical in ("int64", "int32", "bool", "timestamp", "date"):
+        return "i8"
+    return "str"
+
+
+def group_spec(project: Any, group_name: str) -> GroupSpec:
+    """The online spec of a feature group from the loaded definitions (``trellis.spec.Project``)."""
+    from trellis import timesem
+
+    group = project.feature_groups[group_name]
+    source = project.sources[group.source]
+    inputs: list[tuple[str, str]] = []
+
+    def input_index(name: str, logical: str) -> int:
+        entry = (name, _kind(logical))
+        if entry not in inputs:
+            inputs.append(entry)
+        return inputs.index(entry)
+
+    features = []
+    horizon: int | None = 0
+    for feature in project.features(group):
+        if feature.expr is not None:
+            column = input_index(f"expr:{feature.expr}", feature.dtype if feature.agg not in (
+                "count", "count_distinct") else "string")
+        elif feature.column is not None:
+            column = input_index(feature.column, source.columns[feature.column].type)
+        else:
+            column = None
+        b = timesem.bounds(feature.window, feature.delay, group.include_current)
+        lower = None if b.lower is None else _us(b.lower)
+        features.append(OnlineFeature(feature.name, feature.agg, column, lower, _us(b.upper), feature.dtype))
+        horizon = None if horizon is None or lower is None else max(horizon, lower)
+    pk = source.primary_key
+    if pk is not None:
+        inputs.append((f"pk:{pk}", _kind(source.columns[pk].type)))
+    return GroupSpec(group=group.name, key_column=project.key_column(group), strict=not group.include_current,
+                     inputs=tuple(inputs), features=tuple(features), horizon_us=horizon,
+                     has_primary_key=pk is not None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The tail.
+
+
+@dataclass
+class Tail:
+    """Rows sorted by (event time, available-at); ``columns[i]`` holds input ``i`` (float NaN / None = null;
+    integer columns carry a null mask in ``nulls[i]`` when any value is missing)."""
+
+    event_us: np.ndarray
+    avail_us: np.ndarray
+    columns: list[np.ndarray]
+    nulls: list[np.ndarray | None]
+
+    def __len__(self) -> int:
+        return len(self.event_us)
+
+    @classmethod
+    def empty(cls, spec: GroupSpec) -> Tail:
+        columns = [np.empty(0, dtype=object if k == "str" else k) for _, k in spec.inputs]
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), columns, [None] * len(columns))
+
+    @classmethod
+    def from_columns(cls, spec: GroupSpec, event_us: Sequence[int], avail_us: Sequence[int],
+                     values: Sequence[Sequence[Any]]) -> Tail:
+        """A tail from column lists (one per input; None = null), sorted into order."""
+        columns: list[np.ndarray] = []
+        nulls: list[np.ndarray | None] = []
+        for (_name, kind), column in zip(spec.inputs, values, strict=True):
+            if kind == "f8":
+                columns.append(np.array([np.nan if v is None else v for v in column], dtype=np.float64))
+                nulls.append(None)
+            elif kind == "i8":
+                mask = np.array([v is None for v in column], dtype=bool)
+                columns.append(np.array([0 if v is None else _integer(v) for v in column], dtype=np.int64))
+                nulls.append(mask if mask.any() else None)
+            else:
+                columns.append(np.array([None if v is None else str(v) for v in column], dtype=object))
+                nulls.append(None)
+        tail = cls(np.asarray(event_us, np.int64), np.asarray(avail_us, np.int64), columns, nulls)
+        return tail._sorted()
+
+    def _sorted(self) -> Tail:
+        if len(self) < 2 or (np.all(np.diff(self.event_us) >= 0) and not self._ties()):
+            return self
+        order = np.lexsort((self.avail_us, self.event_us))
+        return self._take(order)
+
+    def _ties(self) -> bool:
+        same = np.diff(self.event_us) == 0
+        return bool(same.any() and (np.diff(self.avail_us)[same] < 0).any())
+
+    def _take(self, index: np.ndarray | slice) -> Tail:
+        return Tail(self.event_us[index], self.avail_us[index], [c[index] for c in self.columns],
+                    [None if m is None else (m[index] if m[index].any() else None) for m in self.nulls])
+
+    def _last_per_key(self) -> Tail:
+        keys = self.columns[-1]
+        if len(set(keys.tolist())) == len(keys):
+            return self
+        seen: set[Any] = set()
+        keep = np.zeros(len(keys), bool)
+        for i in range(len(keys) - 1, -1, -1):
+            if keys[i] not in seen:
+                seen.add(keys[i])
+                keep[i] = True
+        return self._take(keep)
+
+    def merge(self, spec: GroupSpec, rows: Tail) -> Tail:
+        """This tail plus ``rows``; a row whose primary key is already here replaces the old one (ingesting
+        the same event twice counts it once), then the tail is pruned to the horizon."""
+        if not len(rows):
+            return self
+        if spec.has_primary_key:
+            rows = rows._last_per_key()
+        if spec.has_primary_key and len(self):
+            keep = ~np.isin(self.columns[-1], rows.columns[-1])
+            base = self if keep.all() else self._take(keep)
+        else:
+            base = self
+        merged = Tail(
+            np.concatenate([base.event_us, rows.event_us]), np.concatenate([base.avail_us, rows.avail_us]),
+            [np.concatenate([a, b]) for a, b in zip(base.columns, rows.columns, strict=True)],
+            [_concat_masks(a, len(base), b, len(rows)) for a, b in zip(base.nulls, rows.nulls, strict=True)],
+        )
+        return merged._sorted().pruned(spec)
+
+    def pruned(self, spec: GroupSpec) -> Tail:
+        if spec.horizon_us is None or not len(self):
+            return self
+        oldest = int(self.event_us[-1]) - spec.horizon_us - SLACK_US
+        start = int(np.searchsorted(self.event_us, oldest, side="left"))
+        return self if start == 0 else self._take(slice(start, None))
+
+    # -- bytes ------------------------------------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        n = len(self)
+        parts = [_MAGIC, struct.pack("<I", n), self.event_us.astype("<i8").tobytes(),
+                 self.avail_us.astype("<i8").tobytes()]
+        for column, mask in zip(self.columns, self.nulls, strict=True):
+            if column.dtype == object:
+                items = [b"\xff\xff\xff\xff" if v is None else struct.pack("<I", len(b := v.encode())) + b
+                         for v in column]
+                parts.append(b"".join(items))
+            else:
+                parts.append(column.astype("<" + column.dtype.str[1:]).tobytes())
+                parts.append(b"\x00" if mask is None else b"\x01" + np.packbits(mask).tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, spec: GroupSpec, blob: bytes | None) -> Tail:
+        if not blob:
+            return cls.empty(spec)
+        if blob[:3] != _MAGIC:
+            raise StateError(f"state of group {spec.group!r} is not a Trellis tail (header {blob[:3]!r})")
+        (n,) = struct.unpack_from("<I", blob, 3)
+        offset = 7
+        event = np.frombuffer(blob, "<i8", n, offset)
+        offset += 8 * n
+        avail = np.frombuffer(blob, "<i8", n, offset)
+        offset += 8 * n
+        columns: list[np.ndarray] = []
+        nulls: list[np.ndarray | None] = []
+        for _, kind in spec.inputs:
+            if kind == "str":
+                values: list[str | None] = []
+                for _ in range(n):
+                    (size,) = struct.unpack_from("<I", blob, offset)
+                    offset += 4
+                    if size == 0xFFFFFFFF:
+                        values.append(None)
+                    else:
+                        values.append(blob[offset:offset + size].decode())
+                        offset += size
+                columns.append(np.array(values, dtype=object))
+                nulls.append(None)
+                continue
+            columns.append(np.frombuffer(blob, "<" + kind, n, offset))
+            offset += 8 * n
+            flag = blob[offset]
+            offset += 1
+            if flag:
+                size = (n + 7) // 8
+                nulls.append(np.unpackbits(np.frombuffer(blob, np.uint8, size, offset), count=n).astype(bool))
+                offset += size
+            else:
+                nulls.append(None)
+        if offset != len(blob):
+            raise StateError(f"state of group {spec.group!r} has {len(blob) - offset} trailing bytes")
+        return cls(event, avail, columns, nulls)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, datetime | np.datetime64):
+        return to_us(value)
+    return int(value)
+
+
+def _concat_masks(a: np.ndarray | None, na: int, b: np.ndarray | None, nb: int) -> np.ndarray | None:
+    if a is None and b is None:
+        return None
+    return np.concatenate([np.zeros(na, bool) if a is None else a, np.zeros(nb, bool) if b is None else b])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation as of t.
+
+
+def _welford_std(values: np.ndarray) -> float | None:
+    """Sample standard deviation by Welford's update: exact zero for equal values, as DuckDB's is."""
+    if len(values) < 2:
+        return None
+    mean = 0.0
+    m2 = 0.0
+    for i, x in enumerate(values.tolist(), start=1):
+        delta = x - mean
+        mean += delta / i
+        m2 += delta * (x - mean)
+    return math.sqrt(m2 / (len(values) - 1))
+
+
+def _aggregate(agg: str, values: np.ndarray, event_us: np.ndarray, dtype: str) -> Any:
+    n = len(values)
+    if agg == "count":
+        return n
+    if agg == "count_distinct":
+        return len(set(values.tolist()))
+    if agg == "sum":
+        if dtype == "float64":
+            return float(math.fsum(values.tolist())) if n else 0.0
+        return int(values.sum()) if n else 0
+    if n == 0:
+        return None
+    if agg == "mean":
+        return math.fsum(values.tolist()) / n
+    if agg == "std":
+        return _welford_std(values)
+    if agg in ("min", "max"):
+        value = values.min() if agg == "min" else values.max()
+        return value if isinstance(value, str) else value.item()
+    if agg in ("last", "first"):
+        i = int(np.argmax(event_us)) if agg == "last" else int(np.argmin(event_us))
+        value = values[i]
+        return value if isinstance(value, str) else value.item()
+    raise StateError(f"unknown aggregation {agg!r}")
+
+
+def evaluate(spec: GroupSpec, tail: Tail, t_us: int) -> dict[str, Any]:
+    """Every feature of the group as of ``t_us`` (µs since the epoch), under the section-3 rule."""
+    out: dict[str, Any] = {}
+    windows: dict[tuple[int | None, int], tuple[slice, np.ndarray | None]] = {}
+    events = tail.event_us
+    late = None  # rows whose available_at rules them out at t
+    if len(tail):
+        late = tail.avail_us >= t_us if spec.strict else tail.avail_us > t_us
+        if not late.any():
+            late = None
+    for feature in spec.features:
+        key = (feature.lower_us, feature.upper_us)
+        if key not in windows:
+            stop = int(np.searchsorted(events, t_us - feature.upper_us, side="right"))
+            start = 0 if feature.lower_us is None else int(
+                np.searchsorted(events, t_us - feature.lower_us, side="left"))
+            keep = None if late is None else ~late[start:stop]
+            windows[key] = (slice(start, max(start, stop)), keep)
+        window, keep = windows[key]
+        if feature.column is None:
+            out[feature.name] = (window.stop - window.start) if keep is None else int(keep.sum())
+            continue
+        values = tail.columns[feature.column][window]
+        times = events[window]
+        present = keep
+        mask = tail.nulls[feature.column]
+        if mask is not None:
+            present = ~mask[window] if present is None else present & ~mask[window]
+        elif values.dtype == np.float64:
+            nan = np.isnan(values)
+            if nan.any():
+                present = ~nan if present is None else present & ~nan
+        elif values.dtype == object:
+            none = np.array([v is None for v in values], dtype=bool)
+            if none.any():
+                present = ~none if present is None else present & ~none
+        if present is not None:
+            values, times = values[present], times[present]
+        out[feature.name] = _aggregate(feature.agg, values, times, feature.dtype)
+    return out
+
+
+def empty_values(spec: GroupSpec) -> dict[str, Any]:
+    """The group's values for an entity with no rows (the declared empty-window values: counts and sums 0,
+    everything else null) — what an unknown entity gets."""
+    return evaluate(spec, Tail.empty(spec), 0)
+
+
+def evaluate_rows(literal: Mapping[str, Any], inputs: Mapping[str, Sequence[Any]],
+                  state_field: str = "state", time_field: str = "request_ts") -> dict[str, list[Any]]:
+    """Batch form for Feast's on-demand view ``<group>_live`` (python mode): ``inputs`` holds the state
+    blobs and request times as lists; returns one list per feature."""
+    spec = _cached_spec(literal)
+    out: dict[str, list[Any]] = {name: [] for name in spec.feature_names}
+    for blob, t in zip(inputs[state_field], inputs[time_field], strict=True):
+        if blob == FEAST_SAMPLE_BYTES:
+            # Feast infers an on-demand view's output types by calling it on sample input (its sample for
+            # a bytes field is this value); answer with typed values so `feast apply` can check the schema.
+            for feature in spec.features:
+                out[feature.name].append(0.0 if feature.dtype == "float64" else 0)
+            continue
+        tail = Tail.decode(spec, blob)
+        values = evaluate(spec, tail, to_us(t))
+        for name in spec.feature_names:
+            out[name].append(values[name])
+    return out
+
+
+_SPECS: dict[str, GroupSpec] = {}
+
+
+def _cached_spec(literal: Mapping[str, Any]) -> GroupSpec:
+    key = repr(sorted(literal.items()))
+    if key not in _SPECS:
+        _SPECS[key] = GroupSpec.from_literal(literal)
+    return _SPECS[key]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rows in: source records (dicts) to tail rows, with the group's filter and row expressions.
+
+RowFunction = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class RowMapper:
+    """Turns source records into tail rows for one group: key, event time, available-at, inputs."""
+
+    spec: GroupSpec
+    event_time: str
+    available_at: str | None
+    keep: RowFunction | None
+    readers: tuple[RowFunction, ...]
+
+    def key(self, record: Mapping[str, Any]) -> Any:
+        return record.get(self.spec.key_column)
+
+    def tail(self, records: Sequence[Mapping[str, Any]]) -> Tail:
+        records = [r for r in records if self.keep is None or self.keep(r) is True]
+        event = [to_us(r[self.event_time]) for r in records]
+        avail = [to_us(r[self.available_at]) if self.available_at and r.get(self.available_at) is not None
+                 else e for r, e in zip(records, event, strict=True)]
+        values = [[read(r) for r in records] for read in self.readers]
+        return Tail.from_columns(self.spec, event, avail, values)
+
+
+def row_mapper(project: Any, group_name: str, spec: GroupSpec | None = None) -> RowMapper:
+    """The mapper for a group; filters and row expressions are compiled once to Python closures that agree
+    with the offline (DuckDB) evaluation of the same snippets."""
+    spec = spec or group_spec(project, group_name)
+    group = project.feature_groups[group_name]
+    source = project.sources[group.source]
+    types = {name: column.type for name, column in source.columns.items()}
+    readers: list[RowFunction] = []
+    keep = None
+    if group.filter or any(name.startswith("expr:") for name, _ in spec.inputs):
+        from trellis.rowexpr import compile_row
+
+        keep = compile_row(group.filter, types) if group.filter else None
+    for name, _ in spec.inputs:
+        if name.startswith("expr:"):
+            readers.append(compile_row(name.removeprefix("expr:"), types))
+        else:
+            column = name.removeprefix("pk:")
+            readers.append(lambda r, c=column: r.get(c))
+    return RowMapper(spec, source.event_time, source.available_at, keep, tuple(readers))
+
+
+__all__ = [
+    "GroupSpec",
+    "OnlineFeature",
+    "RowMapper",
+    "StateError",
+    "Tail",
+    "empty_values",
+    "evaluate",
+    "evaluate_rows",
+    "group_spec",
+    "row_mapper",
+    "to_us",
+]
