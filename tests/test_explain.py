@@ -82,7 +82,8 @@ def test_matches_catboost(depth: int, seed: int, nan_mode: str, weighted: bool):
                                random_seed=seed, thread_count=2, verbose=False, allow_writing_files=False)
     model.fit(x, y, sample_weight=weights)
     explainer = ObliviousExplainer.from_catboost(model)
-    assert (explainer.n_trees, explainer.depth, explainer.n_features) == (model.tree_count_, depth, N_FEATURES)
+    assert explainer.n_trees == model.tree_count_
+    assert (explainer.depth, explainer.n_features) == (depth, N_FEATURES)
     rows, _ = _data(seed + 1000, 2000, nan_share=0.15)
     diffs = _compare(model, explainer, rows)
     assert max(diffs.values()) < 1e-13  # what it achieves: float64 rounding only
@@ -171,7 +172,8 @@ def test_bias_scale_and_regression():
     classifier.set_scale_and_bias(0.7, -0.3)  # CatBoost's ShapValues refuse a scale; raw and probability only
     explainer = ObliviousExplainer.from_catboost(classifier)
     raw, probability, contributions = explainer.explain(rows)
-    np.testing.assert_allclose(raw, classifier.predict(rows, prediction_type="RawFormulaVal"), rtol=0, atol=1e-9)
+    expected_raw = classifier.predict(rows, prediction_type="RawFormulaVal")
+    np.testing.assert_allclose(raw, expected_raw, rtol=0, atol=1e-9)
     np.testing.assert_allclose(probability, classifier.predict_proba(rows)[:, 1], rtol=0, atol=1e-12)
     np.testing.assert_allclose(contributions.sum(axis=1) + explainer.expected_value, raw, rtol=0, atol=1e-9)
 
@@ -186,7 +188,8 @@ def test_dataframe_input_uses_the_model_column_order():
     explainer = ObliviousExplainer.from_catboost(model)
     assert explainer.feature_names == names
     shuffled = frame[names[::-1]]
-    np.testing.assert_allclose(explainer.predict_proba(shuffled), model.predict_proba(frame)[:, 1], atol=1e-12)
+    np.testing.assert_allclose(explainer.predict_proba(shuffled), model.predict_proba(frame)[:, 1],
+                               rtol=0, atol=1e-12)
     with pytest.raises(ExplainerError, match="f3"):
         explainer.explain(frame.drop(columns=["f3"]))
     with pytest.raises(ExplainerError, match="matrix"):
@@ -206,13 +209,13 @@ def test_categorical_features_are_refused_by_name():
 
 def test_multiclass_and_non_symmetric_trees_are_refused():
     x, y = _data(13, 1500)
-    multi = CatBoostClassifier(iterations=5, depth=3, loss_function="MultiClass", random_seed=0, thread_count=2,
-                               verbose=False, allow_writing_files=False)
+    multi = CatBoostClassifier(iterations=5, depth=3, loss_function="MultiClass", random_seed=0,
+                               thread_count=2, verbose=False, allow_writing_files=False)
     multi.fit(x, y + (np.nan_to_num(x[:, 1]) > 1))
     with pytest.raises(ExplainerError, match="multi-class"):
         ObliviousExplainer.from_catboost(multi)
-    depthwise = CatBoostClassifier(iterations=5, depth=3, grow_policy="Depthwise", random_seed=0, thread_count=2,
-                                   verbose=False, allow_writing_files=False)
+    depthwise = CatBoostClassifier(iterations=5, depth=3, grow_policy="Depthwise", random_seed=0,
+                                   thread_count=2, verbose=False, allow_writing_files=False)
     depthwise.fit(x, y)
     with pytest.raises(ExplainerError, match="non-symmetric"):
         ObliviousExplainer.from_catboost(depthwise)

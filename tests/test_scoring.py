@@ -9,14 +9,18 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from catboost import Pool
+from catboost import CatBoostClassifier, Pool
 from test_modeling import AS_OF, CONFIG, PLAN, REPO
 from test_training import _warehouse
 
-from trellis.modeling import register, train_catboost
+from trellis.explain import ExplainerError, ObliviousExplainer
+from trellis.modeling import prepare_features, register, train_catboost
 from trellis.scoring import (
     ScoringError,
+    _matrix,
+    _value_strings,
     backfill,
+    explainer_for,
     institution_summary,
     load_champion,
     model_features,
@@ -150,3 +154,106 @@ def test_score_day_and_backfill_use_the_models_own_features(world):
     with pytest.raises(ScoringError):
         backfill(world.con, world.project, MODEL, world.trained.model, DAY, DAY - timedelta(days=1),
                  model_version="3")
+
+
+# --------------------------------------------------------------------------------------------------
+# Feature-table pruning and the explainer path
+
+
+@pytest.mark.parametrize(("day", "days"),
+                         [(date(2018, 4, 25), 1), (date(2018, 4, 1), 1), (DAY - timedelta(days=2), 3)])
+def test_pruned_feature_tables_give_the_same_frame(world, day, days):
+    """A day in the middle of the data, the first day (no history before it) and a range of days: reading
+    only the feature rows an ASOF match can come from gives the very same frame as the whole tables."""
+    pruned = scoring_frame(world.con, world.project, MODEL, day, days=days)
+    whole = scoring_frame(world.con, world.project, MODEL, day, days=days, prune=False)
+    assert len(pruned) > 100
+    pd.testing.assert_frame_equal(pruned, whole, check_exact=True)
+    # The pruning has something to prune: feature rows before the day that are not a key's latest.
+    before = world.con.sql(
+        "select count(*) - count(distinct customer_id) from features.feat_customer_spending "
+        "where feature_ts < ?",
+        params=[datetime.combine(day, datetime.min.time())]).fetchone()[0]
+    assert before > 0 or day == date(2018, 4, 1)
+
+
+def _catboost_reasons(model, frame: pd.DataFrame, features: list[str], cats: list[str], top_k: int = 3):
+    """The previous implementation: predict_proba, ShapValues, stable argsort, str() of each value."""
+    x = prepare_features(frame, features, cats)
+    shap = model.get_feature_importance(Pool(x, cat_features=cats), type="ShapValues")[:, :-1]
+    order = np.argsort(-shap, axis=1, kind="stable")[:, :top_k]
+    raw = frame[features].astype(object).to_numpy()
+    rows = np.arange(len(frame))
+    values = [[None if pd.isna(v) else str(v) for v in raw[rows, order[:, i]]] for i in range(top_k)]
+    return model.predict_proba(x)[:, 1], shap, order, values
+
+
+def test_explainer_scores_and_reasons_equal_catboosts(world):
+    trained, frame, scores = world.trained, world.frame, world.scores
+    proba, shap, order, values = _catboost_reasons(trained.model, frame, trained.feature_columns,
+                                                   trained.cat_features)
+    assert np.abs(scores["score"].to_numpy() - proba).max() <= 1e-12
+    rows = np.arange(len(frame))
+    names = np.asarray(trained.feature_columns, dtype=object)
+    ranked = -np.sort(-shap, axis=1)
+    for i in range(3):
+        contribution = scores[f"reason_{i + 1}_contribution"].to_numpy()
+        assert np.abs(contribution - shap[rows, order[:, i]]).max() <= 1e-6
+        # Same feature unless two contributions tie within rounding (then either order is right).
+        clear = np.abs(ranked[:, i] - ranked[:, i + 1]) > 1e-9
+        if i > 0:
+            clear &= np.abs(ranked[:, i] - ranked[:, i - 1]) > 1e-9
+        assert (scores[f"reason_{i + 1}"].to_numpy()[clear] == names[order[clear, i]]).all()
+        same = scores[f"reason_{i + 1}"].to_numpy() == names[order[:, i]]
+        assert same.mean() > 0.99
+        ours = scores[f"reason_{i + 1}_value"].to_numpy()[same]
+        assert ours.tolist() == np.asarray(values[i], object)[same].tolist()
+    # Without reasons: the same scores, no reason columns.
+    plain = score_frame(trained.model, frame, trained.feature_columns, trained.cat_features,
+                        model_version="3", top_k=0)
+    assert list(plain.columns) == ["transaction_id", "event_time", "score", "model_version"]
+    np.testing.assert_allclose(plain["score"], scores["score"], rtol=0, atol=1e-12)
+
+
+def test_feature_matrix_equals_prepare_features(world):
+    frame = world.frame.copy()
+    frame.loc[frame.index[:7], "customer_spending__avg_amount_1d"] = np.nan
+    frame["customer_spending__tx_count_1d"] = frame["customer_spending__tx_count_1d"].astype("Int64")
+    frame.loc[frame.index[:5], "customer_spending__tx_count_1d"] = pd.NA
+    features = world.trained.feature_columns
+    expected = prepare_features(frame, features, []).to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(_matrix(frame, features), expected)
+    assert {str(frame[c].dtype) for c in features} >= {"float64", "Int64", "bool", "int64"}
+    # Reason values of such columns read like str() of the value (None when missing).
+    column = np.array([features.index("customer_spending__tx_count_1d")] * 9 + [features.index(
+        "customer_spending__avg_amount_1d")] * 9 + [features.index("transaction_context__is_night")] * 2)
+    rows = frame.iloc[np.r_[0:9, 0:9, 0:2]].reset_index(drop=True)
+    expected_values = [None if pd.isna(v) else str(v) for v in
+                       [rows.loc[i, features[c]] for i, c in enumerate(column)]]
+    assert _value_strings(rows, features, column).tolist() == expected_values
+
+
+def test_models_with_categorical_features_take_catboosts_path(world, monkeypatch):
+    training = world.training.assign(merchant_kind=(world.training["terminal_id"] % 3).astype(str))
+    frame = world.frame.assign(merchant_kind=(world.frame["terminal_id"] % 3).astype(str))
+    features = [*world.trained.feature_columns, "merchant_kind"]
+    model = CatBoostClassifier(iterations=30, depth=4, random_seed=1, thread_count=2, verbose=False,
+                               allow_writing_files=False)
+    model.fit(prepare_features(training, features, ["merchant_kind"]), training["label"],
+              cat_features=["merchant_kind"])
+    assert explainer_for(model) is None
+    with pytest.raises(ExplainerError, match="merchant_kind"):
+        ObliviousExplainer.from_catboost(model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the explainer must not be used for a model with categorical features")
+
+    monkeypatch.setattr(ObliviousExplainer, "from_catboost", refuse)
+    scores = score_frame(model, frame, features, ["merchant_kind"], model_version="7")
+    proba, shap, order, values = _catboost_reasons(model, frame, features, ["merchant_kind"])
+    np.testing.assert_array_equal(scores["score"], proba)
+    rows = np.arange(len(frame))
+    for i in range(3):
+        assert scores[f"reason_{i + 1}"].tolist() == [features[j] for j in order[:, i]]
+        np.testing.assert_array_equal(scores[f"reason_{i + 1}_contribution"], shap[rows, order[:, i]])
+        assert scores[f"reason_{i + 1}_value"].tolist() == values[i]

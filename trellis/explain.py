@@ -155,7 +155,8 @@ class ObliviousExplainer:
                  split_borders: list[np.ndarray], split_nan_true: list[np.ndarray],
                  leaf_values: list[np.ndarray], leaf_weights: list[np.ndarray], scale: float, bias: float):
         n_trees = len(leaf_values)
-        if not (len(split_features) == len(split_borders) == len(split_nan_true) == len(leaf_weights) == n_trees):
+        lengths = {len(split_features), len(split_borders), len(split_nan_true), len(leaf_weights), n_trees}
+        if len(lengths) != 1:
             raise ExplainerError("inconsistent tree description")
         if n_trees == 0:
             raise ExplainerError("the model has no trees")
@@ -185,9 +186,9 @@ class ObliviousExplainer:
             border[t, :d] = split_borders[t]
             nan_true[t, :d] = split_nan_true[t]
             values[t, : 1 << d] = leaf_values[t]
-            table[t, : 1 << d], mean[t] = _tree_shap_table(np.asarray(split_features[t]),
-                                                            np.asarray(leaf_values[t], float),
-                                                            np.asarray(leaf_weights[t], float), self.n_features)
+            table[t, : 1 << d], mean[t] = _tree_shap_table(
+                np.asarray(split_features[t]), np.asarray(leaf_values[t], float),
+                np.asarray(leaf_weights[t], float), self.n_features)
         if feature.size and (feature.max() >= self.n_features or feature.min() < 0):
             raise ExplainerError("a split refers to a feature index outside the model's features")
         self.tree_means = mean
@@ -212,7 +213,7 @@ class ObliviousExplainer:
         self._row_border = padded_border.ravel()
         self._row_nan_true = padded_nan.ravel() if padded_nan.any() else None
         # Single row contributions: per tree only the features it splits on (at most ``depth``), summed with
-        # ``np.bincount``: [trees * leaves, k] values and [trees, k] feature ids (padding: feature 0, value 0).
+        # ``np.bincount``: [trees * leaves, k] values, [trees, k] feature ids (padding: feature 0, value 0).
         k = max(1, max(len(set(f.tolist())) for f in split_features))
         per_tree = self._table.reshape(n_trees, leaves, self.n_features)
         small = np.zeros((n_trees, leaves, k))
@@ -229,7 +230,7 @@ class ObliviousExplainer:
 
     @classmethod
     def from_catboost(cls, model: Any) -> ObliviousExplainer:
-        """Read a trained (or loaded) ``CatBoostClassifier`` / ``CatBoost`` model and precompute its tables."""
+        """Read a trained (or loaded) ``CatBoostClassifier`` / ``CatBoost`` model; precompute its tables."""
         names = _check_model(model)
         fd, path = tempfile.mkstemp(suffix=".json", prefix="trellis-catboost-")
         os.close(fd)
@@ -244,7 +245,8 @@ class ObliviousExplainer:
         info = description.get("features_info", {})
         for key in ("categorical_features", "text_features", "embedding_features", "ctrs"):
             if info.get(key):
-                raise ExplainerError(f"the model's features_info has {key}: only numeric features are supported")
+                raise ExplainerError(
+                    f"the model's features_info has {key}: only numeric features are supported")
         floats = {f["feature_index"]: f for f in info.get("float_features", [])}
         flat = {i: int(f.get("flat_feature_index", i)) for i, f in floats.items()}
         nan_true_of = {i: f.get("nan_value_treatment") == "AsTrue" for i, f in floats.items()}
@@ -274,7 +276,8 @@ class ObliviousExplainer:
             splits = tree.get("splits") or []
             if any(s.get("split_type") != "FloatFeature" for s in splits):
                 kinds = sorted({str(s.get("split_type")) for s in splits})
-                raise ExplainerError(f"tree {t} has {kinds} splits: only numeric (FloatFeature) splits are supported")
+                raise ExplainerError(
+                    f"tree {t} has {kinds} splits: only numeric (FloatFeature) splits are supported")
             split_features.append(np.array([flat[s["float_feature_index"]] for s in splits], dtype=np.intp))
             split_borders.append(np.array([s["border"] for s in splits], dtype=np.float64).astype(np.float32))
             split_nan.append(np.array([nan_true_of[s["float_feature_index"]] for s in splits], dtype=bool))
@@ -318,7 +321,7 @@ class ObliviousExplainer:
         return leaf
 
     def leaf_indexes(self, x: Any) -> np.ndarray:
-        """[rows, trees] leaf index of each row in each tree (what CatBoost's ``calc_leaf_indexes`` returns)."""
+        """[rows, trees] leaf index of each row in each tree (as CatBoost's ``calc_leaf_indexes``)."""
         x = self._matrix(x)
         out = np.empty((len(x), self.n_trees), dtype=self._leaf_dtype)
         for start in range(0, len(x), CHUNK_ROWS):
@@ -365,7 +368,8 @@ class ObliviousExplainer:
         """Probability of the positive class of every row (``predict_proba(x)[:, 1]``)."""
         return _sigmoid(self.raw(x, leaf_indexes=leaf_indexes))
 
-    def explain(self, x: Any = None, *, leaf_indexes: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def explain(self, x: Any = None, *,
+                leaf_indexes: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw [rows], probability [rows], contributions [rows, n_features]) of every row of ``x``, from one
         leaf lookup per tree. ``leaf_indexes`` ([rows, trees], e.g. CatBoost's own ``calc_leaf_indexes``,
         which is multi-threaded C++) replaces the numpy tree evaluation when given."""

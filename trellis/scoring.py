@@ -1,16 +1,23 @@
 """Batch scoring: every transaction of a day scored with a model (the champion), with top reason codes, and a
 per-institution daily risk summary.
 
-* ``scoring_frame``: the day's spine rows (``[day, day + 1)`` on the spine's event time, labelled or not)
+* ``scoring_frame``: the day's spine rows (``[day, day + days)`` on the spine's event time, labelled or not)
   with the model's stored features and request features. It is **the training-set query itself**
   (``trellis.training.training_set_sql``): the SQL is rendered against a placeholder source schema and the
   two source tables it reads are swapped for subqueries: the spine becomes the day's rows, and the label
   source becomes one label-less row per spine row (so the training query's inner join keeps every row and
   its ``label`` column is NULL and dropped). The ASOF feature joins and the request-feature expressions are
-  therefore exactly the training set's, so a transaction gets the same feature values in both;
-* ``score_frame``: CatBoost probability, the model version and the top-k reason codes from one batch call
-  of ``get_feature_importance(type="ShapValues")`` (contributions in log-odds; they sum with the expected
-  value to the raw score). Reasons are the features with the largest contribution toward fraud;
+  therefore exactly the training set's, so a transaction gets the same feature values in both. With
+  ``prune`` (the default) each feature table is also swapped for the only rows an ASOF match can come from:
+  rows with ``feature_ts`` in the scored range, and per key the rows at its latest ``feature_ts`` before the
+  range (all of them, ties included). The ASOF join picks the latest row at or before the event, so the
+  result is the same and a day no longer sorts the whole history of every feature table;
+* ``score_frame``: probability, the model version and the top-k reason codes in one pass: CatBoost's leaf
+  index of every row in every tree (``calc_leaf_indexes``), then the raw score (sum of the leaf values) and
+  the exact TreeSHAP contributions from ``trellis.explain.ObliviousExplainer``'s per-leaf tables
+  (contributions in log-odds; they sum with the expected value to the raw score, and equal CatBoost's
+  ``ShapValues``). Reasons are the features with the largest contribution toward fraud. Models with
+  categorical features take CatBoost's own path (``predict_proba`` + ``ShapValues``);
 * ``institution_summary``: per institution (``customers.institution_id``): transactions, mean score, share
   of scores at or above the threshold, and labels / confirmed frauds among labels known before ``as_of``;
 * ``score_day`` / ``backfill`` / ``load_champion``: the pieces put together for a daily partition.
@@ -23,15 +30,18 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import duckdb
+import ibis
 import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
 from trellis.compile.dbt import VALIDATED_SCHEMA
+from trellis.compile.offline import FEATURE_TS
+from trellis.explain import ObliviousExplainer
 from trellis.modeling import prepare_features
 from trellis.registry import CHAMPION, RegistryError, load_alias
 from trellis.spec import Model, Project
-from trellis.training import EVENT_TIME, FEATURE_SCHEMA, LABEL, _model, training_set_sql
+from trellis.training import EVENT_TIME, FEATURE_SCHEMA, LABEL, _model, _parts
 
 _PLACEHOLDER = "__trellis_scoring_source__"  # schema the training SQL is rendered against, then replaced
 
@@ -52,31 +62,45 @@ def _day(day: date | datetime) -> datetime:
     return datetime.combine(day, time(0))
 
 
+def _timestamp(value: datetime) -> str:
+    return f"TIMESTAMP '{value:%Y-%m-%d %H:%M:%S}'"
+
+
 def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model, day: date, *,
-                  source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA) -> pd.DataFrame:
-    """Every spine row with event time in ``[day, day + 1)`` and the model's features, sorted by
-    ``(event_time, join key)``: the training set's columns without ``label``."""
+                  days: int = 1, prune: bool = True, source_schema: str = VALIDATED_SCHEMA,
+                  feature_schema: str = FEATURE_SCHEMA) -> pd.DataFrame:
+    """Every spine row with event time in ``[day, day + days)`` and the model's features, sorted by
+    ``(event_time, join key)``: the training set's columns without ``label``. ``prune=False`` reads the
+    whole feature tables (the same result, slower)."""
     model = _model(project, model)
+    if days < 1:
+        raise ScoringError(f"days must be >= 1, got {days}")
     start = _day(day)
-    end = start + timedelta(days=1)
+    end = start + timedelta(days=days)
     spine = project.sources[model.spine]
     labels = project.sources[model.label.source]
     if spine.name == labels.name:
         raise ScoringError(f"model {model.name!r}: spine and label source are the same table; not supported")
     join_key = model.label.join_key
-    sql = training_set_sql(project, model, end, source_schema=_PLACEHOLDER, feature_schema=feature_schema)
+    parts = _parts(project, model, end, _PLACEHOLDER, feature_schema)
+    sql = str(ibis.to_sql(parts.output, dialect="duckdb"))  # == training_set_sql(...), parts reused below
 
     event_time = f"CAST({_q(spine.event_time)} AS TIMESTAMP)"
     spine_day = (f"(SELECT * FROM {_q(source_schema)}.{_q(spine.name)} "
-                 f"WHERE {event_time} >= TIMESTAMP '{start:%Y-%m-%d %H:%M:%S}' "
-                 f"AND {event_time} < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}')")
+                 f"WHERE {event_time} >= {_timestamp(start)} AND {event_time} < {_timestamp(end)})")
     # One label row per spine row: every label column NULL (typed by a LEFT JOIN ON FALSE) except the join
     # key and the label's event time (the spine's, which is before the cutoff); available_at stays NULL.
     replaced = {join_key: f"s.{_q(join_key)}", labels.event_time: f"s.{_q(spine.event_time)}"}
     label_rows = (f"(SELECT l.* REPLACE ({', '.join(f'{v} AS {_q(k)}' for k, v in replaced.items())}) "
                   f"FROM {spine_day} AS s LEFT JOIN {_q(source_schema)}.{_q(labels.name)} AS l ON FALSE)")
-    for name, subquery in ((spine.name, spine_day), (labels.name, label_rows)):
-        reference = f"{_q(_PLACEHOLDER)}.{_q(name)}"
+    swaps = {f"{_q(_PLACEHOLDER)}.{_q(spine.name)}": spine_day,
+             f"{_q(_PLACEHOLDER)}.{_q(labels.name)}": label_rows}
+    if prune:
+        for group in parts.groups:
+            table = f"{_q(feature_schema)}.{_q(f'feat_{group}')}"
+            swaps[table] = _pruned_feature_table(table, project.key_column(project.feature_groups[group]),
+                                                 start, end)
+    for reference, subquery in swaps.items():
         if sql.count(reference) != 1:
             raise ScoringError(f"unexpected training SQL: {reference} appears {sql.count(reference)} times")
         sql = sql.replace(reference, subquery)
@@ -86,17 +110,82 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str |
     return frame.drop(columns=[LABEL]).reset_index(drop=True)
 
 
+def _pruned_feature_table(table: str, key: str, start: datetime, end: datetime) -> str:
+    """The rows of a feature table an ASOF join (``event_time >= feature_ts``, same key) of events in
+    ``[start, end)`` can match: those with ``feature_ts`` in the range, and per key every row at its latest
+    ``feature_ts`` before ``start`` (ties kept, so the join sees the same candidates as on the whole table).
+    Rows with a NULL key or time can never match and are left out."""
+    ts, k = _q(FEATURE_TS), _q(key)
+    return (f"(SELECT * FROM {table} WHERE {ts} >= {_timestamp(start)} AND {ts} < {_timestamp(end)} "
+            f"UNION ALL SELECT f.* FROM {table} AS f SEMI JOIN "
+            f"(SELECT {k}, max({ts}) AS __last FROM {table} WHERE {ts} < {_timestamp(start)} "
+            f"GROUP BY {k}) AS l "
+            f"ON f.{k} = l.{k} AND f.{ts} = l.__last)")
+
+
+def explainer_for(catboost_model: CatBoostClassifier) -> ObliviousExplainer | None:
+    """The model's ObliviousExplainer, or None when the model has categorical features (CatBoost's path)."""
+    if len(catboost_model.get_cat_feature_indices()):
+        return None
+    return ObliviousExplainer.from_catboost(catboost_model)
+
+
+def _matrix(frame: pd.DataFrame, feature_columns: list[str]) -> np.ndarray:
+    """``prepare_features(frame, feature_columns, [])`` as a float64 matrix, without the round trip through
+    pandas' nullable Float64 for columns that are float64 already (the same values)."""
+    x = np.empty((len(frame), len(feature_columns)))
+    other = [i for i, name in enumerate(feature_columns) if frame[name].dtype != np.float64]
+    for i, name in enumerate(feature_columns):
+        if frame[name].dtype == np.float64:
+            x[:, i] = frame[name].to_numpy()
+    if other:
+        names = [feature_columns[i] for i in other]
+        x[:, other] = prepare_features(frame[names], names, []).to_numpy(dtype=np.float64)
+    return x
+
+
+def _top_k(contributions: np.ndarray, k: int) -> np.ndarray:
+    """[rows, k] feature positions by descending contribution, ties by position (what a stable argsort of
+    ``-contributions`` gives), by k passes of ``argmax`` (which returns the first maximum)."""
+    work = contributions.copy()
+    rows = np.arange(len(work))
+    order = np.empty((len(work), k), dtype=np.intp)
+    for i in range(k):
+        order[:, i] = np.argmax(work, axis=1)
+        work[rows, order[:, i]] = -np.inf
+    return order
+
+
+def _value_strings(frame: pd.DataFrame, feature_columns: list[str], column: np.ndarray) -> np.ndarray:
+    """``str(value)`` of ``frame[feature_columns[column[r]]]`` at each row r (None when missing), converting
+    per feature column only the rows that name it."""
+    out = np.full(len(column), None, dtype=object)
+    for position in np.unique(column):
+        rows = np.flatnonzero(column == position)
+        series = frame[feature_columns[position]]
+        values = series.iloc[rows]
+        missing = values.isna().to_numpy()
+        if series.dtype.kind in "fiub" and isinstance(series.dtype, np.dtype):
+            text = values.to_numpy().astype(str).astype(object)  # numpy's shortest repr == Python's str
+        else:
+            text = np.array([str(v) for v in values.astype(object)], dtype=object)
+        text[missing] = None
+        out[rows] = text
+    return out
+
+
 def score_frame(catboost_model: CatBoostClassifier, frame: pd.DataFrame, feature_columns: list[str],
                 cat_features: list[str], *, model_version: str, top_k: int = 3,
-                join_key: str | None = None) -> pd.DataFrame:
+                join_key: str | None = None, explainer: ObliviousExplainer | None = None) -> pd.DataFrame:
     """Score every row of ``frame``: ``<join key>, event_time, score, model_version`` and, for i in 1..top_k,
     ``reason_i`` (feature name), ``reason_i_value`` (its value as a string, None when missing) and
     ``reason_i_contribution`` (its SHAP contribution in log-odds), by descending contribution toward fraud.
-    ``join_key`` defaults to the frame's first column (as ``scoring_frame`` returns it)."""
+    ``join_key`` defaults to the frame's first column (as ``scoring_frame`` returns it). ``top_k=0`` scores
+    without reasons (CatBoost's ``predict_proba``). ``explainer`` (``explainer_for(catboost_model)``, built
+    once per model) is built here when not given; models with categorical features use CatBoost's path."""
     join_key = join_key or str(frame.columns[0])
-    if not 0 < top_k <= len(feature_columns):
-        raise ScoringError(f"top_k must be in 1..{len(feature_columns)}, got {top_k}")
-    x = prepare_features(frame, list(feature_columns), list(cat_features))
+    if not 0 <= top_k <= len(feature_columns):
+        raise ScoringError(f"top_k must be in 0..{len(feature_columns)}, got {top_k}")
     out: dict[str, Any] = {join_key: frame[join_key].to_numpy(), EVENT_TIME: frame[EVENT_TIME].to_numpy()}
     n = len(frame)
     if n == 0:
@@ -105,20 +194,34 @@ def score_frame(catboost_model: CatBoostClassifier, frame: pd.DataFrame, feature
             out.update({f"reason_{i}": np.array([], object), f"reason_{i}_value": np.array([], object),
                         f"reason_{i}_contribution": np.array([], float)})
         return pd.DataFrame(out)
-    out["score"] = catboost_model.predict_proba(x)[:, 1]
+    if cat_features:
+        x = prepare_features(frame, list(feature_columns), list(cat_features))
+        out["score"] = catboost_model.predict_proba(x)[:, 1]
+        if top_k:
+            shap = catboost_model.get_feature_importance(Pool(x, cat_features=list(cat_features)),
+                                                         type="ShapValues")
+            contributions = np.asarray(shap)[:, :-1]
+    else:
+        x = _matrix(frame, list(feature_columns))
+        if top_k == 0:
+            out["score"] = catboost_model.predict_proba(x)[:, 1]
+        else:
+            if explainer is None:
+                explainer = ObliviousExplainer.from_catboost(catboost_model)
+            if explainer.feature_names != list(feature_columns):
+                raise ScoringError("the explainer's features differ from feature_columns")
+            leaves = catboost_model.calc_leaf_indexes(Pool(x))  # CatBoost's own (multi-threaded) tree pass
+            _, out["score"], contributions = explainer.explain(leaf_indexes=leaves)
     out["model_version"] = np.full(n, str(model_version), dtype=object)
-    shap = catboost_model.get_feature_importance(Pool(x, cat_features=list(cat_features)), type="ShapValues")
-    contributions = np.asarray(shap)[:, :-1]
-    order = np.argsort(-contributions, axis=1, kind="stable")[:, :top_k]
-    names = np.asarray(feature_columns, dtype=object)
-    raw = frame[list(feature_columns)].astype(object).to_numpy()
-    rows = np.arange(n)
-    for i in range(top_k):
-        column = order[:, i]
-        values = raw[rows, column]
-        out[f"reason_{i + 1}"] = names[column]
-        out[f"reason_{i + 1}_value"] = np.array([None if pd.isna(v) else str(v) for v in values], dtype=object)
-        out[f"reason_{i + 1}_contribution"] = contributions[rows, column].astype(float)
+    if top_k:
+        order = _top_k(contributions, top_k)
+        names = np.asarray(feature_columns, dtype=object)
+        rows = np.arange(n)
+        for i in range(top_k):
+            column = order[:, i]
+            out[f"reason_{i + 1}"] = names[column]
+            out[f"reason_{i + 1}_value"] = _value_strings(frame, list(feature_columns), column)
+            out[f"reason_{i + 1}_contribution"] = contributions[rows, column].astype(float)
     return pd.DataFrame(out)
 
 
@@ -171,13 +274,14 @@ def model_features(catboost_model: CatBoostClassifier) -> tuple[list[str], list[
 
 def score_day(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model,
               catboost_model: CatBoostClassifier, day: date, *, model_version: str, top_k: int = 3,
-              source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA) -> pd.DataFrame:
+              source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA,
+              explainer: ObliviousExplainer | None = None) -> pd.DataFrame:
     """``score_frame(scoring_frame(...))`` for one day, with the feature columns the model was trained on."""
     model = _model(project, model)
     frame = scoring_frame(con, project, model, day, source_schema=source_schema, feature_schema=feature_schema)
     features, cats = model_features(catboost_model)
     return score_frame(catboost_model, frame, features, cats, model_version=model_version, top_k=top_k,
-                       join_key=model.label.join_key)
+                       join_key=model.label.join_key, explainer=explainer)
 
 
 def backfill(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model,
@@ -187,8 +291,9 @@ def backfill(con: duckdb.DuckDBPyConnection, project: Project, model: str | Mode
     if end < start:
         raise ScoringError(f"backfill: end {end} is before start {start}")
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    explainer = explainer_for(catboost_model) if top_k else None  # prepared once for every day
     return {d: score_day(con, project, model, catboost_model, d, model_version=model_version, top_k=top_k,
-                         **schemas) for d in days}
+                         explainer=explainer, **schemas) for d in days}
 
 
 def load_champion(tracking_uri: str, name: str, alias: str = CHAMPION) -> tuple[CatBoostClassifier, str]:
@@ -202,6 +307,7 @@ def load_champion(tracking_uri: str, name: str, alias: str = CHAMPION) -> tuple[
 __all__ = [
     "ScoringError",
     "backfill",
+    "explainer_for",
     "institution_summary",
     "load_champion",
     "model_features",
