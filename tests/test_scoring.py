@@ -218,18 +218,23 @@ def test_explainer_scores_and_reasons_equal_catboosts(world):
 def test_feature_matrix_equals_prepare_features(world):
     frame = world.frame.copy()
     frame.loc[frame.index[:7], "customer_spending__avg_amount_1d"] = np.nan
+    frame.loc[frame.index[7:9], "customer_spending__avg_amount_1d"] = [-0.0, 0.0]
+    frame["customer_spending__max_amount_1d"] = frame["customer_spending__max_amount_1d"].astype(np.float32)
     frame["customer_spending__tx_count_1d"] = frame["customer_spending__tx_count_1d"].astype("Int64")
     frame.loc[frame.index[:5], "customer_spending__tx_count_1d"] = pd.NA
     features = world.trained.feature_columns
     expected = prepare_features(frame, features, []).to_numpy(dtype=np.float64)
     np.testing.assert_array_equal(_matrix(frame, features), expected)
-    assert {str(frame[c].dtype) for c in features} >= {"float64", "Int64", "bool", "int64"}
+    assert {str(frame[c].dtype) for c in features} >= {"float64", "float32", "Int64", "bool", "int64"}
     # Reason values of such columns read like str() of the value (None when missing).
-    column = np.array([features.index("customer_spending__tx_count_1d")] * 9 + [features.index(
-        "customer_spending__avg_amount_1d")] * 9 + [features.index("transaction_context__is_night")] * 2)
-    rows = frame.iloc[np.r_[0:9, 0:9, 0:2]].reset_index(drop=True)
-    expected_values = [None if pd.isna(v) else str(v) for v in
-                       [rows.loc[i, features[c]] for i, c in enumerate(column)]]
+    column = np.array([features.index(name) for name, count in (
+        ("customer_spending__tx_count_1d", 9), ("customer_spending__avg_amount_1d", 9),
+        ("transaction_context__is_night", 2), ("customer_spending__max_amount_1d", 9),
+        ("customer_spending__tx_count_7d", 9)) for _ in range(count)])
+    rows = frame.iloc[np.r_[0:9, 0:9, 0:2, 0:9, 0:9]].reset_index(drop=True)
+    raw = rows[features].astype(object).to_numpy()  # as the CatBoost path reads values
+    expected_values = [None if pd.isna(v) else str(v) for v in raw[np.arange(len(rows)), column]]
+    assert "-0.0" in expected_values and "0.0" in expected_values
     assert _value_strings(rows, features, column).tolist() == expected_values
 
 

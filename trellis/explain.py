@@ -224,6 +224,10 @@ class ObliviousExplainer:
                 small_feature[t, j] = f
         self._row_small = small.reshape(n_trees * leaves, k)
         self._row_small_feature = small_feature.ravel()
+        if n_trees * leaves >= 2**31:
+            raise ExplainerError(f"{n_trees} trees of depth {depth}: too many leaves")
+        self._offsets32 = self._offsets.astype(np.int32)
+        self._table_raw = np.column_stack([self._table, self._values])  # batch: contributions + leaf value
         self._ones: np.ndarray | None = None  # CSR data for batch contributions, grown on demand
 
     # ------------------------------------------------------------------------------------------ loading
@@ -329,22 +333,23 @@ class ObliviousExplainer:
         return out
 
     def _flat(self, leaves: np.ndarray) -> np.ndarray:
-        flat = leaves.astype(np.intp)
-        flat += self._offsets
+        """Row index into the per-(tree, leaf) arrays, int32 (what scipy's CSR wants, no copy there)."""
+        flat = leaves.astype(np.int32)
+        flat += self._offsets32
         return flat
 
-    def _block(self, leaves: np.ndarray, raw: np.ndarray, contributions: np.ndarray | None) -> None:
+    def _block(self, leaves: np.ndarray, out: np.ndarray) -> None:
+        """``out[:, :n_features]`` = contributions and ``out[:, -1]`` = sum of leaf values of a block of rows:
+        the one-hot [rows, trees * leaves] matrix (one 1 per tree) times the [trees * leaves, features + 1]
+        table whose last column holds the leaf values."""
         flat = self._flat(leaves)
-        raw[:] = self._values[flat].sum(axis=1)
-        if contributions is not None:
-            # One-hot [rows, trees * leaves] (one 1 per tree) times the [trees * leaves, features] table.
-            cells = flat.size
-            if self._ones is None or len(self._ones) < cells:
-                self._ones = np.ones(cells)
-            onehot = sparse.csr_matrix(
-                (self._ones[:cells], flat.ravel().astype(np.int32 if len(self._table) < 2**31 else np.int64),
-                 np.arange(0, cells + 1, self.n_trees)), shape=(len(flat), len(self._table)))
-            contributions[:] = onehot @ self._table
+        cells = flat.size
+        if self._ones is None or len(self._ones) < cells:
+            self._ones = np.ones(cells)
+        onehot = sparse.csr_matrix(
+            (self._ones[:cells], flat.ravel(), np.arange(0, cells + 1, self.n_trees, dtype=np.int32)),
+            shape=(len(flat), len(self._table_raw)))
+        out[:] = onehot @ self._table_raw
 
     def _leaves_for(self, x: Any, leaf_indexes: Any) -> np.ndarray:
         if leaf_indexes is None:
@@ -361,7 +366,8 @@ class ObliviousExplainer:
         leaves = self._leaves_for(x, leaf_indexes)
         out = np.empty(len(leaves))
         for start in range(0, len(leaves), BLOCK_ROWS):
-            self._block(leaves[start:start + BLOCK_ROWS], out[start:start + BLOCK_ROWS], None)
+            flat = self._flat(leaves[start:start + BLOCK_ROWS])
+            out[start:start + BLOCK_ROWS] = self._values[flat].sum(axis=1)
         return self.bias + self.scale * out
 
     def predict_proba(self, x: Any = None, *, leaf_indexes: Any = None) -> np.ndarray:
@@ -371,17 +377,16 @@ class ObliviousExplainer:
     def explain(self, x: Any = None, *,
                 leaf_indexes: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw [rows], probability [rows], contributions [rows, n_features]) of every row of ``x``, from one
-        leaf lookup per tree. ``leaf_indexes`` ([rows, trees], e.g. CatBoost's own ``calc_leaf_indexes``,
-        which is multi-threaded C++) replaces the numpy tree evaluation when given."""
+        leaf lookup per tree (contributions is a view into one [rows, n_features + 1] array). ``leaf_indexes``
+        ([rows, trees], e.g. CatBoost's own ``calc_leaf_indexes``, which is multi-threaded C++) replaces the
+        numpy tree evaluation when given."""
         leaves = self._leaves_for(x, leaf_indexes)
         n = len(leaves)
-        raw = np.empty(n)
-        contributions = np.empty((n, self.n_features))
+        out = np.empty((n, self.n_features + 1))
         for start in range(0, n, BLOCK_ROWS):
-            stop = min(n, start + BLOCK_ROWS)
-            self._block(leaves[start:stop], raw[start:stop], contributions[start:stop])
-        raw = self.bias + self.scale * raw
-        return raw, _sigmoid(raw), contributions
+            self._block(leaves[start:start + BLOCK_ROWS], out[start:start + BLOCK_ROWS])
+        raw = self.bias + self.scale * out[:, -1]
+        return raw, _sigmoid(raw), out[:, :-1]
 
     def shap_values(self, x: Any = None, *, leaf_indexes: Any = None) -> np.ndarray:
         """CatBoost's ``ShapValues`` layout: [rows, n_features + 1], the last column the expected value."""

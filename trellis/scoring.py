@@ -131,13 +131,17 @@ def explainer_for(catboost_model: CatBoostClassifier) -> ObliviousExplainer | No
 
 
 def _matrix(frame: pd.DataFrame, feature_columns: list[str]) -> np.ndarray:
-    """``prepare_features(frame, feature_columns, [])`` as a float64 matrix, without the round trip through
-    pandas' nullable Float64 for columns that are float64 already (the same values)."""
+    """``prepare_features(frame, feature_columns, [])`` as a float64 matrix. Columns of a numpy float, integer
+    or bool dtype are cast by numpy (the same values: prepare_features' round trip through pandas' nullable
+    Float64 maps NaN to NA and back); any other dtype goes through prepare_features itself."""
     x = np.empty((len(frame), len(feature_columns)))
-    other = [i for i, name in enumerate(feature_columns) if frame[name].dtype != np.float64]
+    other = []
     for i, name in enumerate(feature_columns):
-        if frame[name].dtype == np.float64:
+        dtype = frame[name].dtype
+        if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
             x[:, i] = frame[name].to_numpy()
+        else:
+            other.append(i)
     if other:
         names = [feature_columns[i] for i in other]
         x[:, other] = prepare_features(frame[names], names, []).to_numpy(dtype=np.float64)
@@ -158,18 +162,27 @@ def _top_k(contributions: np.ndarray, k: int) -> np.ndarray:
 
 def _value_strings(frame: pd.DataFrame, feature_columns: list[str], column: np.ndarray) -> np.ndarray:
     """``str(value)`` of ``frame[feature_columns[column[r]]]`` at each row r (None when missing), converting
-    per feature column only the rows that name it."""
+    per feature column only the distinct values of the rows that name it."""
     out = np.full(len(column), None, dtype=object)
     for position in np.unique(column):
         rows = np.flatnonzero(column == position)
         series = frame[feature_columns[position]]
-        values = series.iloc[rows]
-        missing = values.isna().to_numpy()
-        if series.dtype.kind in "fiub" and isinstance(series.dtype, np.dtype):
-            text = values.to_numpy().astype(str).astype(object)  # numpy's shortest repr == Python's str
+        if isinstance(series.dtype, np.dtype) and series.dtype.kind in "fiub":
+            values = series.to_numpy()[rows]
+            if series.dtype.kind == "f":  # distinct bit patterns (0.0 and -0.0 print differently)
+                missing = np.isnan(values)
+                keys, inverse = np.unique(values[~missing].astype(np.float64).view(np.int64), return_inverse=True)
+                strings = keys.view(np.float64).astype(str)
+            else:
+                missing = np.zeros(len(rows), dtype=bool)
+                keys, inverse = np.unique(values, return_inverse=True)
+                strings = keys.astype(str)
+            # numpy's str of a float64 / int / bool is Python's str() of the same value (shortest repr)
+            text = np.full(len(rows), None, dtype=object)
+            text[~missing] = strings.astype(object)[inverse]
         else:
-            text = np.array([str(v) for v in values.astype(object)], dtype=object)
-        text[missing] = None
+            values = series.iloc[rows]
+            text = np.array([None if pd.isna(v) else str(v) for v in values.astype(object)], dtype=object)
         out[rows] = text
     return out
 
