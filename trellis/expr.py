@@ -9,78 +9,34 @@ with the offending name, before any pipeline runs.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable, Mapping
 
 import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
-import sqlglot
 from sqlglot import exp
 
 from trellis.errors import did_you_mean
+
+# The parsing half lives in trellis.sqlsnippet (no Ibis import); re-exported so trellis.expr keeps its API.
+from trellis.sqlsnippet import CASTS as _CASTS
+from trellis.sqlsnippet import EXTRACT_PARTS as _EXTRACT_PARTS
+from trellis.sqlsnippet import OPERATORS as _OPERATORS
+from trellis.sqlsnippet import (
+    SUPPORTED_FUNCTIONS,
+    ExpressionError,
+    Parsed,
+    _is_statement,
+    _syntax_message,
+    parse,
+    suggest,
+)
+from trellis.sqlsnippet import operator_name as _operator
 from trellis.types import mapping
 
-
-class ExpressionError(ValueError):
-    """A snippet that cannot be used; the message names the offending part."""
-
-
-@dataclass(frozen=True)
-class Parsed:
-    text: str
-    tree: exp.Expression
-
-    @property
-    def columns(self) -> list[str]:
-        return sorted({c.name for c in self.tree.find_all(exp.Column)})
-
-
-def _syntax_message(text: str, error: dict) -> str:
-    """sqlglot's parse error, without its internals (class names), pointing at the column."""
-    description = str(error.get("description", "")).strip()
-    near, col = error.get("highlight") or "", error.get("col")
-    if description.startswith("Required keyword"):
-        description = f"{near!r} is missing an operand" if near else "incomplete expression"
-    elif description.startswith("Expecting "):
-        description = f"expected {description.removeprefix('Expecting ').strip()!r}"
-    elif description.startswith("Invalid expression / Unexpected token"):
-        description = f"unexpected {near!r}" if near else "unexpected token"
-    where = f" at column {col}" if col else ""
-    return f"SQL syntax error in {text!r}{where}: {description}"
-
-
-@lru_cache(maxsize=4096)
-def parse(text: str) -> Parsed:
-    if not str(text).strip():
-        raise ExpressionError("empty SQL expression")
-    try:
-        statements = sqlglot.parse(text, dialect="duckdb")
-    except sqlglot.errors.ParseError as exc:
-        raise ExpressionError(_syntax_message(text, exc.errors[0] if exc.errors else {})) from None
-    except sqlglot.errors.TokenError:
-        hint = " (unterminated string? close it with ')" if text.count("'") % 2 else ""
-        raise ExpressionError(f"SQL syntax error in {text!r}: cannot read it as SQL{hint}") from None
-    statements = [s for s in statements if s is not None]
-    if len(statements) != 1:
-        raise ExpressionError(
-            f"expected one SQL expression, got {len(statements)} statements in {text!r} "
-            f"(a snippet is a single expression, without ';')"
-        )
-    tree = statements[0]
-    if _is_statement(tree):
-        raise ExpressionError(f"expected an expression, not a {tree.key.upper()} statement: {text!r}")
-    if tree.find(exp.Query) is not None:
-        raise ExpressionError(f"subqueries are not supported in {text!r}; use columns of the row")
-    return Parsed(text, tree)
-
-
-def _is_statement(tree: exp.Expression) -> bool:
-    # DROP, ALTER, SET, PRAGMA, ... are not subclasses of exp.DDL; sqlglot keeps them in its ddl module.
-    module = type(tree).__module__.rsplit(".", 1)[-1]
-    return isinstance(tree, exp.Query | exp.DDL | exp.DML | exp.Command) or module in ("ddl", "dml", "query")
+__all__ = ["SUPPORTED_FUNCTIONS", "ExpressionError", "Parsed", "check", "logical_type", "parse", "suggest",
+           "to_ibis", "type_name", "_CASTS", "_EXTRACT_PARTS", "_OPERATORS", "_is_statement", "_operator",
+           "_syntax_message"]
 
 
 # DuckDB semantics for the date parts authors use most; ibis spells them differently.
@@ -120,14 +76,6 @@ _BINARY: dict[type[exp.Expression], Callable[[ir.Value, ir.Value], ir.Value]] = 
     exp.And: lambda a, b: a & b,
     exp.Or: lambda a, b: a | b,
 }
-_EXTRACT_PARTS = {"hour": exp.Hour, "minute": exp.Minute, "day": exp.Day, "month": exp.Month,
-                  "year": exp.Year, "dow": exp.DayOfWeek, "dayofweek": exp.DayOfWeek}
-_CASTS = {"DOUBLE": "float64", "FLOAT": "float64", "BIGINT": "int64", "INT": "int32", "INTEGER": "int32",
-          "BOOLEAN": "bool", "VARCHAR": "string", "TEXT": "string", "TIMESTAMP": "timestamp", "DATE": "date"}
-SUPPORTED_FUNCTIONS = sorted(
-    {"dayofweek", "hour", "minute", "day", "month", "year", "abs", "ln", "sqrt", "floor", "ceil", "exp",
-     "coalesce", "nullif", "greatest", "least", "round", "if", "extract", "cast"}
-)
 
 
 # What each operator / function accepts, for type errors that name the offending argument. Ibis would reject
@@ -155,9 +103,6 @@ _NEEDS: dict[type[exp.Expression], tuple[str, Callable[[dt.DataType], bool]]] = 
                                             exp.Round, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)},
     **{k: ("a boolean", _boolean) for k in (exp.Not, exp.And, exp.Or, exp.If)},
 }
-_OPERATORS = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%", exp.EQ: "=", exp.NEQ: "<>",
-              exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<=", exp.And: "AND", exp.Or: "OR",
-              exp.Not: "NOT", exp.Neg: "unary -", exp.In: "IN", exp.Between: "BETWEEN", exp.Is: "IS"}
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In, exp.Between)
 
 
@@ -169,17 +114,6 @@ def type_name(dtype: dt.DataType) -> str:
         return logical_type(dtype)
     except ExpressionError:
         return str(dtype)
-
-
-def _operator(node: exp.Expression) -> str:
-    kind = type(node)
-    if kind in _OPERATORS:
-        return repr(_OPERATORS[kind])
-    if kind is exp.Anonymous:
-        return f"{node.name.lower()}()"
-    if isinstance(node, exp.Func):
-        return f"{node.sql_name().lower().replace('_', '')}()"
-    return repr(node.key)
 
 
 def to_ibis(parsed: Parsed, columns: Mapping[str, ir.Value], unknown: str = "column") -> ir.Value:
@@ -337,21 +271,6 @@ def _type_error(text: str, node: exp.Expression, exc: Exception,
     if isinstance(node, _COMPARISONS):
         return f"type error in {text!r}: cannot compare these with {_operator(node)}: {detail}"
     return f"type error in {text!r}: {_operator(node)} cannot combine these types: {detail}"
-
-
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """did-you-mean for an unknown name. Knows feature names are qualified ('group__feature'): an author
-    who writes 'avg_amount_30d' is pointed at 'customer_spending__avg_amount_30d'."""
-    choices = list(choices)
-    qualified = sorted(c for c in choices if c.endswith(f"__{name}"))
-    if qualified:
-        return f" (did you mean {' or '.join(repr(c) for c in qualified[:3])}?)"
-    hint = did_you_mean(name, choices)
-    if hint:
-        return hint
-    short = {c.split("__", 1)[1]: c for c in choices if "__" in c}
-    match = difflib.get_close_matches(name, list(short), n=1, cutoff=0.75)
-    return f" (did you mean {short[match[0]]!r}?)" if match else ""
 
 
 def check(text: str, column_types: Mapping[str, str], expect: str | None = None, unknown: str = "column") -> str:
