@@ -41,7 +41,7 @@ from scipy import sparse
 
 MAX_DEPTH = 10  # preparation is O(depth * 4 ** depth) per tree; the table holds 2 ** depth rows per tree
 CHUNK_ROWS = 4096  # rows per block of the numpy tree evaluation (its temporaries stay in cache)
-BLOCK_ROWS = 65536  # rows per block of the contribution product (bounded temporary memory)
+BLOCK_ROWS = 16384  # rows per block of the contribution product (bounded temporary memory)
 _ZERO_WEIGHT = 1e-13  # CatBoost skips a subtree when FuzzyEquals(1 + weight, 1): |weight| <= ~1e-13
 
 
@@ -344,10 +344,11 @@ class ObliviousExplainer:
         table whose last column holds the leaf values."""
         flat = self._flat(leaves)
         cells = flat.size
-        if self._ones is None or len(self._ones) < cells:
-            self._ones = np.ones(cells)
+        ones = self._ones  # grown on demand; a local reference, so concurrent calls each keep a long enough one
+        if ones is None or len(ones) < cells:
+            ones = self._ones = np.ones(cells)
         onehot = sparse.csr_matrix(
-            (self._ones[:cells], flat.ravel(), np.arange(0, cells + 1, self.n_trees, dtype=np.int32)),
+            (ones[:cells], flat.ravel(), np.arange(0, cells + 1, self.n_trees, dtype=np.int32)),
             shape=(len(flat), len(self._table_raw)))
         out[:] = onehot @ self._table_raw
 

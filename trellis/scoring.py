@@ -25,6 +25,7 @@ per-institution daily risk summary.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -148,16 +149,28 @@ def _matrix(frame: pd.DataFrame, feature_columns: list[str]) -> np.ndarray:
     return x
 
 
-def _top_k(contributions: np.ndarray, k: int) -> np.ndarray:
-    """[rows, k] feature positions by descending contribution, ties by position (what a stable argsort of
-    ``-contributions`` gives), by k passes of ``argmax`` (which returns the first maximum)."""
-    work = contributions.copy()
+def _top_k(contributions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """([rows, k] feature positions, [rows, k] their contributions) by descending contribution, ties by
+    position (what a stable argsort of ``-contributions`` gives), by k passes of ``argmax`` (which returns
+    the first maximum) over a contiguous copy (argmax along the rows of a strided view is much slower)."""
+    work = np.array(contributions, dtype=np.float64, order="C")
     rows = np.arange(len(work))
     order = np.empty((len(work), k), dtype=np.intp)
+    values = np.empty((len(work), k))
     for i in range(k):
         order[:, i] = np.argmax(work, axis=1)
+        values[:, i] = work[rows, order[:, i]]
         work[rows, order[:, i]] = -np.inf
-    return order
+    return order, values
+
+
+def _threads(catboost_model: CatBoostClassifier) -> int:
+    """The model's training thread count (CatBoost's -1 default is not "every core" for every method)."""
+    try:
+        threads = int(catboost_model.get_all_params().get("thread_count", -1))
+    except Exception:  # a model without training params
+        threads = -1
+    return threads if threads > 0 else (os.cpu_count() or 1)
 
 
 def _value_strings(frame: pd.DataFrame, feature_columns: list[str], column: np.ndarray) -> np.ndarray:
@@ -171,7 +184,8 @@ def _value_strings(frame: pd.DataFrame, feature_columns: list[str], column: np.n
             values = series.to_numpy()[rows]
             if series.dtype.kind == "f":  # distinct bit patterns (0.0 and -0.0 print differently)
                 missing = np.isnan(values)
-                keys, inverse = np.unique(values[~missing].astype(np.float64).view(np.int64), return_inverse=True)
+                bits = values[~missing].astype(np.float64).view(np.int64)
+                keys, inverse = np.unique(bits, return_inverse=True)
                 strings = keys.view(np.float64).astype(str)
             else:
                 missing = np.zeros(len(rows), dtype=bool)
@@ -207,34 +221,36 @@ def score_frame(catboost_model: CatBoostClassifier, frame: pd.DataFrame, feature
             out.update({f"reason_{i}": np.array([], object), f"reason_{i}_value": np.array([], object),
                         f"reason_{i}_contribution": np.array([], float)})
         return pd.DataFrame(out)
+    threads = _threads(catboost_model)
     if cat_features:
         x = prepare_features(frame, list(feature_columns), list(cat_features))
-        out["score"] = catboost_model.predict_proba(x)[:, 1]
+        out["score"] = catboost_model.predict_proba(x, thread_count=threads)[:, 1]
         if top_k:
             shap = catboost_model.get_feature_importance(Pool(x, cat_features=list(cat_features)),
-                                                         type="ShapValues")
-            contributions = np.asarray(shap)[:, :-1]
+                                                         type="ShapValues", thread_count=threads)
+            contributions = np.asarray(shap, dtype=float)[:, :-1]
     else:
         x = _matrix(frame, list(feature_columns))
         if top_k == 0:
-            out["score"] = catboost_model.predict_proba(x)[:, 1]
+            out["score"] = catboost_model.predict_proba(x, thread_count=threads)[:, 1]
         else:
             if explainer is None:
                 explainer = ObliviousExplainer.from_catboost(catboost_model)
             if explainer.feature_names != list(feature_columns):
                 raise ScoringError("the explainer's features differ from feature_columns")
-            leaves = catboost_model.calc_leaf_indexes(Pool(x))  # CatBoost's own (multi-threaded) tree pass
+            # CatBoost's own multi-threaded tree pass gives the leaves; scores and contributions both come
+            # from them (one pass over the trees).
+            leaves = catboost_model.calc_leaf_indexes(Pool(x), thread_count=threads)
             _, out["score"], contributions = explainer.explain(leaf_indexes=leaves)
     out["model_version"] = np.full(n, str(model_version), dtype=object)
     if top_k:
-        order = _top_k(contributions, top_k)
+        order, values = _top_k(contributions, top_k)
         names = np.asarray(feature_columns, dtype=object)
-        rows = np.arange(n)
         for i in range(top_k):
             column = order[:, i]
             out[f"reason_{i + 1}"] = names[column]
             out[f"reason_{i + 1}_value"] = _value_strings(frame, list(feature_columns), column)
-            out[f"reason_{i + 1}_contribution"] = contributions[rows, column].astype(float)
+            out[f"reason_{i + 1}_contribution"] = values[:, i]
     return pd.DataFrame(out)
 
 
