@@ -134,8 +134,9 @@ def explainer_for(catboost_model: CatBoostClassifier) -> ObliviousExplainer | No
 def _matrix(frame: pd.DataFrame, feature_columns: list[str]) -> np.ndarray:
     """``prepare_features(frame, feature_columns, [])`` as a float64 matrix. Columns of a numpy float, integer
     or bool dtype are cast by numpy (the same values: prepare_features' round trip through pandas' nullable
-    Float64 maps NaN to NA and back); any other dtype goes through prepare_features itself."""
-    x = np.empty((len(frame), len(feature_columns)))
+    Float64 maps NaN to NA and back); any other dtype goes through prepare_features itself. Column-major:
+    each column is one contiguous copy, and CatBoost reads a Fortran-ordered matrix several times faster."""
+    x = np.empty((len(frame), len(feature_columns)), order="F")
     other = []
     for i, name in enumerate(feature_columns):
         dtype = frame[name].dtype
