@@ -34,6 +34,12 @@ check: install
 compile: install
 	$(VENV)/bin/trellis compile
 
+# The scoring service on the demo's online store and registry (run `make demo` first). PORT=8000 by default.
+PORT ?= 8000
+serve: install
+	$(VENV)/bin/uvicorn serving.app:create_app --factory --host 127.0.0.1 --port $(PORT) \
+		--no-access-log --loop uvloop --http httptools
+
 dagster: install
 	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/dagster dev -w workspace.yaml

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
+from assets.evaluation.assets import evaluation_assets
 from assets.features.assets import contract_checks, dbt_project, feature_dbt_assets
-from assets.online.assets import feast_registry
+from assets.monitoring.assets import parity_assets
+from assets.online.assets import feast_registry, online_materialized
 from assets.project import paths
 from assets.raw.assets import reference_data, source_assets
 from assets.resources import Warehouse
@@ -19,8 +21,9 @@ from assets.training.sensors import retrain_sensors
 def defs() -> dg.Definitions:
     project_paths = paths()
     return dg.Definitions(
-        assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, *training_set_assets(),
-                *model_assets(), *scoring_assets()],
+        assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, online_materialized, *training_set_assets(),
+                *model_assets(), *evaluation_assets(), *scoring_assets(),
+                *parity_assets()],
         asset_checks=[*contract_checks(), *model_checks()],
         sensors=retrain_sensors(),
         schedules=scoring_schedules(),

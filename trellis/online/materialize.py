@@ -92,10 +92,14 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
     known = f"coalesce({avail}, {event})" if avail else event
     where = [f"{known} < ?"]
     params: list[Any] = [as_of]
-    if spec.horizon_us is not None:
-        where.append(f"{event} >= ?")
-        params.append(as_of - timedelta(microseconds=spec.horizon_us + SLACK_US))
     relation = f"{VALIDATED_SCHEMA}.{_q(source.name)}"
+    if spec.horizon_us is not None:
+        # Keep what a window can see for requests from the newest event time on (minus the slack), as the
+        # tails' own pruning does; the newest *event*, not as_of: rows can become known long after they happen.
+        newest = con.execute(f"select max({event}) from {relation} where {known} < ?", [as_of]).fetchone()[0]
+        if newest is not None:
+            where.append(f"{event} >= ?")
+            params.append(newest - timedelta(microseconds=spec.horizon_us + SLACK_US))
     if definition.filter or any(name.startswith("expr:") for name, _ in spec.inputs):
         # Row expressions: the same compiled closures the ingestion path uses, row by row.
         cursor = con.execute(f"select * from {relation} where {' and '.join(where)}", params)

@@ -168,6 +168,7 @@ class OnlineStore:
         self.path = (self.repo / online.get("path", "data/online_store.db")).resolve() \
             if self.kind == "sqlite" else None
         self._local = threading.local()
+        self._generation_conns: list[sqlite3.Connection] = []
         self._write_lock = threading.Lock()
         self._feast: Any = None  # FeatureStore, loaded on first use of Feast's interface
 
@@ -185,14 +186,17 @@ class OnlineStore:
             conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0.5,
                                    check_same_thread=False, isolation_level=None)
             self._local.conn = conn
-            self._local.queries = {}
+            with self._write_lock:
+                self._generation_conns.append(conn)
         return conn
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every reader connection (each thread opens a new one on its next read)."""
+        with self._write_lock:
+            conns, self._generation_conns = self._generation_conns, []
+            self._local = threading.local()
+        for conn in conns:
             conn.close()
-            self._local.conn = None
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store can be read now."""
@@ -202,7 +206,6 @@ class OnlineStore:
         try:
             self._connection().execute("select count(*) from sqlite_master").fetchone()
         except sqlite3.Error as exc:
-            self.close()
             raise StoreUnavailable(f"online store {self.path}: {exc}") from None
 
     def read_values(self, view: str, keys: Sequence[bytes], feature: str) -> list[bytes | None]:
@@ -219,7 +222,6 @@ class OnlineStore:
             rows = conn.execute(f'select entity_key, value from "{self.table(view)}" where feature_name = ? '
                                 f'and entity_key in ({marks})', (feature, *keys)).fetchall()
         except sqlite3.Error as exc:
-            self.close()
             raise StoreUnavailable(f"online store {self.path}, view {view!r}: {exc}") from None
         found = dict(rows)
         return [found.get(k) for k in keys]
