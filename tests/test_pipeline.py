@@ -24,14 +24,16 @@ def test_every_asset_materializes_and_every_check_passes(pipeline):
     assert set(_materialized(result)) == {
         "landing/reference_data", "raw/transactions", "raw/fraud_labels", "staging/transactions",
         "staging/fraud_labels", "features/customer_spending", "features/terminal_risk",
-        "features/device_sharing", "online/feast_registry", "training/card_fraud_training_set",
-        "models/card_fraud", "models/card_fraud_champion",
+        "features/device_sharing", "online/feast_registry", "online/materialized",
+        "training/card_fraud_training_set", "models/card_fraud", "models/card_fraud_champion",
+        "evaluation/card_fraud", "evaluation/card_fraud_backtest", "monitoring/card_fraud_parity",
     }
     checks = list(result.get_asset_check_evaluations())
     names = {(c.asset_key.to_user_string(), c.check_name) for c in checks}
     assert ("features/customer_spending", "pandera_contract") in names
     assert ("raw/transactions", "rows_add_up") in names
     assert ("models/card_fraud", "promotion_gate") in names
+    assert ("monitoring/card_fraud_parity", "parity_within_1e_9") in names
     assert any(name.startswith("unique_feat_customer_spending") for _, name in names)  # dbt data tests
     assert [c.check_name for c in checks if not c.passed] == []
 
