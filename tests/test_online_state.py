@@ -63,7 +63,7 @@ def online_values(project, events: list[Event], spine, seed: int) -> dict[Any, d
 @pytest.mark.parametrize("filtered", [False, True], ids=["all_rows", "filtered"])
 @pytest.mark.parametrize("source", ["events", "labels"])
 @pytest.mark.parametrize("include_current", [False, True], ids=["exclusive", "include_current"])
-@PROPERTY
+@settings(PROPERTY, max_examples=40)  # no SQL to run here, so many more scenarios than the offline test
 @given(data=scenarios(), seed=st.integers(0, 2**16))
 def test_online_state_matches_reference(projects, include_current: bool, source: str, filtered: bool,
                                         data, seed: int) -> None:
