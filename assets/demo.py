@@ -29,12 +29,7 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
         if "rows_quarantined" in mat.metadata:
             extra = f"  (in {mat.metadata['rows_in'].value:,}, quarantined {mat.metadata['rows_quarantined'].value:,})"
         print(f"  {mat.asset_key.to_user_string():28s} {'' if rows is None else f'{rows.value:>12,} rows'}{extra}")
-    for event in result.get_asset_materialization_events():
-        mat = event.event_specific_data.materialization
-        if mat.asset_key.path[0] == "models" and "metrics" in mat.metadata:
-            print(f"\nmodel {mat.asset_key.path[1]} version {mat.metadata['version'].value} (MLflow: "
-                  f"{paths().mlflow_uri}):")
-            print(mat.metadata["metrics"].value)
+    print_evaluations(result)
     if pipeline.scores is not None:
         for event in pipeline.scores.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
@@ -65,6 +60,39 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
         con.close()
     scored = pipeline.scores is None or pipeline.scores.success
     return 0 if result.success and scored and not failed else 1
+
+
+def print_evaluations(result) -> None:
+    """Per model: the registered version, then model vs baseline on the held-out period and the backtest
+    mean ± std over its folds (from the evaluation assets' metadata)."""
+    from assets.project import paths, trellis_project
+    from trellis.evaluation import summary_markdown
+
+    metadata = {e.event_specific_data.materialization.asset_key.to_user_string():
+                e.event_specific_data.materialization.metadata for e in result.get_asset_materialization_events()}
+    for name, model in trellis_project().models.items():
+        trained = metadata.get(f"models/{name}")
+        held = metadata.get(f"evaluation/{name}")
+        backtest = metadata.get(f"evaluation/{name}_backtest")
+        if trained is None and held is None and backtest is None:
+            continue
+        version = trained["version"].value if trained is not None else "?"
+        print(f"\nmodel {name} version {version} (MLflow: {paths().mlflow_uri})")
+        if held is not None:
+            print(f"  held-out test period: {held['test_period'].value}, {held['dagster/row_count'].value:,} "
+                  f"transactions, {held['positives'].value:,} frauds")
+        if backtest is not None:
+            plan = model.backtest
+            print(f"  backtest: {plan.folds} folds of {plan.train_days} train days, {plan.gap_days} gap days, "
+                  f"{plan.test_days} test days, rolling to the end of the data")
+        if held is None and backtest is None:
+            print("  not evaluated (the evaluation assets did not materialize)")
+            continue
+        print(summary_markdown(held["metrics_json"].value if held is not None else None,
+                               backtest["backtest_json"].value["summary"] if backtest is not None else None))
+        for meta in (held, backtest):
+            if meta is not None:
+                print(f"  plots: {meta['report_dir'].value}")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""Modeling: time-ordered split, CatBoost training (deterministic, early-stopped), evaluation against a
-logistic-regression baseline, and registration in a real MLflow registry on a local SQLite store."""
+"""Modeling: time-ordered split, CatBoost training (deterministic, early-stopped) with a logistic-regression
+baseline compared on the validation part, the metric primitives, and registration in a real MLflow registry
+on a local SQLite store. Held-out evaluation and backtests: test_evaluation.py."""
 
 from __future__ import annotations
 
@@ -104,11 +105,28 @@ def test_training_is_deterministic_and_beats_chance(world):
     assert min(trained.split_rows.values()) > 500
 
     m, b = trained.metrics, trained.baseline_metrics
-    assert m["test_roc_auc"] > 0.7 and m["validation_roc_auc"] > 0.7
-    assert m["test_average_precision"] > m["test_positives"] / m["test_rows"]  # better than random ranking
-    assert 0 < m["test_fraud_caught_at_1pct"] <= 1
-    assert 0 <= m["test_false_positive_rate_at_1pct"] < 0.02
-    assert set(b) == {k for k in m if k != "best_iteration"} and 0.5 < b["test_roc_auc"] <= 1
+    assert m["validation_roc_auc"] > 0.7
+    assert m["validation_average_precision"] > m["validation_positives"] / m["validation_rows"]  # beats random
+    assert 0 < m["validation_fraud_caught_at_1pct"] <= 1
+    assert 0 <= m["validation_false_positive_rate_at_1pct"] < 0.02
+    assert set(b) == {k for k in m if k != "best_iteration"} and 0.5 < b["validation_roc_auc"] <= 1
+    # Training does not look at the held-out test part (trellis.evaluation does), but records the split anchor.
+    assert not [k for k in (*m, *b) if k.startswith("test_")]
+    assert trained.split_end == world.frame["event_time"].max()
+    _, validation, test = time_split(world.frame, world.model.split, "event_time")
+    assert trained.split_rows == {"train": trained.split_rows["train"], "validation": len(validation),
+                                  "test": len(test)}
+    assert m["validation_rows"] == len(validation)
+
+
+def test_catboost_params_with_and_without_early_stopping(world):
+    from trellis.modeling import catboost_params
+
+    early = catboost_params(world.model)
+    assert (early["use_best_model"], early["od_type"], early["od_wait"]) == (True, "Iter", 30)
+    plain = catboost_params(world.model, early_stopping=False)
+    assert not {"use_best_model", "od_type", "od_wait"} & set(plain)
+    assert plain["iterations"] == 120 and plain["random_seed"] == 7 and plain["depth"] == 6
 
 
 def test_categorical_string_columns_are_native(world):
@@ -146,8 +164,12 @@ def test_register_versions_aliases_and_reload(world, tmp_path, monkeypatch):
     run = client.get_run(version.run_id)
     assert run.data.tags["trellis.training_fingerprint"] == world.training_set.fingerprint
     assert run.data.params["catboost.random_seed"] == "7"
-    assert run.data.metrics["test_roc_auc"] == pytest.approx(world.trained.metrics["test_roc_auc"])
-    assert "baseline_test_average_precision" in run.data.metrics
+    assert run.data.metrics["validation_roc_auc"] == pytest.approx(world.trained.metrics["validation_roc_auc"])
+    assert run.data.metrics["baseline_validation_average_precision"] == pytest.approx(
+        world.trained.baseline_metrics["validation_average_precision"])
+    assert run.data.metrics["lift_validation_roc_auc"] == pytest.approx(
+        world.trained.metrics["validation_roc_auc"] - world.trained.baseline_metrics["validation_roc_auc"])
+    assert version.tags["trellis.split_end"] == world.trained.split_end.isoformat()
     assert (tmp_path / "mlartifacts").is_dir()
 
     mlflow.set_tracking_uri(uri)

@@ -14,6 +14,7 @@ from test_training import _warehouse
 
 from trellis import registry
 from trellis.cli import main
+from trellis.evaluation import held_out, log_to_mlflow
 from trellis.modeling import evaluate, register, time_split, train_catboost
 from trellis.paths import ProjectPaths
 from trellis.simulate import simulate
@@ -78,7 +79,16 @@ def test_list_versions(world, uri):
     assert rows[0]["aliases"] == ["champion"] and rows[1]["aliases"] == ["challenger"]
     assert rows[0]["fingerprint"] == world.training_set.fingerprint
     assert rows[0]["created"].endswith("+00:00")
-    assert rows[0]["metrics"]["test_roc_auc"] == pytest.approx(world.good.metrics["test_roc_auc"])
+    # Held-out metrics appear once the version has been evaluated (trellis.evaluation logs them to its run).
+    assert "test_roc_auc" not in rows[0]["metrics"]
+    info = registry.version_info(uri, NAME, "1")
+    report = held_out(world.frame, world.model, registry.load_version(uri, NAME, "1"), end=info.split_end)
+    log_to_mlflow(uri, info.run_id, report)
+    rows = registry.list_versions(uri, NAME)
+    assert rows[0]["metrics"]["test_roc_auc"] == pytest.approx(report.model["roc_auc"])
+    assert rows[0]["metrics"]["lift_test_average_precision"] == pytest.approx(
+        report.model["average_precision"] - report.baseline["average_precision"])
+    assert "test_roc_auc" not in rows[1]["metrics"]
     with pytest.raises(registry.RegistryError, match="unknown registered model 'nope'"):
         registry.list_versions(uri, "nope")
 
@@ -90,8 +100,9 @@ def test_gate_blocks_a_worse_challenger_and_passes_an_equal_one(world, uri):
     assert result.metric == world.model.gates.metric and result.max_drop == world.model.gates.max_drop
     assert result.challenger_value < result.champion_value - result.max_drop
     assert "worse than the tolerance" in result.reason
-    # The gate scored the same test frame the training reported on.
-    assert result.champion_value == pytest.approx(world.good.metrics[f"test_{result.metric}"])
+    # The gate scored the champion (the good model) on the test frame.
+    good = evaluate(world.test["label"].astype(int), world.good.predict(world.test))[result.metric]
+    assert result.champion_value == pytest.approx(good)
     # (The worse model's own reported test metric is on shuffled labels; the gate uses the real ones.)
     real = evaluate(world.test["label"].astype(int), world.worse.predict(world.test))[result.metric]
     assert result.challenger_value == pytest.approx(real)
@@ -107,6 +118,18 @@ def test_gate_blocks_a_worse_challenger_and_passes_an_equal_one(world, uri):
     assert equal.passed and equal.challenger_version == "3"
     assert equal.challenger_value == pytest.approx(equal.champion_value)
     assert "within the tolerance" in equal.reason
+
+
+def test_gate_with_the_project_checks_the_training_set_contract_and_uses_its_test_part(world, uri):
+    explicit = registry.gate(uri, world.model, world.test, world.columns)
+    derived = registry.gate(uri, world.model, project=world.project)
+    assert explicit.contract == "not checked" and derived.contract == "passed"
+    assert not derived.passed and derived.challenger_version == "2"
+    # The test frame defaults to the test part of the challenger's own training set (its recorded split).
+    assert (derived.champion_value, derived.challenger_value) == pytest.approx(
+        (explicit.champion_value, explicit.challenger_value))
+    with pytest.raises(ValueError, match="pass the test frame"):
+        registry.gate(uri, world.model)
 
 
 def test_gate_without_champion_or_with_challenger_as_champion(world, uri):
@@ -173,16 +196,19 @@ def test_promote_unknown_model_or_version(uri):
     assert _champion(uri) == "1"
 
 
-def test_cli_list_promote_rollback(uri, tmp_path, monkeypatch):
+def test_cli_list_promote_rollback(world, uri, tmp_path, monkeypatch):
     monkeypatch.setenv("USER", "carol")
     runner = CliRunner()
     common = ["--project", str(tmp_path), "--tracking-uri", uri]
+    info = registry.version_info(uri, NAME, "1")  # v1 evaluated on its held-out period, v2 not yet
+    log_to_mlflow(uri, info.run_id, held_out(world.frame, world.model, world.good.model, end=info.split_end))
 
     listed = runner.invoke(main, ["models", "list", NAME, *common])
     assert listed.exit_code == 0, listed.output
     lines = listed.output.strip().splitlines()
     assert lines[0].startswith(f"{NAME} v1  [champion]") and "test_roc_auc=" in lines[0]
-    assert lines[1].startswith(f"{NAME} v2  [challenger]")
+    assert lines[1].startswith(f"{NAME} v2  [challenger]") and "test_roc_auc=" not in lines[1]
+    assert "validation_average_precision=" in lines[1]
 
     promoted = runner.invoke(main, ["models", "promote", NAME, "2", *common, "--why", "better recall"])
     assert promoted.exit_code == 0, promoted.output

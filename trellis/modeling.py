@@ -1,12 +1,15 @@
-"""Model training, evaluation and registration (design section 5).
+"""Model training and registration (design section 5), plus the metric primitives.
 
 * ``time_split``: time-ordered train / validation / gap / test split from a ``SplitPlan``, anchored at the
   latest event time (or an explicit ``end``, e.g. the training set's as-of);
 * ``train_catboost``: CatBoost with the model's declared params and seed, early stopping on the validation
   part, string / categorical columns as native CatBoost categorical features; a logistic-regression baseline
-  on the same features and split so that the lift is visible;
+  (``fit_baseline``) on the same features and split. It reports validation metrics only (the part early
+  stopping looked at); the test part is held out for ``trellis.evaluation``, which scores the registered
+  version and the same baseline on it;
 * ``evaluate``: ROC AUC, average precision and, at a fixed 1% alert rate (the top 1% scores are flagged),
   the share of frauds (and of fraud amount, given amounts) caught, the precision and the false-positive rate;
+  ``card_precision_at_k``: the handbook's card precision@k per day;
 * ``register``: MLflow tracking plus model registry (local SQLite store by default), one version per call,
   aliases ``challenger`` (always the new version) and ``champion`` (only when none exists yet).
 
@@ -187,11 +190,12 @@ class TrainedModel:
     model: CatBoostClassifier
     feature_columns: list[str]
     cat_features: list[str]
-    metrics: dict[str, float]  # validation_* and test_* of the CatBoost model, plus best_iteration
-    baseline_metrics: dict[str, float]  # validation_* and test_* of the logistic-regression baseline
+    metrics: dict[str, float]  # validation_* of the CatBoost model, plus best_iteration
+    baseline_metrics: dict[str, float]  # validation_* of the logistic-regression baseline
     params: dict[str, Any] = field(default_factory=dict)  # the CatBoost params actually used
     baseline: Pipeline | None = None
-    split_rows: dict[str, int] = field(default_factory=dict)
+    split_rows: dict[str, int] = field(default_factory=dict)  # train / validation / test rows
+    split_end: datetime | None = None  # the split's anchor: test is [split_end - test_days, split_end]
 
     def features(self, frame: pd.DataFrame) -> pd.DataFrame:
         return prepare_features(frame, self.feature_columns, self.cat_features)
@@ -201,12 +205,17 @@ class TrainedModel:
         return self.model.predict_proba(self.features(frame))[:, 1]
 
 
-def catboost_params(model: Model) -> dict[str, Any]:
-    """The declared CatBoost params with the seed, thread count and early-stopping settings applied."""
+def catboost_params(model: Model, *, early_stopping: bool = True) -> dict[str, Any]:
+    """The declared CatBoost params with the seed and thread count applied; with ``early_stopping`` also the
+    early-stopping settings (which need a validation set: the prequential backtest trains without one)."""
     params = dict(model.catboost)
     params["random_seed"] = model.seed
     params.setdefault("thread_count", DEFAULT_THREADS)
-    params.update(use_best_model=True, od_type="Iter", od_wait=OD_WAIT)
+    if early_stopping:
+        params.update(use_best_model=True, od_type="Iter", od_wait=OD_WAIT)
+    else:
+        for key in ("use_best_model", "od_type", "od_wait", "early_stopping_rounds"):
+            params.pop(key, None)
     params.setdefault("verbose", False)
     params.setdefault("allow_writing_files", False)
     return params
@@ -223,44 +232,54 @@ def _baseline(x: pd.DataFrame, cat_features: list[str], seed: int) -> Pipeline:
     ])
 
 
+def fit_baseline(x: pd.DataFrame, y: Any, cat_features: list[str], seed: int) -> Pipeline:
+    """The logistic-regression baseline (median imputation and scaling of numeric columns, one-hot
+    categorical columns) fitted on ``x`` (a ``prepare_features`` matrix) and ``y``; deterministic (lbfgs)."""
+    labels = np.asarray(y).astype(int)
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"fit_baseline: the training rows hold a single label class ({len(labels)} rows)")
+    baseline = _baseline(x, cat_features, seed)
+    baseline.fit(x, labels)
+    return baseline
+
+
 def train_catboost(frame: pd.DataFrame, model: Model, feature_columns: list[str], label_column: str = "label",
                    time_column: str = "event_time", *, end: datetime | None = None) -> TrainedModel:
     """Train CatBoost on the train part of ``time_split(frame, model.split)``, early-stopping on the
-    validation part; evaluate it and a logistic-regression baseline on validation and test."""
+    validation part, and the logistic-regression baseline on the same train part; report both on the
+    validation part. The test part is not looked at (``trellis.evaluation.held_out`` evaluates on it)."""
     if not feature_columns:
         raise ValueError("train_catboost: no feature columns")
     train, validation, test = time_split(frame, model.split, time_column, end=end)
+    split_end = pd.Timestamp(end if end is not None else pd.to_datetime(frame[time_column]).max()).to_pydatetime()
     for name, part in (("train", train), ("validation", validation)):
         if part[label_column].nunique() < 2:
             raise ValueError(f"train_catboost: the {name} part holds a single label class; widen split.{name}_days")
     cat_features = categorical_columns(frame, list(feature_columns))
     x = {name: prepare_features(part, list(feature_columns), cat_features)
-         for name, part in (("train", train), ("validation", validation), ("test", test))}
-    y = {name: part[label_column].astype(int).to_numpy()
-         for name, part in (("train", train), ("validation", validation), ("test", test))}
+         for name, part in (("train", train), ("validation", validation))}
+    y = {name: part[label_column].astype(int).to_numpy() for name, part in (("train", train), ("validation", validation))}
 
     params = catboost_params(model)
     classifier = CatBoostClassifier(**params)
     classifier.fit(Pool(x["train"], y["train"], cat_features=cat_features),
                    eval_set=Pool(x["validation"], y["validation"], cat_features=cat_features))
 
-    baseline = _baseline(x["train"], cat_features, model.seed)
-    baseline.fit(x["train"], y["train"])
+    baseline = fit_baseline(x["train"], y["train"], cat_features, model.seed)
 
     metrics: dict[str, float] = {"best_iteration": float(classifier.get_best_iteration() or 0)}
     baseline_metrics: dict[str, float] = {}
-    parts = {"validation": validation, "test": test}
-    for name in ("validation", "test"):
-        for predictor, out in ((classifier, metrics), (baseline, baseline_metrics)):
-            scores = predictor.predict_proba(x[name])[:, 1]
-            for key, value in evaluate(y[name], scores).items():
-                out[f"{name}_{key}"] = value
-            if model.card_key is not None and model.card_key in parts[name]:
-                out[f"{name}_card_precision_at_100"] = card_precision_at_k(
-                    parts[name][model.card_key], parts[name][time_column], y[name], scores)
+    for predictor, out in ((classifier, metrics), (baseline, baseline_metrics)):
+        scores = predictor.predict_proba(x["validation"])[:, 1]
+        for key, value in evaluate(y["validation"], scores).items():
+            out[f"validation_{key}"] = value
+        if model.card_key is not None and model.card_key in validation:
+            out["validation_card_precision_at_100"] = card_precision_at_k(
+                validation[model.card_key], validation[time_column], y["validation"], scores)
     return TrainedModel(model=classifier, feature_columns=list(feature_columns), cat_features=cat_features,
                         metrics=metrics, baseline_metrics=baseline_metrics, params=params, baseline=baseline,
-                        split_rows={k: len(v) for k, v in x.items()})
+                        split_rows={"train": len(train), "validation": len(validation), "test": len(test)},
+                        split_end=split_end)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -336,6 +355,7 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
             "trellis.definitions_hash": definitions_hash,
             "trellis.training_set_path": str(training_set.path),
             "trellis.training_as_of": training_set.as_of.isoformat(),
+            "trellis.split_end": trained.split_end.isoformat() if trained.split_end else "",
         }
         params = {f"catboost.{k}": v for k, v in trained.params.items()}
         params.update({f"split.{k}": v for k, v in model.split.model_dump().items()})
@@ -346,7 +366,7 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
             mlflow.log_params(params)
             mlflow.log_metrics({**_finite(trained.metrics), **_finite(trained.baseline_metrics, "baseline_")})
             lifts = {f"lift_{k}": trained.metrics[k] - trained.baseline_metrics[k]
-                     for k in ("test_roc_auc", "test_average_precision")
+                     for k in ("validation_roc_auc", "validation_average_precision")
                      if k in trained.metrics and k in trained.baseline_metrics}
             mlflow.log_metrics(_finite(lifts))
             example = pd.DataFrame({c: [0.0] if c not in trained.cat_features else [MISSING_CATEGORY]
@@ -372,9 +392,11 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
 
 __all__ = [
     "TrainedModel",
+    "card_precision_at_k",
     "catboost_params",
     "categorical_columns",
     "evaluate",
+    "fit_baseline",
     "prepare_features",
     "register",
     "time_split",

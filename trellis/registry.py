@@ -1,6 +1,11 @@
 """Model registry operations on top of MLflow (design section 5): list versions, the promotion gate,
 promote and rollback of the ``champion`` alias.
 
+The promotion gate has two parts: the challenger's *training set contract* (the Parquet file the version's
+tags name is re-read and re-validated against the model's Pandera training-set contract, so a file that was
+corrupted, replaced or built from data that breaks the contract fails the gate, naming the column, the check
+and an offending value) and *quality* (challenger vs champion on the same test rows).
+
 The registry is MLflow's model registry; by default a local SQLite store at ``<data>/mlflow.db``
 (``TRELLIS_MLFLOW_URI`` overrides it, and any MLflow tracking / registry URI works, e.g. a server).
 ``trellis.modeling.register`` creates versions and sets ``challenger`` (every new version) and ``champion``
@@ -27,14 +32,16 @@ from typing import Any
 
 import pandas as pd
 
-from trellis.modeling import _mlflow, evaluate, prepare_features
-from trellis.spec import Model
+from trellis.modeling import _mlflow, evaluate, prepare_features, time_split
+from trellis.spec import Model, Project
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "trellis.champion_history"
 MAX_HISTORY_CHARS = 90_000  # MLflow caps registry tag values at 100,000 characters; oldest events are dropped
-KEY_METRICS = ("test_roc_auc", "test_average_precision", "test_fraud_caught_at_1pct",
+KEY_METRICS = ("validation_average_precision",  # from training (what early stopping saw)
+               # held-out, logged by trellis.evaluation once the version has been evaluated:
+               "test_roc_auc", "test_average_precision", "test_fraud_caught_at_1pct",
                "lift_test_roc_auc", "lift_test_average_precision")
 
 
@@ -99,6 +106,80 @@ def load_alias(tracking_uri: str, name: str, alias: str = CHAMPION) -> tuple[Any
         return mlflow.catboost.load_model(f"models:/{name}/{version}"), version
 
 
+def load_version(tracking_uri: str, name: str, version: str | int) -> Any:
+    """The CatBoost model of ``name`` version ``version``; RegistryError when it does not exist."""
+    info = version_info(tracking_uri, name, version)
+    with _mlflow(tracking_uri) as mlflow:
+        return mlflow.catboost.load_model(f"models:/{name}/{info.version}")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered version and the lineage ``trellis.modeling.register`` tagged it with."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+    @property
+    def training_set_path(self) -> Path | None:
+        value = self.tags.get("trellis.training_set_path")
+        return Path(value) if value else None
+
+    @property
+    def training_fingerprint(self) -> str:
+        return self.tags.get("trellis.training_fingerprint", "")
+
+    @property
+    def training_as_of(self) -> datetime | None:
+        value = self.tags.get("trellis.training_as_of")
+        return datetime.fromisoformat(value) if value else None
+
+    @property
+    def split_end(self) -> datetime | None:
+        """The anchor of the training split (test = [split_end - test_days, split_end]); None for versions
+        registered before it was recorded (the split then anchors at the training set's latest event)."""
+        value = self.tags.get("trellis.split_end")
+        return datetime.fromisoformat(value) if value else None
+
+
+def version_info(tracking_uri: str, name: str, version: str | int) -> VersionInfo:
+    """Tags and run of ``name`` version ``version``; RegistryError for an unknown model or version."""
+    from mlflow.exceptions import MlflowException
+
+    with _mlflow(tracking_uri):
+        client = _client(tracking_uri)
+        _registered(client, name)
+        try:
+            mv = client.get_model_version(name, str(version))
+        except MlflowException:
+            raise RegistryError(f"{name} has no version {str(version)!r}") from None
+        return VersionInfo(name=name, version=str(mv.version), run_id=mv.run_id or "", tags=dict(mv.tags or {}))
+
+
+def training_frame(project: Project, model: Model, info: VersionInfo) -> pd.DataFrame:
+    """The training set ``info``'s version was trained on, re-read from its Parquet file and re-validated
+    against the model's training-set contract (as of the recorded cutoff). Raises
+    ``trellis.training.TrainingSetError`` saying what is wrong: no recorded path, a missing file, a file
+    that is not the fingerprinted one, or the contract failures (column, check, rows, an example value)."""
+    from trellis.training import TrainingSetError, read_training_set, validate
+
+    path = info.training_set_path
+    label = f"the training set of {info.name} v{info.version}"
+    if path is None:
+        raise TrainingSetError(f"{label} is not recorded (no trellis.training_set_path tag)")
+    if not path.is_file():
+        raise TrainingSetError(f"{label} ({path}) does not exist")
+    if info.training_fingerprint and path.stem != info.training_fingerprint:
+        raise TrainingSetError(f"{label} ({path}) is not the fingerprinted file {info.training_fingerprint}.parquet")
+    try:
+        frame = read_training_set(path)
+    except Exception as exc:  # pyarrow: not a Parquet file, truncated, ...
+        raise TrainingSetError(f"{label} ({path}) cannot be read: {_first_line(exc)}") from None
+    return validate(frame, project, model, info.training_as_of)
+
+
 def _iso(millis: int | None) -> str | None:
     return datetime.fromtimestamp(millis / 1000, UTC).isoformat() if millis else None
 
@@ -151,6 +232,7 @@ class GateResult:
     reason: str
     champion_version: str | None = None
     challenger_version: str | None = None
+    contract: str = "not checked"  # "passed", "not checked" (no project given) or the contract failure
 
 
 def _score(loaded: Any, test_frame: pd.DataFrame, feature_columns: list[str] | None) -> Any:
@@ -160,13 +242,25 @@ def _score(loaded: Any, test_frame: pd.DataFrame, feature_columns: list[str] | N
     return loaded.predict_proba(prepare_features(test_frame, columns, cat_features))[:, 1]
 
 
-def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame, feature_columns: list[str] | None = None,
-         label_column: str = "label") -> GateResult:
-    """The promotion gate: score the ``champion`` and ``challenger`` versions of ``model.name`` on the same
-    ``test_frame`` and compare ``model.gates.metric``. Passes iff challenger >= champion - max_drop; also
-    passes when there is no champion yet or the challenger *is* the champion. Fails when the challenger
-    alias is missing or the metric is undefined (single-class test frame). ``feature_columns`` defaults to
-    each model's own feature names."""
+def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame | None = None,
+         feature_columns: list[str] | None = None, label_column: str = "label", *,
+         project: Project | None = None) -> GateResult:
+    """The promotion gate of ``model.name``'s ``challenger``.
+
+    With ``project``, the contract part first: the challenger's training set (the Parquet its version tags
+    name) is re-validated against its Pandera contract (``training_frame``); any failure fails the gate and
+    the reason names the column, the check and an example value. ``test_frame`` then defaults to the test
+    part of that training set (the split recorded at training).
+
+    Quality: score the ``champion`` and ``challenger`` versions on the same ``test_frame`` and compare
+    ``model.gates.metric``. Passes iff challenger >= champion - max_drop; also passes when there is no
+    champion yet or the challenger *is* the champion. Fails when the challenger alias is missing or the
+    metric is undefined (single-class test frame). ``feature_columns`` defaults to each model's own feature
+    names."""
+    from trellis.training import EVENT_TIME, TrainingSetError
+
+    if test_frame is None and project is None:
+        raise ValueError("gate: pass the test frame, or the project so that the challenger's training set is used")
     metric, max_drop = model.gates.metric, model.gates.max_drop
     name = model.name
     with _mlflow(tracking_uri) as mlflow:
@@ -174,11 +268,22 @@ def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame, feature_colu
         _registered(client, name)
         champion = _alias_version(client, name, CHAMPION)
         challenger = _alias_version(client, name, CHALLENGER)
-        base = {"metric": metric, "max_drop": max_drop, "champion_version": champion,
-                "challenger_version": challenger}
+        base: dict[str, Any] = {"metric": metric, "max_drop": max_drop, "champion_version": champion,
+                                "challenger_version": challenger}
         if challenger is None:
             return GateResult(False, champion_value=None, challenger_value=None,
                               reason=f"{name} has no {CHALLENGER!r} alias", **base)
+        if project is not None:
+            info = version_info(tracking_uri, name, challenger)
+            try:
+                frame = training_frame(project, model, info)
+            except TrainingSetError as exc:
+                return GateResult(False, champion_value=None, challenger_value=None, contract=str(exc),
+                                  reason=f"contract: {exc}", **base)
+            base["contract"] = "passed"
+            if test_frame is None:
+                _, _, test_frame = time_split(frame, model.split, EVENT_TIME, end=info.split_end)
+        assert test_frame is not None
         if champion is None:
             return GateResult(True, champion_value=None, challenger_value=None, reason="no champion yet", **base)
         if champion == challenger:
@@ -287,9 +392,13 @@ __all__ = [
     "HISTORY_TAG",
     "GateResult",
     "RegistryError",
+    "VersionInfo",
     "gate",
     "history",
     "list_versions",
+    "load_version",
     "promote",
     "rollback",
+    "training_frame",
+    "version_info",
 ]

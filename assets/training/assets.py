@@ -1,4 +1,11 @@
-"""Training sets: one asset per model definition, built point-in-time as of a cutoff."""
+"""Training sets, models and the promotion gate: one of each per model definition.
+
+* ``training/<model>_training_set``: built point-in-time as of a cutoff;
+* ``models/<model>``: trains CatBoost (and the baseline, for the validation lift) on the latest training set
+  and registers it as the challenger; held-out evaluation is ``evaluation/<model>`` (assets/evaluation);
+* the blocking ``promotion_gate`` check on ``models/<model>`` (see ``_promotion_gate``) and
+  ``models/<model>_champion``, which moves the alias once the gate passed.
+"""
 
 from datetime import datetime
 from pathlib import Path
@@ -6,10 +13,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets.features.assets import contract_checks, feature_dbt_assets
 from assets.project import paths, trellis_project
+from assets.raw.assets import source_assets
 from assets.resources import Warehouse
 from trellis.compile.dbt import VALIDATED_SCHEMA
-from trellis.modeling import TrainedModel, register, time_split, train_catboost
+from trellis.modeling import TrainedModel, register, train_catboost
 from trellis.registry import CHALLENGER, alias_version, gate, promote
 from trellis.training import TrainingSet, build_training_set, read_training_set
 
@@ -19,18 +28,26 @@ class TrainingCutoff(dg.Config):
                                                "Empty: the latest event time.")
 
 
-def _training_set_asset(model_name: str) -> dg.AssetsDefinition:
+def training_inputs(model_name: str) -> list[dg.AssetKey]:
+    """The assets a model's training set is built from: its feature groups' tables, its label source and
+    its spine source."""
     project = trellis_project()
     model = project.models[model_name]
     features, _ = project.model_inputs(model)
     groups = sorted({f.group for f in features})
+    return [*(dg.AssetKey(["features", g]) for g in groups),
+            dg.AssetKey(["raw", model.label.source]), dg.AssetKey(["raw", model.spine])]
+
+
+def _training_set_asset(model_name: str) -> dg.AssetsDefinition:
+    project = trellis_project()
+    model = project.models[model_name]
 
     @dg.asset(
         key=["training", f"{model_name}_training_set"],
         group_name="training",
         kinds={"duckdb", "parquet", "pandera"},
-        deps=[*(dg.AssetKey(["features", g]) for g in groups),
-              dg.AssetKey(["raw", model.label.source]), dg.AssetKey(["raw", model.spine])],
+        deps=training_inputs(model_name),
         owners=[model.owner] if "@" in model.owner else None,
         description=f"Matured labels of {model.spine} with point-in-time features for model {model_name}.",
     )
@@ -70,8 +87,9 @@ def _model_asset(model_name: str) -> dg.AssetsDefinition:
         kinds={"catboost", "mlflow"},
         deps=[training_key],
         owners=[model.owner] if "@" in model.owner else None,
-        description=f"CatBoost model {model_name}: trained on the latest training set, evaluated against a "
-                    "logistic-regression baseline on a later period, registered in MLflow as the challenger.",
+        description=f"CatBoost model {model_name}: trained on the latest training set (early stopping on a "
+                    "time-ordered validation part, where it is compared with a logistic-regression baseline) and "
+                    f"registered in MLflow as the challenger. Held-out evaluation: evaluation/{model_name}.",
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         training_set = _latest_training_set(context.instance, model_name)
@@ -84,12 +102,12 @@ def _model_asset(model_name: str) -> dg.AssetsDefinition:
             "registered_model": dg.MetadataValue.text(name),
             "version": dg.MetadataValue.text(str(version)),
             "training_fingerprint": dg.MetadataValue.text(training_set.fingerprint),
-            "metrics": dg.MetadataValue.md(metrics_table(trained)),
-            **{f"test_{k}": dg.MetadataValue.float(float(trained.metrics[f"test_{k}"]))
-               for k in ("roc_auc", "average_precision")},
-            **{f"baseline_test_{k}": dg.MetadataValue.float(float(trained.baseline_metrics[f"test_{k}"]))
+            "validation_metrics": dg.MetadataValue.md(metrics_table(trained)),
+            "best_iteration": dg.MetadataValue.int(int(trained.metrics["best_iteration"])),
+            **{f"validation_{k}": dg.MetadataValue.float(float(trained.metrics[f"validation_{k}"]))
                for k in ("roc_auc", "average_precision")},
             "split_rows": dg.MetadataValue.json(trained.split_rows),
+            "split_end": dg.MetadataValue.text(trained.split_end.isoformat() if trained.split_end else ""),
         })
 
     return _asset
@@ -108,21 +126,68 @@ def _latest_training_set(instance: dg.DagsterInstance, model_name: str) -> Train
         feature_columns=list(meta["features"]))
 
 
+def upstream_contract_failures(instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey]) -> list[str]:
+    """Each of ``check_keys`` whose latest evaluation in ``instance`` did not pass: failed, errored /
+    not completed, or never evaluated (a gate must not trust a contract nobody ran)."""
+    failures = []
+    for key in sorted(check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        name = f"{key.asset_key.to_user_string()} {key.name}"
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        run = f", run {record.run_id}" if record is not None and record.run_id else ""
+        if record is None:
+            failures.append(f"{name}: never evaluated")
+        elif record.evaluation is None:
+            failures.append(f"{name}: did not complete ({record.status.value.lower()}{run})")
+        elif not record.evaluation.passed:
+            failures.append(f"{name}: failed{f' ({run[2:]})' if run else ''}")
+    return failures
+
+
+def contract_check_keys(model_name: str) -> list[dg.AssetCheckKey]:
+    """The asset checks of every asset the training set of ``model_name`` is built from: the contracts of
+    every source it reads directly or through its feature groups (raw/<source>: rows add up; staging/<source>:
+    the source checks as dbt data tests), the feature tables' Pandera contracts and dbt data tests. Taken from the
+    asset definitions themselves rather than the running job, which holds only the selected checks (a
+    retrain run that does not rebuild the features would otherwise see none)."""
+    project = trellis_project()
+    model = project.models[model_name]
+    features, _ = project.model_inputs(model)
+    sources = {model.spine, model.label.source}
+    for group in (project.feature_groups[g] for g in sorted({f.group for f in features})):
+        sources |= {group.source, project.spine_of(group).name}
+    # staging/<source> carries the source contracts as dbt data tests
+    inputs = {*training_inputs(model_name), *(dg.AssetKey([layer, s]) for s in sources for layer in ("raw", "staging"))}
+    definitions = [*source_assets(), feature_dbt_assets(), *contract_checks()]
+    keys = {key for definition in definitions for key in definition.check_keys if key.asset_key in inputs}
+    return sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name))
+
+
 def _promotion_gate(model_name: str) -> dg.AssetChecksDefinition:
-    model = trellis_project().models[model_name]
+    project = trellis_project()
+    model = project.models[model_name]
 
     @dg.asset_check(asset=dg.AssetKey(["models", model_name]), name="promotion_gate", blocking=True,
-                    description=f"The challenger's {model.gates.metric} on the test period is no more than "
-                                f"{model.gates.max_drop} below the champion's (same rows for both).")
+                    description=f"Contracts, then quality. Contracts: the challenger's training set (the Parquet "
+                                "file its MLflow version names) is re-validated against its Pandera contract, and "
+                                "the latest evaluation of every asset check on the assets that training set is "
+                                "built from (source and feature-table contracts, dbt data tests) must have "
+                                f"passed. Quality: the challenger's {model.gates.metric} on its test period is no "
+                                f"more than {model.gates.max_drop} below the champion's (same rows for both).")
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        training_set = _latest_training_set(context.instance, model_name)
-        _, _, test = time_split(read_training_set(training_set.path), model.split, training_set.time_column)
-        result = gate(paths().mlflow_uri, model, test, training_set.feature_columns)
-        return dg.AssetCheckResult(passed=result.passed, metadata={
-            "reason": result.reason, "metric": result.metric, "max_drop": result.max_drop,
+        # The training-set contract is checked from the file itself (robust: needs no Dagster history and
+        # catches a file changed after it was built); the upstream checks come from the instance's records.
+        keys = contract_check_keys(model_name)
+        upstream = upstream_contract_failures(context.instance, keys)
+        result = gate(paths().mlflow_uri, model, project=project)
+        reasons = [result.reason] + [f"upstream contract {f}" for f in upstream]
+        return dg.AssetCheckResult(passed=result.passed and not upstream, metadata={
+            "reason": "; ".join(reasons), "metric": result.metric, "max_drop": result.max_drop,
             "champion_version": str(result.champion_version), "challenger_version": str(result.challenger_version),
             "champion_value": float("nan") if result.champion_value is None else result.champion_value,
             "challenger_value": float("nan") if result.challenger_value is None else result.challenger_value,
+            "training_set_contract": result.contract,
+            "upstream_checks": dg.MetadataValue.json({
+                "checked": [f"{k.asset_key.to_user_string()} {k.name}" for k in keys], "failed": upstream}),
         })
 
     return _check
@@ -148,13 +213,11 @@ def _champion_asset(model_name: str) -> dg.AssetsDefinition:
 
 
 def metrics_table(trained: TrainedModel) -> str:
-    """Model vs baseline on validation and test, as a markdown table (the UI and the demo show it)."""
-    names = sorted({k.split("_", 1)[1] for k in trained.baseline_metrics if k.startswith("test_")})
-    rows = ["| metric | CatBoost (validation) | baseline (validation) | CatBoost (test) | baseline (test) |",
-            "| --- | --- | --- | --- | --- |"]
+    """Model vs baseline on the validation part (what early stopping saw), as a markdown table."""
+    names = sorted({k.split("_", 1)[1] for k in trained.baseline_metrics if k.startswith("validation_")})
+    rows = ["| metric (validation) | CatBoost | baseline |", "| --- | --- | --- |"]
     for name in names:
-        cells = [trained.metrics.get(f"{part}_{name}") if who == "m" else trained.baseline_metrics.get(f"{part}_{name}")
-                 for part in ("validation", "test") for who in ("m", "b")]
+        cells = [trained.metrics.get(f"validation_{name}"), trained.baseline_metrics.get(f"validation_{name}")]
         rows.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |")
     return "\n".join(rows)
 
