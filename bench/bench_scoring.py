@@ -30,7 +30,8 @@ Paths, interleaved round-robin ``--repeat`` times (medians reported; the machine
 * ``score_only`` / ``score_reasons``: ``score_frame`` alone on the in-memory frame;
 * ``catboost_predict``: ``predict_proba`` on the same in-memory float64 matrix (the peer for scores);
 * ``explainer_proba`` / ``explainer_explain``: ``ObliviousExplainer`` alone on that matrix, numpy only
-  (its own tree evaluation; score_frame takes CatBoost's leaf indexes instead);
+  (its own tree evaluation, ``threads`` = the CatBoost thread count; score_frame takes CatBoost's leaf
+  indexes instead);
 * ``catboost_shap``: ``get_feature_importance(type="ShapValues")`` on the same rows (``--shap-rows``
   caps them; run ``--shap-repeat`` times, default once: ~0.1-0.4 ms per row);
 * ``day_whole`` / ``day_pruned``: ``scoring_frame`` of one day (the nightly job) reading the whole
@@ -270,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             "score_only": lambda: score(frame, 0),
             "score_reasons": lambda: score(frame, TOP_K),
             "catboost_predict": lambda: model.predict_proba(x, thread_count=threads),
-            "explainer_proba": lambda: explainer.predict_proba(x),
-            "explainer_explain": lambda: explainer.explain(x),
+            "explainer_proba": lambda: explainer.predict_proba(x, threads=threads),
+            "explainer_explain": lambda: explainer.explain(x, threads=threads),
             "day_whole": lambda: scoring_frame(con, project, MODEL, args.day, prune=False),
             "day_pruned": lambda: scoring_frame(con, project, MODEL, args.day),
         }

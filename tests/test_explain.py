@@ -219,3 +219,26 @@ def test_multiclass_and_non_symmetric_trees_are_refused():
     depthwise.fit(x, y)
     with pytest.raises(ExplainerError, match="non-symmetric"):
         ObliviousExplainer.from_catboost(depthwise)
+
+
+def test_blocks_and_threads_give_the_same_result(monkeypatch):
+    import trellis.explain as explain_module
+
+    x, y = _data(14, 3000)
+    model = CatBoostClassifier(iterations=30, depth=5, random_seed=14, thread_count=2, verbose=False,
+                               allow_writing_files=False)
+    model.fit(x, y)
+    explainer = ObliviousExplainer.from_catboost(model)
+    rows, _ = _data(15, 2500)
+    whole = explainer.explain(rows)
+    leaves = model.calc_leaf_indexes(Pool(rows))
+    monkeypatch.setattr(explain_module, "BLOCK_ROWS", 300)  # 9 blocks
+    monkeypatch.setattr(explain_module, "CHUNK_ROWS", 128)
+    for threads in (1, 2, 3):
+        blocked = explainer.explain(rows, threads=threads)
+        for ours, reference in zip(blocked, whole, strict=True):
+            np.testing.assert_array_equal(ours, reference)
+        # raw() sums the leaf values pairwise, explain() in tree order: equal up to rounding
+        np.testing.assert_allclose(explainer.raw(rows, threads=threads), whole[0], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(explainer.leaf_indexes(rows, threads=threads), leaves)
+    np.testing.assert_array_equal(explainer.explain(leaf_indexes=leaves, threads=2)[2], whole[2])

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,17 @@ def _check_model(model: Any) -> list[str]:
         raise ExplainerError("the model has non-symmetric trees (grow_policy Depthwise or Lossguide); only "
                              "oblivious (SymmetricTree) models are supported")
     return names
+
+
+def _run(block: Any, n: int, threads: int) -> None:
+    """``block(start)`` for each block of BLOCK_ROWS rows, in a pool of ``threads`` when there are several."""
+    starts = range(0, n, BLOCK_ROWS)
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            list(pool.map(block, starts))
+    else:
+        for start in starts:
+            block(start)
 
 
 class ObliviousExplainer:
@@ -309,7 +321,7 @@ class ObliviousExplainer:
     def _leaves(self, x: np.ndarray) -> np.ndarray:
         """[rows, trees] leaf index of a block of rows: per depth, one gather and one comparison for every
         tree at once, the bit OR-ed into the index."""
-        x32 = x.astype(np.float32)  # CatBoost compares float32 features with float32 borders
+        x32 = np.ascontiguousarray(x, dtype=np.float32)  # CatBoost compares float32 with float32 borders
         shape = (len(x), self.n_trees)
         leaf = np.zeros(shape, dtype=self._leaf_dtype)
         selected = np.empty(shape, dtype=np.float32)
@@ -324,12 +336,21 @@ class ObliviousExplainer:
             leaf |= shifted
         return leaf
 
-    def leaf_indexes(self, x: Any) -> np.ndarray:
-        """[rows, trees] leaf index of each row in each tree (as CatBoost's ``calc_leaf_indexes``)."""
-        x = self._matrix(x)
+    def _leaf_block(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((len(x), self.n_trees), dtype=self._leaf_dtype)
         for start in range(0, len(x), CHUNK_ROWS):
             out[start:start + CHUNK_ROWS] = self._leaves(x[start:start + CHUNK_ROWS])
+        return out
+
+    def leaf_indexes(self, x: Any, *, threads: int = 1) -> np.ndarray:
+        """[rows, trees] leaf index of each row in each tree (as CatBoost's ``calc_leaf_indexes``)."""
+        x = self._matrix(x)
+        out = np.empty((len(x), self.n_trees), dtype=self._leaf_dtype)
+
+        def block(start: int) -> None:
+            out[start:start + BLOCK_ROWS] = self._leaf_block(x[start:start + BLOCK_ROWS])
+
+        _run(block, len(x), threads)
         return out
 
     def _flat(self, leaves: np.ndarray) -> np.ndarray:
@@ -344,7 +365,7 @@ class ObliviousExplainer:
         table whose last column holds the leaf values."""
         flat = self._flat(leaves)
         cells = flat.size
-        ones = self._ones  # grown on demand; a local reference, so concurrent calls each keep a long enough one
+        ones = self._ones  # grown on demand; a local reference, so concurrent calls each keep a long one
         if ones is None or len(ones) < cells:
             ones = self._ones = np.ones(cells)
         onehot = sparse.csr_matrix(
@@ -352,46 +373,55 @@ class ObliviousExplainer:
             shape=(len(flat), len(self._table_raw)))
         out[:] = onehot @ self._table_raw
 
-    def _leaves_for(self, x: Any, leaf_indexes: Any) -> np.ndarray:
+    def _source(self, x: Any, leaf_indexes: Any) -> tuple[int, Any]:
+        """(rows, a function giving the leaf indexes of rows [start, stop))."""
         if leaf_indexes is None:
-            return self.leaf_indexes(x)
+            matrix = self._matrix(x)
+            return len(matrix), lambda start, stop: self._leaf_block(matrix[start:stop])
         leaves = np.asarray(leaf_indexes)
         if leaves.ndim != 2 or leaves.shape[1] != self.n_trees:
             raise ExplainerError(f"expected [rows, {self.n_trees}] leaf indexes, got shape {leaves.shape}")
         if leaves.size and (leaves.min() < 0 or leaves.max() >= 1 << self.depth):
             raise ExplainerError("leaf index out of range")
-        return leaves
+        return len(leaves), lambda start, stop: leaves[start:stop]
 
-    def raw(self, x: Any = None, *, leaf_indexes: Any = None) -> np.ndarray:
+    def raw(self, x: Any = None, *, leaf_indexes: Any = None, threads: int = 1) -> np.ndarray:
         """Raw scores (``RawFormulaVal``) of every row of ``x`` (or of precomputed ``leaf_indexes``)."""
-        leaves = self._leaves_for(x, leaf_indexes)
-        out = np.empty(len(leaves))
-        for start in range(0, len(leaves), BLOCK_ROWS):
-            flat = self._flat(leaves[start:start + BLOCK_ROWS])
+        n, leaves_of = self._source(x, leaf_indexes)
+        out = np.empty(n)
+
+        def block(start: int) -> None:
+            flat = self._flat(leaves_of(start, min(n, start + BLOCK_ROWS)))
             out[start:start + BLOCK_ROWS] = self._values[flat].sum(axis=1)
+
+        _run(block, n, threads)
         return self.bias + self.scale * out
 
-    def predict_proba(self, x: Any = None, *, leaf_indexes: Any = None) -> np.ndarray:
+    def predict_proba(self, x: Any = None, *, leaf_indexes: Any = None, threads: int = 1) -> np.ndarray:
         """Probability of the positive class of every row (``predict_proba(x)[:, 1]``)."""
-        return _sigmoid(self.raw(x, leaf_indexes=leaf_indexes))
+        return _sigmoid(self.raw(x, leaf_indexes=leaf_indexes, threads=threads))
 
-    def explain(self, x: Any = None, *,
-                leaf_indexes: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def explain(self, x: Any = None, *, leaf_indexes: Any = None,
+                threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw [rows], probability [rows], contributions [rows, n_features]) of every row of ``x``, from one
         leaf lookup per tree (contributions is a view into one [rows, n_features + 1] array). ``leaf_indexes``
         ([rows, trees], e.g. CatBoost's own ``calc_leaf_indexes``, which is multi-threaded C++) replaces the
-        numpy tree evaluation when given."""
-        leaves = self._leaves_for(x, leaf_indexes)
-        n = len(leaves)
+        numpy tree evaluation when given. ``threads`` > 1 runs blocks of rows in a thread pool (numpy and
+        scipy release the GIL in these loops)."""
+        n, leaves_of = self._source(x, leaf_indexes)
         out = np.empty((n, self.n_features + 1))
-        for start in range(0, n, BLOCK_ROWS):
-            self._block(leaves[start:start + BLOCK_ROWS], out[start:start + BLOCK_ROWS])
+
+        def block(start: int) -> None:
+            stop = min(n, start + BLOCK_ROWS)
+            self._block(leaves_of(start, stop), out[start:stop])
+
+        _run(block, n, threads)
         raw = self.bias + self.scale * out[:, -1]
         return raw, _sigmoid(raw), out[:, :-1]
 
-    def shap_values(self, x: Any = None, *, leaf_indexes: Any = None) -> np.ndarray:
+    def shap_values(self, x: Any = None, *, leaf_indexes: Any = None, threads: int = 1) -> np.ndarray:
         """CatBoost's ``ShapValues`` layout: [rows, n_features + 1], the last column the expected value."""
-        _, _, contributions = self.explain(x, leaf_indexes=leaf_indexes)
+        _, _, contributions = self.explain(x, leaf_indexes=leaf_indexes, threads=threads)
         return np.column_stack([contributions, np.full(len(contributions), self.expected_value)])
 
     def explain_row(self, row: np.ndarray) -> RowExplanation:

@@ -242,7 +242,7 @@ def score_frame(catboost_model: CatBoostClassifier, frame: pd.DataFrame, feature
             # CatBoost's own multi-threaded tree pass gives the leaves; scores and contributions both come
             # from them (one pass over the trees).
             leaves = catboost_model.calc_leaf_indexes(Pool(x), thread_count=threads)
-            _, out["score"], contributions = explainer.explain(leaf_indexes=leaves)
+            _, out["score"], contributions = explainer.explain(leaf_indexes=leaves, threads=threads)
     out["model_version"] = np.full(n, str(model_version), dtype=object)
     if top_k:
         order, values = _top_k(contributions, top_k)
