@@ -29,12 +29,12 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
         if "rows_quarantined" in mat.metadata:
             extra = f"  (in {mat.metadata['rows_in'].value:,}, quarantined {mat.metadata['rows_quarantined'].value:,})"
         print(f"  {mat.asset_key.to_user_string():28s} {'' if rows is None else f'{rows.value:>12,} rows'}{extra}")
-    print_evaluations(result)
     if pipeline.scores is not None:
         for event in pipeline.scores.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             rows = mat.metadata["dagster/row_count"].value
             print(f"  {mat.asset_key.to_user_string():28s} {rows:>12,} rows  (partition {pipeline.score_day})")
+    print_evaluations(result)
     checks = list(result.get_asset_check_evaluations())
     failed = [c for c in checks if not c.passed]
     print(f"\nasset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")

@@ -5,7 +5,9 @@
   of the model's split (the training set and split anchor come from the version's MLflow tags, so it is
   exactly the version's own test period). Metrics table with lift, ROC / PR / score-distribution plots
   embedded in the UI and written under ``<data>/reports/<model>/v<version>/``, and the metrics and plots
-  logged to the version's MLflow run.
+  logged to the version's MLflow run. Being downstream of ``models/<model>``, it is skipped in a run whose
+  blocking promotion gate failed; materialize it on its own to see the rejected challenger's numbers (it
+  evaluates the version the latest ``models/<model>`` materialization registered).
 * ``evaluation/<model>_backtest`` (depends on ``training/<model>_training_set``): the prequential backtest
   over rolling folds from the model's ``backtest`` plan. It is a separate asset because it evaluates the
   model *definition* (features, declared params, seed) rather than the registered artefact: it retrains
