@@ -85,7 +85,9 @@ def test_feast_repo_applies_and_serves_historical_features(pipeline):
 
     _, paths = pipeline
     store = FeatureStore(repo_path=str(paths.feature_repo))
-    assert {fv.name for fv in store.list_feature_views()} == {"customer_spending", "terminal_risk", "device_sharing"}
+    groups = {"customer_spending", "terminal_risk", "device_sharing"}
+    assert {fv.name for fv in store.list_feature_views()} == groups | {f"{g}_state" for g in groups}
+    assert {fv.name for fv in store.list_on_demand_feature_views()} == {f"{g}_live" for g in groups}
     con = duckdb.connect(str(paths.warehouse))
     expected = con.sql("select customer_id, feature_ts as event_timestamp, tx_count_7d, avg_amount_30d "
                        "from features.feat_customer_spending order by transaction_id desc limit 20").df()
@@ -147,8 +149,9 @@ def test_model_is_trained_evaluated_and_registered(pipeline):
 
     result, paths = pipeline
     meta = _materialized(result)["models/card_fraud"]
-    assert meta["version"] == "1" and meta["test_roc_auc"] > 0.7
-    assert "| roc_auc |" in meta["metrics"] and "baseline" in meta["metrics"]
+    assert meta["version"] == "1" and meta["validation_roc_auc"] > 0.7
+    assert "| roc_auc |" in meta["validation_metrics"] and "baseline" in meta["validation_metrics"]
+    assert _materialized(result)["evaluation/card_fraud"]["test_roc_auc"] > 0.7
     client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
     version = client.get_model_version_by_alias("card_fraud", "champion")
     assert _materialized(result)["models/card_fraud_champion"]["champion_version"] == str(version.version) == "1"
