@@ -35,6 +35,7 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
             rows = mat.metadata["dagster/row_count"].value
             print(f"  {mat.asset_key.to_user_string():28s} {rows:>12,} rows  (partition {pipeline.score_day})")
     print_evaluations(result)
+    print_parity(result)
     checks = list(result.get_asset_check_evaluations())
     failed = [c for c in checks if not c.passed]
     print(f"\nasset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
@@ -58,6 +59,7 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
                           "reason_3, round(reason_3_contribution, 3) c3 from scores.card_fraud "
                           "order by score desc limit 5"))
         con.close()
+        print_sample_request()
     scored = pipeline.scores is None or pipeline.scores.success
     return 0 if result.success and scored and not failed else 1
 
@@ -93,6 +95,54 @@ def print_evaluations(result) -> None:
         for meta in (held, backtest):
             if meta is not None:
                 print(f"  plots: {meta['report_dir'].value}")
+
+
+def print_parity(result) -> None:
+    """The parity asset's report: every model input and the score, online vs offline, on the replayed day."""
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        key = mat.asset_key.to_user_string()
+        if not key.startswith("monitoring/") or not key.endswith("_parity"):
+            continue
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        print(f"\nonline/offline parity ({key}): day {meta['day']}, {meta['transactions']:,} transactions scored "
+              f"online at their own time, {meta['labels_replayed']:,} labels replayed, model version "
+              f"{meta['model_version']}, {meta['seconds']:.1f} s")
+        print(f"  {meta['features_at_100pct']} of {meta['features_compared']} features (incl. the score) at 100% "
+              f"within 1e-9; max relative difference {meta['max_rel_diff']:.3g}")
+        print("  " + meta["report"].replace("\n", "\n  "))
+
+
+def print_sample_request() -> None:
+    """One transaction of the last day scored in process through the real app (TestClient)."""
+    import json
+
+    import duckdb
+    from fastapi.testclient import TestClient
+
+    from assets.project import paths, trellis_project
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    project = trellis_project()
+    model = next(iter(project.models.values()))
+    con = duckdb.connect(str(paths().warehouse), read_only=True)
+    try:
+        # The largest amount of the last day: the online state holds the windows of recent requests.
+        row = con.sql("select transaction_id, customer_id, terminal_id, device_id, tx_datetime, tx_amount "
+                      "from validated.transactions where tx_datetime >= (select cast(max(tx_datetime) as date) "
+                      "from validated.transactions) order by tx_amount desc, transaction_id limit 1").df()
+    finally:
+        con.close()
+    request = {k: (v.isoformat() if hasattr(v, "isoformat") else v.item() if hasattr(v, "item") else v)
+               for k, v in row.to_dict("records")[0].items()}
+    settings = Settings(project=paths().root, model=model.name, mlflow_uri=paths().mlflow_uri,
+                        alias_poll_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/score", json=request)
+    print("\nsample scored request (the service in process, POST /v1/score):")
+    print("  request: " + json.dumps(request))
+    print(f"  response ({response.status_code}): " + json.dumps(response.json(), indent=None))
 
 
 def main() -> None:
