@@ -51,7 +51,10 @@ def _time_validator(names: list[str], max_future: timedelta) -> Any:
         aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         if aware > datetime.now(UTC) + max_future:
             raise ValueError(f"{value.isoformat()} is more than {max_future} in the future")
-        return aware.astimezone(UTC).replace(tzinfo=None)
+        try:
+            return aware.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
 
     return field_validator(*names)(check)
 

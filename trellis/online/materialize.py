@@ -115,9 +115,10 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
     columns = [f"epoch_us({event}) as __event", f"epoch_us({known}) as __avail"]
     for i, (name, _) in enumerate(spec.inputs):
         columns.append(f"{_q(name.removeprefix('pk:'))} as __in{i}")
-    table = con.execute(
+    order = f"__key, __event, __avail{f', __in{len(spec.inputs) - 1}' if spec.has_primary_key else ''}"
+    table = con.execute(  # the tails' own order (Tail._sorted): ties in time by primary key
         f"select {key} as __key, {', '.join(columns)} from {relation} where {' and '.join(where)} "
-        f"and {key} is not null order by __key, __event, __avail", params).to_arrow_table()
+        f"and {key} is not null order by {order}", params).to_arrow_table()
     if table.num_rows == 0:
         return [], []
     keys_all = table.column("__key").to_numpy(zero_copy_only=False)

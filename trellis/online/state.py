@@ -198,17 +198,30 @@ class Tail:
                 columns.append(np.array([None if v is None else str(v) for v in column], dtype=object))
                 nulls.append(None)
         tail = cls(np.asarray(event_us, np.int64), np.asarray(avail_us, np.int64), columns, nulls)
-        return tail._sorted()
+        return tail._sorted(spec)
 
-    def _sorted(self) -> Tail:
-        if len(self) < 2 or (np.all(np.diff(self.event_us) >= 0) and not self._ties()):
+    def _sorted(self, spec: GroupSpec) -> Tail:
+        """Rows in (event time, available-at, primary key) order: the same rows make the same tail whatever
+        order they arrived in (``std`` and ``last``/``first`` read rows in this order; ties in time are
+        common)."""
+        if len(self) < 2 or self._in_order(self.columns[-1] if spec.has_primary_key else None):
             return self
-        order = np.lexsort((self.avail_us, self.event_us))
+        keys = (self.avail_us, self.event_us)
+        order = np.lexsort((self.columns[-1], *keys) if spec.has_primary_key else keys)
         return self._take(order)
 
-    def _ties(self) -> bool:
-        same = np.diff(self.event_us) == 0
-        return bool(same.any() and (np.diff(self.avail_us)[same] < 0).any())
+    def _in_order(self, pk: np.ndarray | None) -> bool:
+        step = np.diff(self.event_us)
+        if (step < 0).any():
+            return False
+        same = step == 0
+        if not same.any():
+            return True
+        avail_step = np.diff(self.avail_us)
+        if (avail_step[same] < 0).any():
+            return False
+        tie = same & (avail_step == 0)
+        return pk is None or not tie.any() or not (pk[1:][tie] < pk[:-1][tie]).any()
 
     def _take(self, index: np.ndarray | slice) -> Tail:
         return Tail(self.event_us[index], self.avail_us[index], [c[index] for c in self.columns],
@@ -243,7 +256,7 @@ class Tail:
             [np.concatenate([a, b]) for a, b in zip(base.columns, rows.columns, strict=True)],
             [_concat_masks(a, len(base), b, len(rows)) for a, b in zip(base.nulls, rows.nulls, strict=True)],
         )
-        return merged._sorted().pruned(spec)
+        return merged._sorted(spec).pruned(spec)
 
     def pruned(self, spec: GroupSpec) -> Tail:
         if spec.horizon_us is None or not len(self):

@@ -14,7 +14,11 @@ Two backends behind one class:
   reader sees the previous complete version or the new one, never half of it (WAL mode: readers are not
   blocked while it runs), and a crash rolls back;
 * anything else Feast supports (Redis, ...): reads and writes go through Feast's own ``OnlineStore``
-  interface (``online_read`` / ``online_write_batch``).
+  interface (``online_read`` / ``online_write_batch``). On Redis a full refresh (``replace``) first empties
+  the replaced views (Feast's ``delete_table``): Feast's Redis store skips every row whose event time is not
+  newer than the one it holds, so rewriting a state as of the same (or an earlier) cutoff, or after
+  ingestion stamped it with the clock, would otherwise keep the old values. Not atomic: readers may see an
+  entity missing (its declared defaults) while the refresh runs.
 
 Ingestion (small writes) always goes through Feast's ``online_write_batch``, the interface ``feast
 materialize`` and push sources use.
@@ -200,8 +204,15 @@ class OnlineStore:
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store can be read now."""
-        if self.kind != "sqlite":
-            self._feature_store()
+        if self.kind != "sqlite":  # one real read: building a FeatureStore does not connect (e.g. to Redis)
+            store = self._feature_store()
+            try:
+                views = store.list_feature_views()
+            except Exception as exc:
+                raise StoreUnavailable(f"Feast repo {self.repo}: {exc}") from None
+            if views:
+                view = views[0]
+                self._feast_read(view.name, [encode_key(view.join_keys[0], 0)], view.features[0].name)
             return
         try:
             self._connection().execute("select count(*) from sqlite_master").fetchone()
@@ -230,7 +241,9 @@ class OnlineStore:
         """Write rows of several views at once; ``replace`` views are emptied first (a full refresh).
         SQLite: one transaction, so readers never see part of it. Returns the number of values written."""
         if self.kind != "sqlite":
-            return self._feast_write(batches)
+            with self._write_lock:
+                self._feast_clear([view for view in batches if view in set(replace)])
+                return self._feast_write(batches)
         replace = set(replace)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         written = 0
@@ -315,6 +328,19 @@ class OnlineStore:
             except Exception as exc:
                 raise StoreUnavailable(f"online store ({self.kind}), view {view!r}: {exc}") from None
         return written
+
+    def _feast_clear(self, views: Sequence[str]) -> None:
+        """Delete every row of ``views`` through Feast's online store where it offers that (Redis'
+        ``delete_table``; Feast's other stores overwrite rows whatever their event time)."""
+        store = self._feature_store()
+        online = store._get_provider().online_store
+        if not views or not hasattr(online, "delete_table"):
+            return
+        try:
+            for view in views:
+                online.delete_table(store.config, self._view(view))
+        except Exception as exc:
+            raise StoreUnavailable(f"online store ({self.kind}), views {', '.join(views)}: {exc}") from None
 
     def write_through_feast(self, batches: Mapping[str, Iterable[Row]]) -> int:
         """Small writes (ingestion) through Feast's ``online_write_batch``, whatever the backend."""

@@ -1,0 +1,635 @@
+"""Trellis' side of Feast's online store (trellis.online.store / materialize), against the real parts: Feast's
+own serialisers, `feast apply` + ``FeatureStore.materialize``, SQLite killed in the middle of a write, and
+Feast's Redis online store at 127.0.0.1:6379.
+
+1. The key and value bytes Trellis writes without protobuf objects equal Feast's serialisers.
+2. ``trellis.online.materialize.materialize`` writes the same rows (key, feature, value, event time) as
+   ``feast materialize`` of the same views, for the latest-value views and the state views.
+3. A materialisation killed (SIGKILL) in the middle of its transaction leaves the previous complete version;
+   readers during a slow write see all-old or all-new, never a mix.
+4. Through Feast's Redis online store (OnlineStore's non-SQLite path) the served vectors equal SQLite's.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import hypothesis.strategies as st
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from hypothesis import example, given, settings
+
+from trellis.online.materialize import STATE_FIELD, materialize, state_view, tails
+from trellis.online.parity import scratch_store
+from trellis.online.service import OnlineFeatures
+from trellis.online.state import group_spec, to_us
+from trellis.online.store import (
+    OnlineStore,
+    StoreUnavailable,
+    decode_bytes_value,
+    encode_key,
+    encode_values,
+    feast_event_ts,
+    key_encoder,
+)
+from trellis.spec import Project, load_project
+
+REDIS = "127.0.0.1:6379"
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Bytes equal Feast's.
+
+NAMES = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
+INT64 = st.integers(-(2**63), 2**63 - 1)
+INT32 = st.integers(-(2**31), 2**31 - 1)
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=200)
+
+
+def feast_key(name: str, value: Any, key_type: str) -> bytes:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    field = {"int64": "int64_val", "int32": "int32_val", "string": "string_val"}[key_type]
+    proto = EntityKey(join_keys=[name], entity_values=[Value(**{field: value})])
+    return serialize_entity_key(proto, entity_key_serialization_version=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=NAMES, value=INT64)
+@example(name="customer_id", value=0)
+@example(name="customer_id", value=-1)
+@example(name="customer_id", value=2**63 - 1)
+@example(name="customer_id", value=-(2**63))
+def test_int64_key_bytes_equal_feasts(name: str, value: int) -> None:
+    want = feast_key(name, value, "int64")
+    assert encode_key(name, value, "int64") == want
+    assert key_encoder(name, "int64")(value) == want
+    assert key_encoder(name, "int64")(np.int64(value)) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=NAMES, value=INT32)
+@example(name="k", value=2**31 - 1)
+@example(name="k", value=-(2**31))
+@example(name="k", value=-1)
+def test_int32_key_bytes_equal_feasts(name: str, value: int) -> None:
+    want = feast_key(name, value, "int32")
+    assert encode_key(name, value, "int32") == want
+    assert key_encoder(name, "int32")(value) == want
+    assert key_encoder(name, "int32")(np.int32(value)) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=NAMES, value=TEXT)
+@example(name="merchant", value="")
+@example(name="naïve", value="ünïcødé ✓ 𝄞")
+def test_string_key_bytes_equal_feasts(name: str, value: str) -> None:
+    want = feast_key(name, value, "string")
+    assert encode_key(name, value, "string") == want
+    assert key_encoder(name, "string")(value) == want
+
+
+FEAST_TYPES = {"float64": "DOUBLE", "int64": "INT64", "int32": "INT32", "bool": "BOOL", "bytes": "BYTES",
+               "string": "STRING"}
+
+
+def feast_values(logical: str, values: list[Any]) -> list[bytes]:
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    protos = python_values_to_proto_values(list(values), getattr(ValueType, FEAST_TYPES[logical]))
+    return [p.SerializeToString() for p in protos]
+
+
+def _maybe(strategy: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(st.one_of(st.none(), strategy), min_size=1, max_size=30)
+
+
+EDGE_FLOATS = [0.0, -0.0, math.inf, -math.inf, math.nan, None, 5e-324, -5e-324, 1.7976931348623157e308, 1.5]
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=_maybe(st.floats(allow_nan=True, allow_infinity=True)))
+@example(values=EDGE_FLOATS)
+@example(values=[None, None])
+def test_float64_values_equal_feasts(values: list[float | None]) -> None:
+    want = feast_values("float64", values)
+    assert encode_values("float64", values) == want
+    # the materialiser passes numpy columns (NaN for null)
+    assert encode_values("float64", np.array([math.nan if v is None else v for v in values])) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=_maybe(INT64))
+@example(values=[0, -1, 1, 2**63 - 1, -(2**63), None, 127, 128, -128])
+def test_int64_values_equal_feasts(values: list[int | None]) -> None:
+    want = feast_values("int64", values)
+    assert encode_values("int64", values) == want
+    if None not in values:
+        assert encode_values("int64", np.array(values, dtype=np.int64)) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=_maybe(INT32))
+@example(values=[0, -1, 2**31 - 1, -(2**31), None])
+def test_int32_values_equal_feasts(values: list[int | None]) -> None:
+    want = feast_values("int32", values)
+    assert encode_values("int32", values) == want
+    if None not in values:
+        assert encode_values("int32", np.array(values, dtype=np.int32)) == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(values=_maybe(st.booleans()))
+def test_bool_values_equal_feasts(values: list[bool | None]) -> None:
+    want = feast_values("bool", values)
+    assert encode_values("bool", values) == want
+    if None not in values:
+        assert encode_values("bool", np.array(values, dtype=bool)) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=_maybe(st.binary(max_size=400)))
+@example(values=[b"", None, b"\x00" * 127, b"\xff" * 128, b"x" * 16384 + b"y"])
+def test_bytes_values_equal_feasts_and_decode_back(values: list[bytes | None]) -> None:
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    want = feast_values("bytes", values)
+    got = encode_values("bytes", values)
+    if any(values):
+        assert got == want
+    else:
+        # Feast's quirk: a batch whose values are all b"" or None has no type sample, so Feast writes every
+        # value as null; Trellis writes b"" as an empty bytes value. Both read back as "no state".
+        assert want == [b""] * len(values)
+        assert [decode_bytes_value(m) or None for m in got] == [None] * len(values)
+    for value, message in zip(values, got, strict=True):
+        assert decode_bytes_value(message) == value if value else decode_bytes_value(message) in (None, b"")
+        assert Value.FromString(message).bytes_val == (value or b"")
+    assert decode_bytes_value(None) is None
+    assert decode_bytes_value(b"") is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=_maybe(TEXT))
+@example(values=["", None, "é" * 100, "𝄞"])
+def test_string_values_equal_feasts(values: list[str | None]) -> None:
+    assert encode_values("string", values) == feast_values("string", values)
+
+
+def test_decode_bytes_value_rejects_other_types() -> None:
+    with pytest.raises(StoreUnavailable, match="expected a bytes value"):
+        decode_bytes_value(encode_values("float64", [1.0])[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared set-up: a copy of the pipeline's project with its own warehouse and a Feast repo applied under a
+# unique project name (so Redis keys are ours alone).
+
+
+@dataclass
+class Applied:
+    root: Path
+    repo: Path
+    warehouse: Path
+    project: Project
+    feast_project: str
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(str(self.warehouse), read_only=True)
+
+    @property
+    def groups(self) -> list[str]:
+        return [g.name for g in self.project.feature_groups.values() if g.online]
+
+    @property
+    def views(self) -> list[str]:
+        return [v for g in self.groups for v in (g, state_view(g))]
+
+
+def feast_cli() -> str:
+    return str(Path(sys.executable).parent / "feast")
+
+
+@pytest.fixture(scope="module")
+def applied(pipeline, tmp_path_factory) -> Applied:
+    _, paths = pipeline
+    root = tmp_path_factory.mktemp("online_store") / "project"
+    shutil.copytree(paths.root / "definitions", root / "definitions")
+    shutil.copytree(paths.feature_repo, root / "feature_repo",
+                    ignore=shutil.ignore_patterns("*.db", "*.db-*", "__pycache__"))
+    (root / "data").mkdir()
+    shutil.copy(paths.warehouse, root / "data" / "warehouse.duckdb")
+    repo = root / "feature_repo"
+    name = f"trellis_t{uuid.uuid4().hex[:10]}"
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    config["project"] = name
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    done = subprocess.run([feast_cli(), "-c", str(repo), "apply"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Applied(root, repo, root / "data" / "warehouse.duckdb", load_project(root), name)
+
+
+def dump(path: Path, tables: list[str]) -> dict[str, list[tuple]]:
+    """Every row of each table as (entity_key, feature_name, value, event_ts), in key order."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        out = {}
+        for table in tables:
+            out[table] = con.execute(f'select entity_key, feature_name, value, event_ts from "{table}" '
+                                     f'order by entity_key, feature_name').fetchall()
+        return out
+    finally:
+        con.close()
+
+
+def newest_event(con: duckdb.DuckDBPyConnection) -> datetime:
+    return con.sql("select max(tx_datetime) from validated.transactions").fetchone()[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Trellis' bulk materialisation writes what `feast materialize` writes.
+
+
+def test_materialize_writes_the_rows_feast_materialize_writes(applied: Applied, tmp_path: Path) -> None:
+    from feast import FeatureStore
+
+    con = applied.connect()
+    try:
+        # An as_of inside the data, with microseconds (Feast keeps whole seconds of the event time).
+        as_of = newest_event(con) - timedelta(days=3, microseconds=-654_321)
+        trellis_store = scratch_store(applied.repo, tmp_path / "trellis")
+        report = materialize(con, applied.project, trellis_store, as_of=as_of, exports=applied.repo / "data")
+        spans = [con.sql(f"select min(feature_ts), max(feature_ts) from features.feat_{g}").fetchone()
+                 for g in applied.groups]
+        exported = {g: (tails(con, applied.project, g, as_of)) for g in applied.groups}
+    finally:
+        con.close()
+    assert report.as_of == as_of and report.values_written > 0
+
+    # The exported state (the state views' Feast source) carries the same as_of and the same blobs.
+    for g, (keys, group_tails) in exported.items():
+        table = pq.read_table(applied.repo / "data" / f"{state_view(g)}.parquet")
+        join_key = applied.project.key_column(applied.project.feature_groups[g])
+        assert table.column(join_key).to_pylist() == keys
+        assert set(table.column("feature_ts").to_pylist()) == ({as_of} if keys else set())
+        assert table.column(STATE_FIELD).to_pylist() == [t.encode() for t in group_tails]
+        spec = group_spec(applied.project, g)  # in the tails' canonical order (ties by primary key)
+        assert all(t._sorted(spec) is t for t in group_tails)
+
+    # `feast materialize` over a range covering every row, into the applied repo's (empty) online store.
+    store = FeatureStore(repo_path=str(applied.repo))
+    store.materialize(start_date=min(a for a, _ in spans) - timedelta(days=1),
+                      end_date=max(as_of, *(b for _, b in spans)) + timedelta(days=1), feature_views=applied.views)
+
+    tables = [trellis_store.table(v) for v in applied.views]
+    ours = dump(trellis_store.path, tables)
+    feasts = dump(OnlineStore(applied.repo).path, tables)
+    for table in tables:
+        assert ours[table], f"{table}: nothing materialized"
+        assert len(ours[table]) == len(feasts[table]), table
+        diffs = [(a, b) for a, b in zip(ours[table], feasts[table], strict=True) if a != b]
+        assert not diffs, f"{table}: {len(diffs)} rows differ, e.g. {diffs[:3]}"
+    for g in applied.groups:  # the state views hold the tails as of as_of, at as_of's whole second
+        rows = ours[trellis_store.table(state_view(g))]
+        assert {r[3] for r in rows} == {feast_event_ts(as_of)}
+        assert len(rows) == len(exported[g][0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. A crash in the middle of a materialisation leaves the previous complete version.
+
+MATERIALIZER = textwrap.dedent("""
+    import json, os, signal, sys
+    from datetime import datetime
+
+    import duckdb
+
+    from trellis.online.materialize import materialize
+    from trellis.online.store import OnlineStore
+    from trellis.spec import load_project
+
+    root, warehouse, store_dir, as_of, kill_after = sys.argv[1:]
+    kill_after = int(kill_after)
+    store = OnlineStore(store_dir)
+    write = store.write
+    counts, seen = {}, [0]
+
+    def rows_of(view, rows):
+        for row in rows:
+            seen[0] += 1
+            counts[view] = counts.get(view, 0) + 1
+            if seen[0] == kill_after:  # inside the write transaction: earlier views are already replaced
+                print("killing after", seen[0], "rows", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield row
+
+    store.write = lambda batches, replace=(): write({v: rows_of(v, r) for v, r in batches.items()},
+                                                    replace=replace)
+    con = duckdb.connect(warehouse, read_only=True)
+    materialize(con, load_project(root), store, as_of=datetime.fromisoformat(as_of))
+    print(json.dumps(counts), flush=True)
+""")
+
+
+def run_materializer(applied: Applied, warehouse: Path, store_dir: Path, as_of: datetime,
+                     kill_after: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", MATERIALIZER, str(applied.root), str(warehouse), str(store_dir), as_of.isoformat(),
+         str(kill_after)], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_killed_materialization_leaves_the_previous_version(applied: Applied, tmp_path: Path) -> None:
+    import json
+
+    store = scratch_store(applied.repo, tmp_path / "store")
+    tables = [store.table(v) for v in applied.views]
+    con = applied.connect()
+    try:
+        newest = newest_event(con)
+        materialize(con, applied.project, store, as_of=newest - timedelta(days=2))  # version A
+        customers = con.sql("select distinct customer_id from validated.transactions order by 1 limit 20"
+                            ).fetchall()
+    finally:
+        con.close()
+    store.close()
+    version_a = dump(store.path, tables)
+    online = OnlineFeatures(applied.project, OnlineStore(store.repo))
+    probe = to_us(newest)
+    vectors_a = [online.vector("customer_spending", c, probe) for (c,) in customers]
+    online.store.close()
+
+    # Version B: other data (a warehouse copy with changed amounts and feature values) and another as_of.
+    changed = tmp_path / "changed.duckdb"
+    shutil.copy(applied.warehouse, changed)
+    with duckdb.connect(str(changed)) as rw:
+        rw.execute("update validated.transactions set tx_amount = tx_amount * 2 + 1")
+        rw.execute("update validated.fraud_labels set tx_fraud = 1 - tx_fraud")
+        for g in applied.groups:
+            rw.execute(f"update features.feat_{g} set tx_count_7d = tx_count_7d + 1")
+    as_of_b = newest - timedelta(hours=12)
+    alone = scratch_store(applied.repo, tmp_path / "b_alone")
+    done = run_materializer(applied, changed, alone.repo, as_of_b)  # B on its own, to compare with
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    version_b = dump(alone.path, tables)
+    assert all(version_b[t] != version_a[t] for t in tables), "version B must differ from A in every view"
+    total = sum(counts.values())
+    first = counts[applied.views[0]]
+
+    uncommitted = 0  # bytes of the dead transaction SQLite had already spilled to the WAL
+    for kill_after in (1, first // 2, first + counts[applied.views[1]] + 3, total):
+        crashed = run_materializer(applied, changed, store.repo, as_of_b, kill_after)
+        assert crashed.returncode == -signal.SIGKILL, (kill_after, crashed.stdout, crashed.stderr[-2000:])
+        assert f"killing after {kill_after} rows" in crashed.stdout
+        wal = store.path.with_name(store.path.name + "-wal")
+        uncommitted = max(uncommitted, wal.stat().st_size if wal.exists() else 0)
+        # The store opens (SQLite rolls the dead transaction back) and holds exactly version A.
+        check = sqlite3.connect(store.path)
+        assert check.execute("pragma integrity_check").fetchone() == ("ok",)
+        check.close()
+        assert dump(store.path, tables) == version_a, f"killed after {kill_after} rows: not version A"
+        reopened = OnlineFeatures(applied.project, OnlineStore(store.repo))
+        reopened.store.ping()
+        assert [reopened.vector("customer_spending", c, probe) for (c,) in customers] == vectors_a
+        reopened.store.close()
+
+    # The last kill came after SQLite had written pages of the dead transaction to disk: they were ignored.
+    assert uncommitted > 0
+
+    # Not left locked or damaged: the next materialisation commits and is exactly version B.
+    finished = run_materializer(applied, changed, store.repo, as_of_b)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert dump(store.path, tables) == version_b
+
+
+def synthetic_version(tag: float, keys: range, when: datetime) -> dict[str, list]:
+    encode = key_encoder("customer_id")
+    values = encode_values("float64", [tag] * len(keys))
+    blobs = encode_values("bytes", [f"state {tag} {k}".encode() for k in keys])
+    return {
+        "rw_values": [(encode(k), {"a": values[i], "b": values[i]}, when) for i, k in enumerate(keys)],
+        "rw_state": [(encode(k), {STATE_FIELD: blobs[i]}, when) for i, k in enumerate(keys)],
+    }
+
+
+def test_readers_during_a_slow_write_see_all_old_or_all_new(applied: Applied, tmp_path: Path) -> None:
+    writer = scratch_store(applied.repo, tmp_path / "rw")
+    t0 = datetime(2024, 1, 1, 12)
+    old, new = synthetic_version(1.0, range(0, 3000), t0), synthetic_version(2.0, range(300, 3300), t0 + timedelta(1))
+    writer.write(old, replace=list(old))
+    tables = [writer.table(v) for v in old]
+    snapshot_old = dump(writer.path, tables)
+    probe_keys = [key_encoder("customer_id")(k) for k in range(0, 3300, 37)]
+    expected = {}
+    for name, version in (("old", old), ("new", new)):
+        by_key = {key: values["a"] for key, values, _ in version["rw_values"]}
+        expected[name] = [by_key.get(k) for k in probe_keys]
+
+    started, finished = threading.Event(), threading.Event()
+    seen: list[tuple[str, bool]] = []  # (version, during the write)
+    errors: list[BaseException] = []
+
+    def slow(rows: list) -> Iterator:
+        started.set()
+        for i, row in enumerate(rows):
+            if i % 100 == 0:
+                time.sleep(0.02)
+            yield row
+
+    def write() -> None:
+        try:
+            writer.write({v: slow(rows) for v, rows in new.items()}, replace=list(new))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            finished.set()
+
+    def read() -> None:
+        reader = OnlineStore(writer.repo)
+        raw = sqlite3.connect(writer.path, isolation_level=None, timeout=0.5)
+        try:
+            while True:
+                last = finished.is_set()
+                during = started.is_set() and not last
+                # One read transaction over every table: the whole store is one version.
+                raw.execute("begin")
+                rows = {t: raw.execute(f'select entity_key, feature_name, value, event_ts from "{t}" '
+                                       f'order by entity_key, feature_name').fetchall() for t in tables}
+                raw.execute("commit")
+                whole = "old" if rows == snapshot_old else "new" if len(rows[tables[0]]) == 6000 else "mixed"
+                # The service's own read path (one statement over many keys) is never blocked or mixed.
+                values = reader.read_values("rw_values", probe_keys, "a")
+                one = "old" if values == expected["old"] else "new" if values == expected["new"] else "mixed"
+                seen.append((whole, during))
+                seen.append((one, during))
+                if last:
+                    return
+                time.sleep(0.005)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            reader.close()
+            raw.close()
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert "mixed" not in {v for v, _ in seen}
+    assert ("old", True) in seen, "no read happened while the write transaction was open"
+    assert seen[-1][0] == "new"
+    final = dump(writer.path, tables)
+    assert len(final[tables[0]]) == 6000 and final != snapshot_old
+    assert {r[2] for r in final[tables[0]]} == set(encode_values("float64", [2.0]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Feast's Redis online store (OnlineStore's non-SQLite path) serves the same vectors as SQLite.
+
+
+def redis_repo(applied: Applied, directory: Path, connection: str) -> Path:
+    """A scratch Feast repo config on the applied registry with Redis as online store (as
+    ``trellis.online.parity.scratch_store`` writes one for SQLite)."""
+    config = yaml.safe_load((applied.repo / "feature_store.yaml").read_text())
+    config["registry"] = str((applied.repo / config["registry"]).resolve())
+    config["online_store"] = {"type": "redis", "connection_string": connection}
+    directory.mkdir(parents=True)
+    (directory / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return directory
+
+
+@pytest.fixture
+def redis_store(applied: Applied, tmp_path: Path) -> Iterator[OnlineStore]:
+    """OnlineStore on Feast's Redis store at REDIS. The Feast project name is unique to this run, so every key
+    written ends with it; only those keys are deleted afterwards."""
+    import redis
+
+    host, port = REDIS.split(":")
+    client = redis.Redis(host=host, port=int(port))
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis at {REDIS}")
+    directory = redis_repo(applied, tmp_path / "redis_repo", REDIS)
+    ours = b"*" + applied.feast_project.encode()
+
+    def clean() -> None:
+        keys = list(client.scan_iter(match=ours, count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+
+    clean()
+    try:
+        yield OnlineStore(directory)
+    finally:
+        clean()
+        client.close()
+
+
+def all_vectors(online: OnlineFeatures, keys: dict[str, list[Any]], times: list[int]) -> dict:
+    return {(g, k, t): online.vector(g, k, t) for g, ks in keys.items() for k in ks for t in times}
+
+
+def test_redis_serves_the_same_values_as_sqlite(applied: Applied, redis_store: OnlineStore,
+                                                tmp_path: Path) -> None:
+    from trellis.online.parity import _records
+
+    project = applied.project
+    sqlite_store = scratch_store(applied.repo, tmp_path / "sqlite")
+    assert redis_store.kind == "redis" and sqlite_store.kind == "sqlite"
+    con = applied.connect()
+    try:
+        newest = newest_event(con)
+        as_of = newest - timedelta(days=1)
+        for store in (sqlite_store, redis_store):
+            materialize(con, project, store, as_of=as_of)
+        keys = {g: [k for (k,) in con.sql(
+            f"select distinct {project.key_column(project.feature_groups[g])} from "
+            f"validated.{project.feature_groups[g].source} order by 1").fetchall()] + [987_654_321]
+            for g in applied.groups}
+        late = _records(con.sql("select * from validated.transactions where tx_datetime >= ? order by random()",
+                                params=[as_of]).df())
+        labels = _records(con.sql("select * from validated.fraud_labels where available_at >= ? and "
+                                  "available_at < ? order by random()", params=[as_of, newest]).df())
+    finally:
+        con.close()
+    assert late and labels
+    sqlite_online, redis_online = OnlineFeatures(project, sqlite_store), OnlineFeatures(project, redis_store)
+
+    # The stored bytes: every value of every view, for every entity (and one nobody has seen). Feast's Redis
+    # store answers an absent entity with an empty value (Feast's null), as its own get_online_features does;
+    # SQLite answers None. Both mean "no value" to every reader.
+    for g in applied.groups:
+        encoded = [sqlite_online.encoders[g](k) for k in keys[g]]
+        for view, names in ((g, [f.name for f in project.features(project.feature_groups[g])]),
+                            (state_view(g), [STATE_FIELD])):
+            for name in names:
+                on_redis = [v or None for v in redis_store.read_values(view, encoded, name)]
+                assert on_redis == [v or None for v in sqlite_store.read_values(view, encoded, name)], (view, name)
+                assert sum(v is not None for v in on_redis) >= len(encoded) / 2, (view, name)
+
+    times = [to_us(as_of) - 3600 * 10**6, to_us(as_of), to_us(as_of) + 6 * 3600 * 10**6, to_us(newest) + 8 * 86400 * 10**6]
+    materialized = all_vectors(sqlite_online, keys, times)
+    assert all_vectors(redis_online, keys, times) == materialized
+    assert sum(v.known for v in materialized.values()) > len(materialized) / 2
+
+    # Ingestion (through Feast's online_write_batch on both backends), out of order and in uneven batches.
+    after = [to_us(newest) + 1, to_us(newest) + 86400 * 10**6 * 3]
+    before = all_vectors(sqlite_online, keys, after)
+    for online in (sqlite_online, redis_online):
+        for i in range(0, len(late), 97):
+            online.ingest("transactions", late[i:i + 97])
+        for i in range(0, len(labels), 41):
+            online.ingest("fraud_labels", labels[i:i + 41])
+    ingested = all_vectors(sqlite_online, keys, after)
+    assert all_vectors(redis_online, keys, after) == ingested
+    changed = sum(ingested[k] != before[k] for k in ingested)
+    assert changed > len(ingested) / 4, changed
+
+    # A full refresh (the Dagster asset re-run with the same cutoff) replaces what ingestion wrote, on both.
+    con = applied.connect()
+    try:
+        for store in (sqlite_store, redis_store):
+            materialize(con, project, store, as_of=as_of)
+    finally:
+        con.close()
+    assert all_vectors(sqlite_online, keys, times) == materialized
+    assert all_vectors(redis_online, keys, times) == materialized
+
+
+def test_unreachable_redis_is_unavailable(applied: Applied, tmp_path: Path) -> None:
+    """Nothing listens on port 1: readiness (ping), reads and writes all say so (StoreUnavailable, which the
+    service answers with 503), none pretends to work."""
+    store = OnlineStore(redis_repo(applied, tmp_path / "dead", "127.0.0.1:1"))
+    key = key_encoder("customer_id")(1)
+    with pytest.raises(StoreUnavailable, match="redis"):
+        store.ping()
+    with pytest.raises(StoreUnavailable, match="redis"):
+        store.read_values(state_view("customer_spending"), [key], STATE_FIELD)
+    rows = {state_view("customer_spending"): [(key, {STATE_FIELD: encode_values("bytes", [b"x"])[0]},
+                                               datetime(2024, 1, 1))]}
+    with pytest.raises(StoreUnavailable, match="redis"):
+        store.write_through_feast(rows)
+    with pytest.raises(StoreUnavailable, match="redis"):
+        store.write(rows, replace=list(rows))
