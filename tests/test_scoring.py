@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from catboost import CatBoostClassifier, Pool
 from test_modeling import AS_OF, CONFIG, PLAN, REPO
-from test_training import _warehouse
+from test_training import _mixed, _warehouse
 
 from trellis.explain import ExplainerError, ObliviousExplainer
 from trellis.modeling import prepare_features, register, train_catboost
@@ -175,6 +175,41 @@ def test_pruned_feature_tables_give_the_same_frame(world, day, days):
         "where feature_ts < ?",
         params=[datetime.combine(day, datetime.min.time())]).fetchone()[0]
     assert before > 0 or day == date(2018, 4, 1)
+
+
+@pytest.mark.parametrize(("day", "days"),
+                         [(date(2018, 4, 1), 1), (date(2018, 4, 25), 1), (DAY, 1), (DAY - timedelta(days=2), 3),
+                          (date(2018, 5, 20), 1)])
+def test_primary_key_joins_give_the_asof_frame(world, day, days):
+    """scoring_frame with the primary-key joins (default) is the ASOF-join frame, pruned or not, on several
+    days: the first day, the middle of the data, the fixture's day, a range, and the last simulated day."""
+    reference = scoring_frame(world.con, world.project, MODEL, day, days=days, prune=False,
+                              primary_key_join=False)
+    assert len(reference) > 100
+    pd.testing.assert_frame_equal(scoring_frame(world.con, world.project, MODEL, day, days=days,
+                                                primary_key_join=False), reference, check_exact=True)
+    for prune in (True, False):
+        pd.testing.assert_frame_equal(scoring_frame(world.con, world.project, MODEL, day, days=days, prune=prune),
+                                      reference, check_exact=True)
+
+
+def test_pruning_stays_exact_for_groups_kept_on_the_asof_join(world, tmp_path):
+    """With a group computed at another spine (ASOF, reaching back before the day) next to the primary-key
+    groups, the pruned frame (the day's rows for the primary-key groups, the day's rows plus each key's latest
+    earlier rows for the ASOF group) equals the whole-table frame and the all-ASOF one."""
+    project, model = _mixed(tmp_path, world.con, "mixed")
+    for day in (date(2018, 4, 1), date(2018, 4, 25), DAY):
+        reference = scoring_frame(world.con, project, model, day, prune=False, primary_key_join=False,
+                                  feature_schema="mixed")
+        assert len(reference) > 100 and reference["customer_labelled__tx_count_7d"].notna().sum() > 50
+        for prune in (True, False):
+            frame = scoring_frame(world.con, project, model, day, prune=prune, feature_schema="mixed")
+            pd.testing.assert_frame_equal(frame, reference, check_exact=True)
+        # Only the ASOF group's rows come from before the day: the primary-key groups' would never match.
+        start = datetime.combine(day, datetime.min.time())
+        before = world.con.sql("select count(*) from mixed.feat_customer_labelled where feature_ts < ?",
+                               params=[start]).fetchone()[0]
+        assert before > 0 or day == date(2018, 4, 1)
 
 
 def _catboost_reasons(model, frame: pd.DataFrame, features: list[str], cats: list[str], top_k: int = 3):

@@ -1,4 +1,5 @@
-"""Training sets: matured-label spine, ASOF point-in-time features, request features, fingerprint, contract.
+"""Training sets: matured-label spine, point-in-time features (primary-key or ASOF joins), request features,
+fingerprint, contract.
 
 Two warehouses hold the same simulated network: ``at_t`` as it was known just before the cutoff T (events
 before T, labels available before T) and ``later`` after more data arrived (events after T, late labels
@@ -7,22 +8,28 @@ for old transactions, and late labels flipped). A set built as of T must be byte
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import re
+import shutil
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from trellis.compile.dbt import FeatureModel
 from trellis.contracts import ingest
+from trellis.scoring import scoring_frame
 from trellis.simulate import SimulationConfig, simulate, write_duckdb
 from trellis.spec import load_project
 from trellis.training import (
     TrainingSetError,
+    _parts,
     build_training_set,
     read_training_set,
     training_set_schema,
@@ -57,12 +64,40 @@ def _warehouse(path: Path, project, tables, *, known_before: datetime | None = N
     return con
 
 
-def _build_features(con: duckdb.DuckDBPyConnection, project) -> None:
-    con.execute("create schema if not exists features")
+def _build_features(con: duckdb.DuckDBPyConnection, project, schema: str = "features") -> None:
+    con.execute(f"create schema if not exists {schema}")
     for group in project.feature_groups.values():
         model = FeatureModel(project, group)
         sql = model.sql({s: f"validated.{s}" for s in model.sources})
-        con.execute(f"create or replace table features.{model.name} as {sql}")
+        con.execute(f"create or replace table {schema}.{model.name} as {sql}")
+
+
+# A group computed at another source's events (the label events), so a model on transactions must keep the
+# ASOF join for it: its table has no row per transaction.
+MIXED_GROUP = """kind: feature_group
+name: customer_labelled
+description: The customer's spending, computed at label events (a spine that is not the model's).
+entity: customer
+source: transactions
+spine: fraud_labels
+features:
+  - {name: tx_count, agg: count, windows: [7d]}
+  - {name: max_amount, agg: max, column: tx_amount, windows: [7d]}
+"""
+
+
+def _mixed(root: Path, con: duckdb.DuckDBPyConnection, schema: str):
+    """The project plus ``customer_labelled`` (spine fraud_labels), card_fraud with it, and every feature table
+    in ``schema``. Two thirds of the new group's rows are dropped so that its ASOF join has to reach back to
+    earlier rows (as for a spine with fewer events than the model's)."""
+    shutil.copytree(REPO / "definitions", root / "definitions", dirs_exist_ok=True)
+    (root / "definitions" / "features" / "customer_labelled.yaml").write_text(MIXED_GROUP)
+    project = load_project(root)
+    model = project.models[MODEL]
+    model = model.model_copy(update={"features": [*model.features, "customer_labelled"]})
+    _build_features(con, project, schema)
+    con.execute(f"delete from {schema}.feat_customer_labelled where transaction_id % 3 <> 0")
+    return project, model
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +204,118 @@ def test_request_features_equal_a_direct_computation(world, built):
     assert rows["transaction_context__amount_to_avg_30d"].notna().sum() > len(rows) // 2
 
 
-def test_features_are_joined_with_asof_joins_not_window_dedupe(world):
+def test_features_are_joined_by_primary_key_or_asof_never_window_dedupe(world):
+    # Every stored group of card_fraud is computed at the model's spine (transactions): one LEFT equi-join
+    # per group on the primary key, the key and the time; no ASOF join.
     sql = training_set_sql(world.project, MODEL, T)
-    assert sql.count("ASOF LEFT JOIN") == 3  # one per stored feature group
-    assert "ROW_NUMBER" not in sql.upper() and "QUALIFY" not in sql.upper()
+    assert "ASOF" not in sql.upper() and sql.count("LEFT OUTER JOIN") == 3
+    for group, key in (("customer_spending", "customer_id"), ("terminal_risk", "terminal_id"),
+                       ("device_sharing", "device_id")):
+        for left, right in (("transaction_id", "pk"), (key, "k"), ("tx_datetime", "ts")):
+            assert re.search(rf'\."{left}" = "\w+"\."__{right}_{group}"', sql), (group, left)
+    assert _parts(world.project, MODEL, T, "validated", "features").by_primary_key == [
+        "customer_spending", "terminal_risk", "device_sharing"]
+    reference = training_set_sql(world.project, MODEL, T, primary_key_join=False)
+    assert reference.count("ASOF LEFT JOIN") == 3  # the reference: one ASOF join per stored feature group
+    for text in (sql, reference):
+        assert "ROW_NUMBER" not in text.upper() and "QUALIFY" not in text.upper()
+
+
+@pytest.mark.parametrize("days_before", [0, 9])
+def test_primary_key_join_builds_the_asof_join_set_byte_for_byte(world, days_before):
+    """Built with the primary-key joins or with the ASOF joins, the set is the same: same Arrow table, same
+    Parquet bytes, same fingerprint (the code version is the same package version in both builds), in the
+    warehouse as known at T and in the later one."""
+    as_of = T - timedelta(days=days_before)
+    for name, con in (("at_t", world.at_t), ("later", world.later)):
+        out = world.root / f"join_{name}_{days_before}"
+        by_pk = build_training_set(con, world.project, MODEL, as_of, out / "pk")
+        by_asof = build_training_set(con, world.project, MODEL, as_of, out / "asof", primary_key_join=False)
+        assert by_pk.rows == by_asof.rows > 2000 and by_pk.positives == by_asof.positives > 0
+        assert pq.read_table(by_pk.path).equals(pq.read_table(by_asof.path))
+        assert by_pk.fingerprint == by_asof.fingerprint
+        assert by_pk.path.read_bytes() == by_asof.path.read_bytes()
+
+
+def _with_ties(tables: dict[str, pa.Table], every: int = 6) -> dict[str, pa.Table]:
+    """Every ``every``-th transaction twice: a copy under a new id with the same customer, terminal, device and
+    time, half the amount, and its label copied with the opposite outcome (so the two rows differ)."""
+    tx, labels = tables["transactions"], tables["fraud_labels"]
+    picked = tx.filter(pa.array(tx["transaction_id"].to_numpy() % every == 0))
+    offset = pc.max(tx["transaction_id"]).as_py() + 1
+    new_ids = pc.add(picked["transaction_id"], offset)
+    copies = picked.set_column(0, "transaction_id", new_ids).set_column(
+        picked.schema.get_field_index("tx_amount"), "tx_amount", pc.multiply(picked["tx_amount"], 0.5))
+    label_copies = labels.filter(pc.is_in(labels["transaction_id"], picked["transaction_id"]))
+    label_copies = label_copies.set_column(0, "transaction_id", pc.add(label_copies["transaction_id"], offset))
+    flipped = pc.cast(pc.subtract(pa.scalar(1, label_copies["tx_fraud"].type), label_copies["tx_fraud"]),
+                      label_copies["tx_fraud"].type)
+    label_copies = label_copies.set_column(label_copies.schema.get_field_index("tx_fraud"), "tx_fraud", flipped)
+    return {**tables, "transactions": pa.concat_tables([tx, copies.cast(tx.schema)]),
+            "fraud_labels": pa.concat_tables([labels, label_copies.cast(labels.schema)])}
+
+
+def test_ties_same_entity_same_time_give_the_same_set_and_frames(world):
+    """Two transactions of one customer, terminal and device at the same instant: ASOF may take either one's
+    feature row, the primary-key join takes each row's own, and both rows have the same feature values (same
+    key, same time, same rule), so the sets and the scoring frames are identical. Default (segment tree)
+    window mode, as in production."""
+    con = _warehouse(world.root / "ties.duckdb", world.project, _with_ties(world.tables), exact_windows=False)
+    try:
+        ties = con.sql("select count(*) from (select customer_id, feature_ts from features.feat_customer_spending "
+                       "group by all having count(*) > 1)").fetchone()[0]
+        assert ties > 100  # the ASOF join has a choice between two rows for each of them
+        by_pk = build_training_set(con, world.project, MODEL, T, world.root / "ties_pk")
+        by_asof = build_training_set(con, world.project, MODEL, T, world.root / "ties_asof",
+                                     primary_key_join=False)
+        assert pq.read_table(by_pk.path).equals(pq.read_table(by_asof.path))
+        assert by_pk.path.read_bytes() == by_asof.path.read_bytes() and by_pk.fingerprint == by_asof.fingerprint
+        frame = read_training_set(by_pk.path)
+        for group, key in (("customer_spending", "customer_id"), ("terminal_risk", "terminal_id"),
+                           ("device_sharing", "device_id")):
+            columns = [c for c in frame.columns if c.startswith(f"{group}__")]
+            tied = frame.groupby([key, "event_time"]).filter(lambda g: len(g) > 1)
+            assert len(tied) > 100 and tied["label"].groupby([tied[key], tied["event_time"]]).nunique().max() == 2
+            distinct = tied.groupby([key, "event_time"])[columns].nunique(dropna=False)
+            assert (distinct == 1).all().all(), group
+        for day in (date(2018, 4, 3), date(2018, 4, 20), date(2018, 4, 28)):
+            reference = scoring_frame(con, world.project, MODEL, day, prune=False, primary_key_join=False)
+            assert len(reference) > 100 and reference.duplicated(["customer_id", "event_time"]).sum() > 5
+            for prune in (True, False):
+                pd.testing.assert_frame_equal(scoring_frame(con, world.project, MODEL, day, prune=prune),
+                                              reference, check_exact=True)
+    finally:
+        con.close()
+
+
+def test_groups_at_another_spine_keep_the_asof_join(world, tmp_path):
+    """A group computed at the label events keeps its ASOF join (the latest row of the customer at or before
+    the transaction, as merge_asof finds it) while the others are joined on the primary key; the set is the
+    all-ASOF one, byte for byte."""
+    project, model = _mixed(tmp_path, world.later, "mixed")
+    parts = _parts(project, model, T, "validated", "mixed")
+    assert parts.groups[-1] == "customer_labelled" and "customer_labelled" not in parts.by_primary_key
+    assert len(parts.by_primary_key) == 3
+    sql = training_set_sql(project, model, T, feature_schema="mixed")
+    assert sql.count("ASOF LEFT JOIN") == 1 and sql.count("LEFT OUTER JOIN") == 3
+    by_pk = build_training_set(world.later, project, model, T, tmp_path / "pk", feature_schema="mixed")
+    by_asof = build_training_set(world.later, project, model, T, tmp_path / "asof", feature_schema="mixed",
+                                 primary_key_join=False)
+    assert by_pk.path.read_bytes() == by_asof.path.read_bytes() and by_pk.fingerprint == by_asof.fingerprint
+    frame = read_training_set(by_pk.path)
+    columns = ["customer_labelled__tx_count_7d", "customer_labelled__max_amount_7d"]
+    table = world.later.sql("select customer_id, feature_ts, tx_count_7d as customer_labelled__tx_count_7d, "
+                            "max_amount_7d as customer_labelled__max_amount_7d from mixed.feat_customer_labelled "
+                            "order by feature_ts").df()
+    expected = pd.merge_asof(frame[["transaction_id", "customer_id", "event_time"]].sort_values("event_time"),
+                             table, left_on="event_time", right_on="feature_ts", by="customer_id",
+                             direction="backward", allow_exact_matches=True).set_index("transaction_id")
+    expected = expected.loc[frame["transaction_id"]]
+    assert expected["feature_ts"].notna().sum() > len(frame) // 2
+    assert (expected["feature_ts"] < expected["event_time"]).sum() > len(frame) // 3  # reached back
+    for column in columns:
+        np.testing.assert_array_equal(frame[column].to_numpy(float), expected[column].to_numpy(float),
+                                      err_msg=column)
 
 
 def test_columns_and_contract(world, built):

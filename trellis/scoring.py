@@ -6,12 +6,14 @@ per-institution daily risk summary.
   (``trellis.training.training_set_sql``): the SQL is rendered against a placeholder source schema and the
   two source tables it reads are swapped for subqueries: the spine becomes the day's rows, and the label
   source becomes one label-less row per spine row (so the training query's inner join keeps every row and
-  its ``label`` column is NULL and dropped). The ASOF feature joins and the request-feature expressions are
+  its ``label`` column is NULL and dropped). The feature joins and the request-feature expressions are
   therefore exactly the training set's, so a transaction gets the same feature values in both. With
-  ``prune`` (the default) each feature table is also swapped for the only rows an ASOF match can come from:
-  rows with ``feature_ts`` in the scored range, and per key the rows at its latest ``feature_ts`` before the
-  range (all of them, ties included). The ASOF join picks the latest row at or before the event, so the
-  result is the same and a day no longer sorts the whole history of every feature table;
+  ``prune`` (the default) each feature table is also swapped for the only rows a match can come from. A
+  group joined on the spine's primary key (its spine is the model's: the event's own row, at the event's
+  time) needs only the rows with ``feature_ts`` in the scored range. A group joined with ASOF needs those
+  and, per key, the rows at its latest ``feature_ts`` before the range (all of them, ties included): the
+  ASOF join picks the latest row at or before the event, so the result is the same and a day no longer
+  sorts the whole history of every feature table;
 * ``score_frame``: probability, the model version and the top-k reason codes in one pass: CatBoost's leaf
   index of every row in every tree (``calc_leaf_indexes``), then the raw score (sum of the leaf values) and
   the exact TreeSHAP contributions from ``trellis.explain.ObliviousExplainer``'s per-leaf tables
@@ -69,10 +71,11 @@ def _timestamp(value: datetime) -> str:
 
 def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model, day: date, *,
                   days: int = 1, prune: bool = True, source_schema: str = VALIDATED_SCHEMA,
-                  feature_schema: str = FEATURE_SCHEMA) -> pd.DataFrame:
+                  feature_schema: str = FEATURE_SCHEMA, primary_key_join: bool = True) -> pd.DataFrame:
     """Every spine row with event time in ``[day, day + days)`` and the model's features, sorted by
     ``(event_time, join key)``: the training set's columns without ``label``. ``prune=False`` reads the
-    whole feature tables (the same result, slower)."""
+    whole feature tables (the same result, slower); ``primary_key_join=False`` joins every feature group
+    with the ASOF join (the same result, slower; see ``trellis.training.training_set_expr``)."""
     model = _model(project, model)
     if days < 1:
         raise ScoringError(f"days must be >= 1, got {days}")
@@ -83,7 +86,7 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str |
     if spine.name == labels.name:
         raise ScoringError(f"model {model.name!r}: spine and label source are the same table; not supported")
     join_key = model.label.join_key
-    parts = _parts(project, model, end, _PLACEHOLDER, feature_schema)
+    parts = _parts(project, model, end, _PLACEHOLDER, feature_schema, primary_key_join)
     sql = str(ibis.to_sql(parts.output, dialect="duckdb"))  # == training_set_sql(...), parts reused below
 
     event_time = f"CAST({_q(spine.event_time)} AS TIMESTAMP)"
@@ -100,7 +103,7 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str |
         for group in parts.groups:
             table = f"{_q(feature_schema)}.{_q(f'feat_{group}')}"
             swaps[table] = _pruned_feature_table(table, project.key_column(project.feature_groups[group]),
-                                                 start, end)
+                                                 start, end, asof=group not in parts.by_primary_key)
     for reference, subquery in swaps.items():
         if sql.count(reference) != 1:
             raise ScoringError(f"unexpected training SQL: {reference} appears {sql.count(reference)} times")
@@ -111,13 +114,17 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str |
     return frame.drop(columns=[LABEL]).reset_index(drop=True)
 
 
-def _pruned_feature_table(table: str, key: str, start: datetime, end: datetime) -> str:
-    """The rows of a feature table an ASOF join (``event_time >= feature_ts``, same key) of events in
-    ``[start, end)`` can match: those with ``feature_ts`` in the range, and per key every row at its latest
-    ``feature_ts`` before ``start`` (ties kept, so the join sees the same candidates as on the whole table).
-    Rows with a NULL key or time can never match and are left out."""
+def _pruned_feature_table(table: str, key: str, start: datetime, end: datetime, *, asof: bool = True) -> str:
+    """The rows of a feature table the join of events in ``[start, end)`` can match: those with
+    ``feature_ts`` in the range, which is all an equi-join on the primary key and ``feature_ts = event_time``
+    (``asof=False``) can match; for an ASOF join (``event_time >= feature_ts``, same key) also, per key, every
+    row at its latest ``feature_ts`` before ``start`` (ties kept, so the join sees the same candidates as on
+    the whole table). Rows with a NULL key or time can never match and are left out."""
     ts, k = _q(FEATURE_TS), _q(key)
-    return (f"(SELECT * FROM {table} WHERE {ts} >= {_timestamp(start)} AND {ts} < {_timestamp(end)} "
+    in_range = f"SELECT * FROM {table} WHERE {ts} >= {_timestamp(start)} AND {ts} < {_timestamp(end)}"
+    if not asof:
+        return f"({in_range})"
+    return (f"({in_range} "
             f"UNION ALL SELECT f.* FROM {table} AS f SEMI JOIN "
             f"(SELECT {k}, max({ts}) AS __last FROM {table} WHERE {ts} < {_timestamp(start)} "
             f"GROUP BY {k}) AS l "

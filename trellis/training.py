@@ -8,9 +8,16 @@ Time semantics (design section 3 and 5):
   source's event time when it declares no ``available_at`` or the value is missing). This is the same
   ``< t`` rule features use: a set as of T holds exactly what was known just before T, so data landing at
   or after T (new events, late labels, corrections) never changes it;
-* stored features come from the feature tables ``features.feat_<group>`` with one ASOF LEFT JOIN per group
-  on the group's key column and ``feature_ts <= event_time`` (the latest feature row at or before the
-  event; when the model's spine is the group's spine that is the event's own row);
+* stored features come from the feature tables ``features.feat_<group>``, one join per group. The rule is
+  the latest feature row of the event's key at or before the event (``feature_ts <= event_time``). When the
+  group's spine source is the model's spine source and that source has a primary key (which the feature
+  table carries, one row per spine event), that row is the event's own: same primary key, same key,
+  ``feature_ts = event_time``; so the group is joined with a LEFT equi-join on those three columns (a hash
+  join, no sort). Any other row the ASOF rule could pick instead has the same key and the same time, hence
+  the same values (ties: two events of one entity at one instant). This relies on the feature table being
+  built over the same spine rows (as the asset graph does): an event missing from a stale table gets NULL
+  features, where ASOF took an older row of its key. Other groups (computed at another source's events)
+  keep one ASOF LEFT JOIN on the key and ``feature_ts <= event_time``;
 * request features are the same compiled expressions (``trellis.expr``) the online path uses, over the
   spine row (request fields by name; the spine's event-time column is the request time) and the joined
   features.
@@ -112,10 +119,21 @@ class _Parts:
     stored: list[str]
     requests: list[str]
     groups: list[str]  # feature groups joined
+    by_primary_key: list[str] = field(default_factory=list)  # groups equi-joined on the spine's primary key
+
+
+def _joins_by_primary_key(project: Project, model: Model, group_name: str, columns: dict[str, str]) -> bool:
+    """Whether the group's feature table (``columns``) has a row per event of the model's spine, found by its
+    primary key: the group's spine is the model's spine, which declares a primary key the table carries."""
+    spine = project.sources[model.spine]
+    return (project.spine_of(project.feature_groups[group_name]).name == spine.name
+            and spine.primary_key is not None and spine.primary_key in columns)
 
 
 def _parts(project: Project, model: str | Model, as_of: datetime, source_schema: str,
-           feature_schema: str) -> _Parts:
+           feature_schema: str, primary_key_join: bool = True) -> _Parts:
+    """``primary_key_join=False`` joins every group with the ASOF join (the reference the equi-join is
+    tested against)."""
     model = _model(project, model)
     cutoff = ibis.literal(_as_of(as_of), type="timestamp")
     spine_source = project.sources[model.spine]
@@ -157,6 +175,14 @@ def _parts(project: Project, model: str | Model, as_of: datetime, source_schema:
                 f"which the spine source {spine_source.name!r} does not have")
         if key != join_key and key not in keys:
             keys.append(key)
+    table_columns = {g: dict(FeatureModel(project, project.feature_groups[g]).columns()) for g in groups}
+    by_primary_key = [g for g in groups
+                      if primary_key_join and _joins_by_primary_key(project, model, g, table_columns[g])]
+    primary_key = spine_source.primary_key
+    pk_column = None  # the base column holding the spine's primary key, when some group needs it
+    if by_primary_key:
+        assert primary_key is not None
+        pk_column = primary_key if primary_key in (join_key, *keys) else "__pk"
     request_fields: dict[str, str] = {}
     for request_set in requests:
         for name, dtype in request_set.request_schema.items():
@@ -170,18 +196,28 @@ def _parts(project: Project, model: str | Model, as_of: datetime, source_schema:
         join_key,
         **{EVENT_TIME: entering[spine_source.event_time].cast("timestamp")},
         **{k: entering[k] for k in keys},
+        **({pk_column: entering[primary_key]} if pk_column == "__pk" else {}),
         **{LABEL: entering[f"__label__{model.label.column}"].cast("int64")},
         **{_REQ + n: entering[n].cast(mapping(t).ibis) for n, t in request_fields.items()},
     )
     joined = base
     for group_name, features in groups.items():
         group = project.feature_groups[group_name]
-        table = _table(dict(FeatureModel(project, group).columns()), f"feat_{group_name}", feature_schema)
+        table = _table(table_columns[group_name], f"feat_{group_name}", feature_schema)
         key = project.key_column(group)
-        right = table.select(**{f"__k_{group_name}": table[key], f"__ts_{group_name}": table[FEATURE_TS]},
-                             **{f.qualified: table[f.name] for f in features})
-        joined = joined.asof_join(right, on=joined[EVENT_TIME] >= right[f"__ts_{group_name}"],
-                                  predicates=[joined[key] == right[f"__k_{group_name}"]])
+        k, ts = f"__k_{group_name}", f"__ts_{group_name}"
+        values = {f.qualified: table[f.name] for f in features}
+        if group_name in by_primary_key:
+            # The event's own feature row. Key and time are join conditions too: a row whose key or time is
+            # NULL matches nothing (as with ASOF), and the match is never later than the event.
+            pk = f"__pk_{group_name}"
+            right = table.select(**{pk: table[primary_key], k: table[key], ts: table[FEATURE_TS]}, **values)
+            joined = joined.left_join(right, [joined[pk_column] == right[pk], joined[key] == right[k],
+                                              joined[EVENT_TIME] == right[ts]])
+        else:
+            right = table.select(**{k: table[key], ts: table[FEATURE_TS]}, **values)
+            joined = joined.asof_join(right, on=joined[EVENT_TIME] >= right[ts],
+                                      predicates=[joined[key] == right[k]])
 
     columns: dict[str, ir.Value] = {q: joined[q] for q in needed}
     for name in request_fields:
@@ -198,20 +234,25 @@ def _parts(project: Project, model: str | Model, as_of: datetime, source_schema:
     output = joined.select(
         join_key, EVENT_TIME, *keys, LABEL, *stored_names, **request_values,
     ).order_by([EVENT_TIME, join_key])
-    return _Parts(model, entering, output, keys, stored_names, list(request_values), list(groups))
+    return _Parts(model, entering, output, keys, stored_names, list(request_values), list(groups),
+                  by_primary_key)
 
 
 def training_set_expr(project: Project, model: str | Model, as_of: datetime, *,
-                      source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA) -> ir.Table:
+                      source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA,
+                      primary_key_join: bool = True) -> ir.Table:
     """The training set as an unbound Ibis expression over ``{source_schema}.<source>`` and
-    ``{feature_schema}.feat_<group>``; ``training_set_sql`` renders it for DuckDB."""
-    return _parts(project, model, as_of, source_schema, feature_schema).output
+    ``{feature_schema}.feat_<group>``; ``training_set_sql`` renders it for DuckDB. ``primary_key_join=False``
+    joins every feature group with the ASOF join (the same set; a reference for tests and benchmarks)."""
+    return _parts(project, model, as_of, source_schema, feature_schema, primary_key_join).output
 
 
 def training_set_sql(project: Project, model: str | Model, as_of: datetime, *,
-                     source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA) -> str:
+                     source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA,
+                     primary_key_join: bool = True) -> str:
     return str(ibis.to_sql(training_set_expr(project, model, as_of, source_schema=source_schema,
-                                             feature_schema=feature_schema), dialect="duckdb"))
+                                             feature_schema=feature_schema, primary_key_join=primary_key_join),
+                           dialect="duckdb"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,10 +347,11 @@ def fingerprint(definitions: str, as_of: datetime, version: str, snapshot: str) 
 
 def build_training_set(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model, as_of: datetime,
                        out_dir: Path, *, source_schema: str = VALIDATED_SCHEMA,
-                       feature_schema: str = FEATURE_SCHEMA) -> TrainingSet:
-    """Build, validate, fingerprint and store the training set of ``model`` as of ``as_of``."""
+                       feature_schema: str = FEATURE_SCHEMA, primary_key_join: bool = True) -> TrainingSet:
+    """Build, validate, fingerprint and store the training set of ``model`` as of ``as_of``
+    (``primary_key_join``: see ``training_set_expr``; it changes neither the rows nor the fingerprint)."""
     as_of = _as_of(as_of)
-    parts = _parts(project, model, as_of, source_schema, feature_schema)
+    parts = _parts(project, model, as_of, source_schema, feature_schema, primary_key_join)
     sql = str(ibis.to_sql(parts.output, dialect="duckdb"))
     table = con.sql(sql).arrow().read_all().replace_schema_metadata(None)
     validate(table.to_pandas(), project, parts.model, as_of)
