@@ -51,3 +51,20 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def served(pipeline, tmp_path: Path):
+    """A copy of the materialized project (definitions, Feast repo with its online store, registry), for
+    tests that ingest into the store or move aliases: (root, service settings, the pipeline's paths)."""
+    from serving.settings import Settings
+
+    _, paths = pipeline
+    root = tmp_path / "project"
+    shutil.copytree(paths.root / "definitions", root / "definitions")
+    shutil.copytree(paths.feature_repo, root / "feature_repo", ignore=shutil.ignore_patterns("*.parquet"))
+    (root / "data").mkdir()
+    shutil.copy(paths.data / "mlflow.db", root / "data" / "mlflow.db")
+    uri = f"sqlite:///{root / 'data' / 'mlflow.db'}"
+    settings = Settings(project=root, model="card_fraud", mlflow_uri=uri, alias_poll_seconds=0)
+    return root, settings, paths

@@ -3,7 +3,6 @@ every feature and score equal to offline; a definition that drifted on the onlin
 
 from __future__ import annotations
 
-import shutil
 from datetime import date
 
 import duckdb
@@ -31,13 +30,10 @@ def test_parity_asset_replays_a_day_at_100_percent(pipeline):
     assert len(check) == 1 and check[0].passed
 
 
-def test_online_definition_drift_is_caught(pipeline, tmp_path):
+def test_online_definition_drift_is_caught(served, tmp_path):
     """The online side computes customer_spending with a 1h delay the offline tables were not built with:
     replaying a day must report those features below 100% (and leave the other groups at 100%)."""
-    _, paths = pipeline
-    root = tmp_path / "project"
-    shutil.copytree(paths.root / "definitions", root / "definitions")
-    shutil.copytree(paths.feature_repo, root / "feature_repo", ignore=shutil.ignore_patterns("*.parquet"))
+    root, _, paths = served
     definition = root / "definitions" / "features" / "customer_spending.yaml"
     spec = yaml.safe_load(definition.read_text())
     definition.write_text(yaml.safe_dump({**spec, "delay": "1h"}, sort_keys=False))

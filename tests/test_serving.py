@@ -3,11 +3,9 @@ Feast online store and MLflow registry, each test on its own copy so ingestion a
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import threading
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -16,25 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.settings import Settings
 from trellis.online.materialize import state_view
 from trellis.spec import load_project
 
 MODEL = "card_fraud"
-
-
-@pytest.fixture
-def served(pipeline, tmp_path: Path):
-    """A copy of the materialized project (definitions, Feast repo with its online store, registry)."""
-    _, paths = pipeline
-    root = tmp_path / "project"
-    shutil.copytree(paths.root / "definitions", root / "definitions")
-    shutil.copytree(paths.feature_repo, root / "feature_repo", ignore=shutil.ignore_patterns("*.parquet"))
-    (root / "data").mkdir()
-    shutil.copy(paths.data / "mlflow.db", root / "data" / "mlflow.db")
-    uri = f"sqlite:///{root / 'data' / 'mlflow.db'}"
-    settings = Settings(project=root, model=MODEL, mlflow_uri=uri, alias_poll_seconds=0)
-    return root, settings, paths
 
 
 @pytest.fixture

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
 from collections import Counter
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from fastapi.testclient import TestClient
 
@@ -28,20 +25,6 @@ from trellis.online.state import evaluate, group_spec, row_mapper, to_us
 from trellis.spec import load_project
 
 MODEL = "card_fraud"
-
-
-@pytest.fixture
-def served(pipeline, tmp_path: Path):
-    """A copy of the materialized project (definitions, Feast repo with its online store, registry)."""
-    _, paths = pipeline
-    root = tmp_path / "project"
-    shutil.copytree(paths.root / "definitions", root / "definitions")
-    shutil.copytree(paths.feature_repo, root / "feature_repo", ignore=shutil.ignore_patterns("*.parquet"))
-    (root / "data").mkdir()
-    shutil.copy(paths.data / "mlflow.db", root / "data" / "mlflow.db")
-    uri = f"sqlite:///{root / 'data' / 'mlflow.db'}"
-    settings = Settings(project=root, model=MODEL, mlflow_uri=uri, alias_poll_seconds=0)
-    return root, settings, paths
 
 
 # ---------------------------------------------------------------------------------------------------------
