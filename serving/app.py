@@ -183,20 +183,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def service_of(request: Request) -> Service:
         return request.app.state.service
 
-    def score_one(service: Service, body: dict[str, Any], include_features: bool = False) -> dict[str, Any]:
-        result = service.scorer.score(body, with_features=include_features)
+    def score_one(service: Service, body: dict[str, Any], include_features: bool = False,
+                  explain: bool = True) -> dict[str, Any]:
+        result = service.scorer.score(body, explain=explain, with_features=include_features)
         model = result["model"]
         metrics.decisions.labels(result["decision"], model["name"], model["version"]).inc()
         return result
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=UNAVAILABLE)
     async def score(request: Request, body: ScoreRequest,  # type: ignore[valid-type]
-                    include_features: bool = False) -> Any:
-        """Score one transaction; ``include_features`` adds every model input the score used."""
+                    include_features: bool = False, explain: bool = True) -> Any:
+        """Score one transaction; ``include_features`` adds every model input the score used;
+        ``explain=false`` leaves out the reason codes."""
         try:
-            return ORJSON(score_one(service_of(request), body.model_dump(), include_features))
+            return ORJSON(score_one(service_of(request), body.model_dump(), include_features, explain))
         except (StoreUnavailable, ModelNotLoaded) as exc:
             return _unavailable(str(exc))
+        except StateError as exc:
+            return ORJSON({"detail": str(exc)}, status_code=422)
 
     @app.post("/v1/score/batch", response_model=BatchScoreResponse, responses=UNAVAILABLE)
     async def score_batch(request: Request, body: Annotated[list[ScoreRequest], Body(  # type: ignore
@@ -206,6 +210,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return ORJSON({"results": [score_one(service, item.model_dump()) for item in body]})
         except (StoreUnavailable, ModelNotLoaded) as exc:
             return _unavailable(str(exc))
+        except StateError as exc:
+            return ORJSON({"detail": str(exc)}, status_code=422)
 
     def ingest(request: Request, source: str, rows: list[Any]) -> Any:
         if len(rows) > settings.max_batch:

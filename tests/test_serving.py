@@ -150,6 +150,16 @@ def test_bad_input_is_a_422_naming_the_field(client, served, change, field, frag
     assert any(field in e["loc"] and fragment in e["msg"] for e in errors), errors
 
 
+def test_a_time_older_than_the_online_state_keeps_is_a_422(client, served):
+    _, _, paths = served
+    tx = request_of(last_day_transactions(paths, 1)[0])
+    old = (datetime.fromisoformat(tx["tx_datetime"]) - timedelta(days=40)).isoformat()
+    response = client.post("/v1/score", json={**tx, "tx_datetime": old})
+    assert response.status_code == 422, response.text
+    assert f"request time {old}" in response.json()["detail"]
+    assert f"customer_id={tx['customer_id']}" in response.json()["detail"]
+
+
 def test_missing_field_and_malformed_json(client):
     response = client.post("/v1/score", json={"customer_id": 1})
     assert response.status_code == 422

@@ -93,15 +93,9 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
     where = [f"{known} < ?"]
     params: list[Any] = [as_of]
     relation = f"{VALIDATED_SCHEMA}.{_q(source.name)}"
-    if spec.horizon_us is not None:
-        # Keep what a window can see for requests from the newest event time on (minus the slack), as the
-        # tails' own pruning does; the newest *event*, not as_of: rows can become known long after they happen.
-        newest = con.execute(f"select max({event}) from {relation} where {known} < ?", [as_of]).fetchone()[0]
-        if newest is not None:
-            where.append(f"{event} >= ?")
-            params.append(newest - timedelta(microseconds=spec.horizon_us + SLACK_US))
     if definition.filter or any(name.startswith("expr:") for name, _ in spec.inputs):
-        # Row expressions: the same compiled closures the ingestion path uses, row by row.
+        # Row expressions: the same compiled closures the ingestion path uses, row by row; each tail is then
+        # pruned as ingestion prunes it.
         cursor = con.execute(f"select * from {relation} where {' and '.join(where)}", params)
         names = [d[0] for d in cursor.description]
         records = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -110,7 +104,13 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
         for record in records:
             by_key.setdefault(mapper.key(record), []).append(record)
         keys = sorted(k for k in by_key if k is not None)
-        return keys, [mapper.tail(by_key[k]) for k in keys]
+        return keys, [mapper.tail(by_key[k]).pruned(spec) for k in keys]
+    qualify = ""
+    if spec.horizon_us is not None:
+        # Per entity, what its windows can see for requests from its newest event on (minus the slack): the
+        # tails' own pruning rule, so a tail is complete for every t >= its newest event - SLACK.
+        qualify = (f"qualify epoch_us({event}) >= max(epoch_us({event})) over (partition by "
+                   f"{_q(spec.key_column)}) - {spec.horizon_us + SLACK_US}")
     key = _q(spec.key_column)
     columns = [f"epoch_us({event}) as __event", f"epoch_us({known}) as __avail"]
     for i, (name, _) in enumerate(spec.inputs):
@@ -118,7 +118,7 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
     order = f"__key, __event, __avail{f', __in{len(spec.inputs) - 1}' if spec.has_primary_key else ''}"
     table = con.execute(  # the tails' own order (Tail._sorted): ties in time by primary key
         f"select {key} as __key, {', '.join(columns)} from {relation} where {' and '.join(where)} "
-        f"and {key} is not null order by {order}", params).to_arrow_table()
+        f"and {key} is not null {qualify} order by {order}", params).to_arrow_table()
     if table.num_rows == 0:
         return [], []
     keys_all = table.column("__key").to_numpy(zero_copy_only=False)
@@ -151,8 +151,9 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
 
 def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineStore, *,
                 as_of: datetime | None = None, exports: Path | None = None,
-                groups: list[str] | None = None) -> MaterializeReport:
-    """Write every online group's values and state (see the module docstring); returns what was written."""
+                groups: list[str] | None = None, state: bool = True) -> MaterializeReport:
+    """Write every online group's values and state (see the module docstring); returns what was written.
+    ``state=False`` writes only the ``<group>`` views (what ``feast materialize`` of them writes)."""
     started = time.perf_counter()
     groups = groups or [g.name for g in project.feature_groups.values() if g.online]
     as_of = as_of or _cutoff(con, project, groups)
@@ -170,6 +171,9 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
         encoded = {f.name: encode_values(f.dtype, _column(values, f.name, f.dtype)) for f in features}
         stamps = values.column(FEATURE_TS).to_pylist()
         batches[name] = [(k, {f: encoded[f][i] for f in encoded}, stamps[i]) for i, k in enumerate(keys)]
+        if not state:
+            report.groups.append(GroupReport(name, 0, len(keys), 0, time.perf_counter() - t0))
+            continue
 
         spec = group_spec(project, name)
         state_keys, state_tails = tails(con, project, name, as_of, spec)

@@ -7,11 +7,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trellis.online.materialize import STATE_FIELD, state_view
 from trellis.online.state import (
+    SLACK_US,
     GroupSpec,
     RowMapper,
     StateError,
@@ -106,7 +107,19 @@ class OnlineFeatures:
         tail = None if key is None else self.tail(group, key)
         if tail is None:
             return GroupVector(dict(self.defaults[group]), known=False)
-        return GroupVector(evaluate(self.specs[group], tail, t_us), known=True)
+        spec = self.specs[group]
+        if spec.horizon_us is not None and len(tail) and t_us < int(tail.event_us[-1]) - SLACK_US:
+            newest = int(tail.event_us[-1])
+            raise StateError(
+                f"{self.entity_keys[group]}={key!r}: request time {_iso(t_us)} is more than "
+                f"{SLACK_US // 3_600_000_000} h before the newest {spec.group} row of this entity "
+                f"({_iso(newest)}); the online state keeps only what requests from then on need "
+                f"(score older times offline: trellis.scoring)")
+        return GroupVector(evaluate(spec, tail, t_us), known=True)
+
+
+def _iso(t_us: int) -> str:
+    return (datetime(1970, 1, 1) + timedelta(microseconds=t_us)).isoformat()
 
 
 __all__ = ["GroupVector", "IngestReport", "OnlineFeatures"]
