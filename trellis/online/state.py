@@ -340,35 +340,38 @@ def _concat_masks(a: np.ndarray | None, na: int, b: np.ndarray | None, nb: int) 
 # Evaluation as of t.
 
 
-def _welford_std(values: np.ndarray) -> float | None:
+def _welford_std(values: list[float]) -> float | None:
     """Sample standard deviation by Welford's update: exact zero for equal values, as DuckDB's is."""
     if len(values) < 2:
         return None
     mean = 0.0
     m2 = 0.0
-    for i, x in enumerate(values.tolist(), start=1):
+    for i, x in enumerate(values, start=1):
         delta = x - mean
         mean += delta / i
         m2 += delta * (x - mean)
     return math.sqrt(m2 / (len(values) - 1))
 
 
-def _aggregate(agg: str, values: np.ndarray, event_us: np.ndarray, dtype: str) -> Any:
+def _aggregate(agg: str, values: np.ndarray, event_us: np.ndarray, dtype: str,
+               items: list[Any] | None = None) -> Any:
+    """One aggregation over the window's present values; ``items`` is ``values.tolist()`` when the caller
+    already has it (several features of a group often read the same column over the same window)."""
     n = len(values)
     if agg == "count":
         return n
     if agg == "count_distinct":
-        return len(set(values.tolist()))
+        return len(set(values.tolist() if items is None else items))
     if agg == "sum":
         if dtype == "float64":
-            return float(math.fsum(values.tolist())) if n else 0.0
+            return float(math.fsum(values.tolist() if items is None else items)) if n else 0.0
         return int(values.sum()) if n else 0
     if n == 0:
         return None
     if agg == "mean":
-        return math.fsum(values.tolist()) / n
+        return math.fsum(values.tolist() if items is None else items) / n
     if agg == "std":
-        return _welford_std(values)
+        return _welford_std(values.tolist() if items is None else items)
     if agg in ("min", "max"):
         value = values.min() if agg == "min" else values.max()
         return value if isinstance(value, str) else value.item()
@@ -379,10 +382,17 @@ def _aggregate(agg: str, values: np.ndarray, event_us: np.ndarray, dtype: str) -
     raise StateError(f"unknown aggregation {agg!r}")
 
 
+_LISTED = frozenset(("count_distinct", "sum", "mean", "std"))  # aggregations that read values.tolist()
+
+
 def evaluate(spec: GroupSpec, tail: Tail, t_us: int) -> dict[str, Any]:
-    """Every feature of the group as of ``t_us`` (µs since the epoch), under the section-3 rule."""
+    """Every feature of the group as of ``t_us`` (µs since the epoch), under the section-3 rule.
+
+    Work shared by features is done once per request: the bounds and availability mask of each window, and
+    the present values of each (column, window) with their Python list."""
     out: dict[str, Any] = {}
     windows: dict[tuple[int | None, int], tuple[slice, np.ndarray | None]] = {}
+    present_values: dict[tuple[int, int | None, int], list[Any]] = {}  # [values, times, items or None]
     events = tail.event_us
     late = None  # rows whose available_at rules them out at t
     if len(tail):
@@ -392,32 +402,39 @@ def evaluate(spec: GroupSpec, tail: Tail, t_us: int) -> dict[str, Any]:
     for feature in spec.features:
         key = (feature.lower_us, feature.upper_us)
         if key not in windows:
-            stop = int(np.searchsorted(events, t_us - feature.upper_us, side="right"))
+            stop = int(events.searchsorted(t_us - feature.upper_us, side="right"))
             start = 0 if feature.lower_us is None else int(
-                np.searchsorted(events, t_us - feature.lower_us, side="left"))
+                events.searchsorted(t_us - feature.lower_us, side="left"))
             keep = None if late is None else ~late[start:stop]
             windows[key] = (slice(start, max(start, stop)), keep)
         window, keep = windows[key]
         if feature.column is None:
             out[feature.name] = (window.stop - window.start) if keep is None else int(keep.sum())
             continue
-        values = tail.columns[feature.column][window]
-        times = events[window]
-        present = keep
-        mask = tail.nulls[feature.column]
-        if mask is not None:
-            present = ~mask[window] if present is None else present & ~mask[window]
-        elif values.dtype == np.float64:
-            nan = np.isnan(values)
-            if nan.any():
-                present = ~nan if present is None else present & ~nan
-        elif values.dtype == object:
-            none = np.array([v is None for v in values], dtype=bool)
-            if none.any():
-                present = ~none if present is None else present & ~none
-        if present is not None:
-            values, times = values[present], times[present]
-        out[feature.name] = _aggregate(feature.agg, values, times, feature.dtype)
+        cache_key = (feature.column, *key)
+        cached = present_values.get(cache_key)
+        if cached is None:
+            values = tail.columns[feature.column][window]
+            times = events[window]
+            present = keep
+            mask = tail.nulls[feature.column]
+            if mask is not None:
+                present = ~mask[window] if present is None else present & ~mask[window]
+            elif values.dtype == np.float64:
+                nan = np.isnan(values)
+                if nan.any():
+                    present = ~nan if present is None else present & ~nan
+            elif values.dtype == object:
+                none = np.array([v is None for v in values], dtype=bool)
+                if none.any():
+                    present = ~none if present is None else present & ~none
+            if present is not None:
+                values, times = values[present], times[present]
+            cached = present_values[cache_key] = [values, times, None]
+        values, times, items = cached
+        if items is None and feature.agg in _LISTED:
+            items = cached[2] = values.tolist()
+        out[feature.name] = _aggregate(feature.agg, values, times, feature.dtype, items)
     return out
 
 

@@ -156,6 +156,10 @@ def feast_event_ts(value: datetime) -> int:
 Row = tuple[bytes, Mapping[str, bytes], datetime]  # (entity key bytes, feature -> value bytes, event time)
 
 
+def _entity_key(row: Row) -> bytes:
+    return row[0]
+
+
 class OnlineStore:
     """Feast's online store of a generated repo (``feature_repo/``), for Trellis' reads and bulk writes."""
 
@@ -251,6 +255,9 @@ class OnlineStore:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             try:
                 conn.execute("pragma journal_mode=wal")
+                # A bulk write touches every page of the tables and their two indexes: keep them cached
+                # (64 MiB for this connection only) instead of spilling and re-reading them mid-transaction.
+                conn.execute("pragma cache_size=-65536")
                 conn.execute("begin immediate")
                 for view, rows in batches.items():
                     table = self.table(view)
@@ -261,16 +268,18 @@ class OnlineStore:
                     conn.execute(f'create index if not exists "{table}_ek" on "{table}" (entity_key)')
                     if view in replace:
                         conn.execute(f'delete from "{table}"')
-                    flat = [(key, name, value, None, None, ts, None)
-                            for key, values, when in rows
+                    # In (entity_key, feature_name) order, so the primary-key index grows at its end instead
+                    # of taking random inserts (stable sort: of two rows for one key, the later still wins).
+                    flat = [(key, name, value, ts)
+                            for key, values, when in sorted(rows, key=_entity_key)
                             for ts in (feast_event_ts(when),)
-                            for name, value in values.items()]
-                    conn.executemany(
+                            for name, value in sorted(values.items())]
+                    conn.executemany(  # the columns Feast leaves NULL are literals, not bound per row
                         f'insert into "{table}" (entity_key, feature_name, value, value_text, vector_value, '
-                        f'event_ts, created_ts) values (?, ?, ?, ?, ?, ?, ?) on conflict(entity_key, feature_name) '
-                        f'do update set value = excluded.value, value_text = excluded.value_text, '
-                        f'vector_value = excluded.vector_value, event_ts = excluded.event_ts, '
-                        f'created_ts = excluded.created_ts', flat)
+                        f'event_ts, created_ts) values (?, ?, ?, NULL, NULL, ?, NULL) '
+                        f'on conflict(entity_key, feature_name) do update set value = excluded.value, '
+                        f'value_text = NULL, vector_value = NULL, event_ts = excluded.event_ts, created_ts = NULL',
+                        flat)
                     written += len(flat)
                 conn.execute("commit")
             except BaseException:
