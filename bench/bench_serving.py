@@ -390,9 +390,8 @@ def in_process(project: Path, transactions: list[dict[str, Any]], calls: int, pr
                top: int) -> dict[str, Any]:
     """Per-call timings of the online lookup and of Scorer.score in this process, and a profile."""
     from serving.scorer import Scorer
-    from trellis.online.materialize import STATE_FIELD, state_view
     from trellis.online.service import OnlineFeatures
-    from trellis.online.state import to_us
+    from trellis.online.state import STATE_FIELD, state_view, to_us
     from trellis.online.store import OnlineStore
     from trellis.registry import load_alias
     from trellis.spec import load_project

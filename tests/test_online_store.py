@@ -36,10 +36,10 @@ import pytest
 import yaml
 from hypothesis import example, given, settings
 
-from trellis.online.materialize import STATE_FIELD, materialize, state_view, tails
+from trellis.online.materialize import materialize, tails
 from trellis.online.parity import scratch_store
 from trellis.online.service import OnlineFeatures
-from trellis.online.state import group_spec, to_us
+from trellis.online.state import STATE_FIELD, group_spec, state_view, to_us
 from trellis.online.store import (
     OnlineStore,
     StoreUnavailable,

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from trellis.online.materialize import state_view
+from trellis.online.state import state_view
 from trellis.spec import load_project
 
 MODEL = "card_fraud"

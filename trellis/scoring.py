@@ -39,6 +39,7 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
 from trellis.compile.dbt import VALIDATED_SCHEMA
+from trellis.compile.dbt import quote as _q
 from trellis.compile.offline import FEATURE_TS
 from trellis.explain import ObliviousExplainer
 from trellis.modeling import prepare_features
@@ -51,10 +52,6 @@ _PLACEHOLDER = "__trellis_scoring_source__"  # schema the training SQL is render
 
 class ScoringError(Exception):
     """A scoring request that cannot be served; the message says why."""
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _day(day: date | datetime) -> datetime:

@@ -117,8 +117,7 @@ def _live_views(project: Project, group_name: str) -> list[str]:
 
     The transformation's source text is all Feast keeps of it (it re-creates the function from the text), so
     the group's online spec is written into the body as a literal."""
-    from trellis.online.materialize import STATE_FIELD, state_view
-    from trellis.online.state import group_spec
+    from trellis.online.state import STATE_FIELD, group_spec, state_view
 
     group = project.feature_groups[group_name]
     entity = project.entities[group.entity]

@@ -26,18 +26,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trellis.compile.dbt import VALIDATED_SCHEMA
+from trellis.compile.dbt import VALIDATED_SCHEMA, known_at
+from trellis.compile.dbt import quote as _q
 from trellis.compile.offline import FEATURE_TS
-from trellis.online.state import SLACK_US, GroupSpec, Tail, group_spec, row_mapper, to_us
+from trellis.online.state import (
+    SLACK_US,
+    STATE_FIELD,
+    GroupSpec,
+    Tail,
+    group_spec,
+    row_mapper,
+    state_view,
+    to_us,
+)
 from trellis.online.store import OnlineStore, encode_values, key_encoder
 from trellis.spec import Project
-
-FEATURE_SCHEMA = "features"
-STATE_FIELD = "state"
-
-
-def state_view(group: str) -> str:
-    return f"{group}_state"
+from trellis.training import FEATURE_SCHEMA
 
 
 @dataclass
@@ -57,18 +61,12 @@ class MaterializeReport:
     seconds: float = 0.0
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _cutoff(con: duckdb.DuckDBPyConnection, project: Project, groups: list[str]) -> datetime:
     """Default ``as_of``: 1 µs after the newest row any online group's source knows."""
     newest = []
     for name in groups:
         source = project.sources[project.feature_groups[name].source]
-        known = f"coalesce({_q(source.available_at)}, {_q(source.event_time)})" if source.available_at \
-            else _q(source.event_time)
-        newest.append(con.sql(f"select max({known}) from {VALIDATED_SCHEMA}.{_q(source.name)}").fetchone()[0])
+        newest.append(con.sql(f"select max({known_at(source)}) from {VALIDATED_SCHEMA}.{_q(source.name)}").fetchone()[0])
     newest = [n for n in newest if n is not None]
     return (max(newest) if newest else datetime(1970, 1, 1)) + timedelta(microseconds=1)
 
@@ -88,8 +86,7 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
     spec = spec or group_spec(project, group)
     definition = project.feature_groups[group]
     source = project.sources[definition.source]
-    event, avail = _q(source.event_time), _q(source.available_at) if source.available_at else None
-    known = f"coalesce({avail}, {event})" if avail else event
+    event, known = _q(source.event_time), known_at(source)
     where = [f"{known} < ?"]
     params: list[Any] = [as_of]
     relation = f"{VALIDATED_SCHEMA}.{_q(source.name)}"

@@ -30,7 +30,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from trellis.compile.dbt import VALIDATED_SCHEMA
+from trellis.compile.dbt import VALIDATED_SCHEMA, known_at
 from trellis.online.materialize import materialize
 from trellis.online.service import OnlineFeatures
 from trellis.online.store import OnlineStore
@@ -154,8 +154,7 @@ def replay_day(con: duckdb.DuckDBPyConnection, project: Project, model: str | Mo
         transactions = con.execute(
             f'select * from {VALIDATED_SCHEMA}."{spine.name}" where "{spine.event_time}" >= ? and '
             f'"{spine.event_time}" < ? order by "{spine.event_time}", "{join_key}"', [start, end]).df()
-        label_time = f'coalesce("{labels.available_at}", "{labels.event_time}")' if labels.available_at \
-            else f'"{labels.event_time}"'
+        label_time = known_at(labels)
         arrivals = con.execute(
             f'select * from {VALIDATED_SCHEMA}."{labels.name}" where {label_time} >= ? and {label_time} < ? '
             f'order by {label_time}, "{join_key}"', [start, end]).df()

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from trellis.online.materialize import STATE_FIELD, state_view
 from trellis.online.state import (
     SLACK_US,
+    STATE_FIELD,
     GroupSpec,
     RowMapper,
     StateError,
@@ -21,6 +21,7 @@ from trellis.online.state import (
     evaluate,
     group_spec,
     row_mapper,
+    state_view,
 )
 from trellis.online.store import OnlineStore, decode_bytes_value, encode_values, key_encoder
 from trellis.spec import Project
@@ -83,15 +84,12 @@ class OnlineFeatures:
                 keys = list(by_key)
                 encoded = [self.encoders[g](k) for k in keys]
                 current = self.store.read_values(state_view(g), encoded, STATE_FIELD)
-                rows = []
-                for key, key_bytes, blob in zip(keys, encoded, current, strict=True):
-                    tail = Tail.decode(spec, decode_bytes_value(blob)).merge(spec, mapper.tail(by_key[key]))
-                    rows.append((key_bytes, tail.encode(), tail))
-                values = encode_values("bytes", [r[1] for r in rows])
+                blobs = [Tail.decode(spec, decode_bytes_value(blob)).merge(spec, mapper.tail(by_key[key])).encode()
+                         for key, blob in zip(keys, current, strict=True)]
                 now = datetime.now(UTC)
                 self.store.write_through_feast({state_view(g): [
-                    (key_bytes, {STATE_FIELD: value}, now) for (key_bytes, _, _), value in zip(rows, values,
-                                                                                               strict=True)]})
+                    (key_bytes, {STATE_FIELD: value}, now)
+                    for key_bytes, value in zip(encoded, encode_values("bytes", blobs), strict=True)]})
                 entities += len(keys)
         return IngestReport(source, len(records), tuple(groups), entities)
 

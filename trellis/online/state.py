@@ -32,9 +32,15 @@ import numpy as np
 
 MICROS = 1_000_000
 SLACK_US = 24 * 3600 * MICROS  # requests may be up to a day older than the newest event seen
+STATE_FIELD = "state"  # the one field of a group's state view
 _MAGIC = b"TS1"
 FEAST_SAMPLE_BYTES = b"hello world"  # feast.OnDemandFeatureView._get_sample_values_by_type, ValueType.BYTES
 _EPOCH = datetime(1970, 1, 1)
+
+
+def state_view(group: str) -> str:
+    """The Feast view holding a group's tails."""
+    return f"{group}_state"
 
 
 class StateError(ValueError):

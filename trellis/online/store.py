@@ -65,16 +65,7 @@ def _varint(value: int) -> bytes:
 
 def encode_key(join_key: str, value: Any, key_type: str = "int64") -> bytes:
     """Feast's ``serialize_entity_key`` (version 3) for a single-column entity key."""
-    name = join_key.encode()
-    head = struct.pack("<III", 1, _STRING, len(name)) + name
-    kind = _KEY_TYPES[key_type]
-    if kind == _INT64:
-        body = struct.pack("<q", int(value))
-    elif kind == _INT32:
-        body = struct.pack("<i", int(value))
-    else:
-        body = str(value).encode()
-    return head + struct.pack("<II", kind, len(body)) + body
+    return key_encoder(join_key, key_type)(value)
 
 
 def key_encoder(join_key: str, key_type: str = "int64"):
