@@ -167,7 +167,7 @@ class OnlineStore:
         self.path = (self.repo / online.get("path", "data/online_store.db")).resolve() \
             if self.kind == "sqlite" else None
         self._local = threading.local()
-        self._generation_conns: list[sqlite3.Connection] = []
+        self._readers: list[sqlite3.Connection] = []
         self._write_lock = threading.Lock()
         self._feast: Any = None  # FeatureStore, loaded on first use of Feast's interface
 
@@ -186,13 +186,13 @@ class OnlineStore:
                                    check_same_thread=False, isolation_level=None)
             self._local.conn = conn
             with self._write_lock:
-                self._generation_conns.append(conn)
+                self._readers.append(conn)
         return conn
 
     def close(self) -> None:
         """Close every reader connection (each thread opens a new one on its next read)."""
         with self._write_lock:
-            conns, self._generation_conns = self._generation_conns, []
+            conns, self._readers = self._readers, []
             self._local = threading.local()
         for conn in conns:
             conn.close()
