@@ -20,6 +20,7 @@ from trellis.scoring import (
     _matrix,
     _value_strings,
     backfill,
+    duckdb_frame,
     explainer_for,
     institution_summary,
     load_champion,
@@ -210,6 +211,34 @@ def test_pruning_stays_exact_for_groups_kept_on_the_asof_join(world, tmp_path):
         before = world.con.sql("select count(*) from mixed.feat_customer_labelled where feature_ts < ?",
                                params=[start]).fetchone()[0]
         assert before > 0 or day == date(2018, 4, 1)
+
+
+@pytest.mark.parametrize("rows", ["limit 0", "limit 1", ""])
+def test_frames_are_what_duckdbs_df_gives(rows):
+    """scoring_frame converts through Arrow; the frame equals DuckDB's ``.df()`` of the same result for every
+    logical type, with and without NULLs (nullable integers and booleans become Int64 / boolean, dates
+    datetime64, decimals float64), and with no row at all."""
+    import duckdb
+
+    con = duckdb.connect()
+    sql = ("select * from (values (1::bigint, 1.5::double, true, 'a', timestamp '2020-01-01 00:00:01', 1::int, "
+           "1.25::decimal(10,2), date '2020-01-02', 3::utinyint, 5::bigint, false), "
+           "(null, null, null, null, null, null, null, null, null, 6, true)) "
+           f"t(i, f, b, s, ts, i32, d, dt, u8, i_full, b_full) {rows}")
+    expected = con.sql(sql).df()
+    pd.testing.assert_frame_equal(duckdb_frame(con.sql(sql).to_arrow_table()), expected, check_exact=True)
+    if rows == "":
+        assert str(expected["i"].dtype) == "Int64" and expected["i_full"].dtype == np.int64
+
+
+def test_scoring_frame_keeps_counts_integer_where_a_join_finds_nothing(world, tmp_path):
+    """An ASOF group with no earlier row for some events gives NULL counts: they stay integers (Int64 with NA),
+    as DuckDB's ``.df()`` of the same query gives them, so reason values print as ``3``, not ``3.0``."""
+    project, model = _mixed(tmp_path, world.con, "mixed_nulls")
+    frame = scoring_frame(world.con, project, model, date(2018, 4, 2), feature_schema="mixed_nulls")
+    column = frame["customer_labelled__tx_count_7d"]
+    assert column.isna().any() and column.notna().any()
+    assert str(column.dtype) == "Int64"
 
 
 def _catboost_reasons(model, frame: pd.DataFrame, features: list[str], cats: list[str], top_k: int = 3):
