@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
+import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -32,6 +33,7 @@ from trellis.training import (
     _parts,
     build_training_set,
     read_training_set,
+    training_set_expr,
     training_set_schema,
     training_set_sql,
     validate,
@@ -359,3 +361,86 @@ def test_feature_table_rounding_noise_does_not_change_the_fingerprint(world, bui
             np.testing.assert_allclose(again[column], frame[column], rtol=1e-12, err_msg=column)
         else:
             pd.testing.assert_series_equal(again[column], frame[column])
+
+
+# A model whose label is a column of its spine rows (the spine is the label source, joined on its primary key).
+LABELLED_PAYMENTS = {
+    "entities/account.yaml": "kind: entity\nname: account\njoin_key: account_id\nkey_type: int64\n",
+    "sources/payments.yaml": (
+        "kind: source\nname: payments\ntable: raw.payments\nevent_time: ts\navailable_at: labelled_at\n"
+        "primary_key: payment_id\ncolumns:\n  payment_id: {type: int64}\n  account_id: {type: int64}\n"
+        "  ts: {type: timestamp}\n  labelled_at: {type: timestamp}\n  amount: {type: float64}\n"
+        "  fraud: {type: int32, checks: {isin: [0, 1]}}\n"),
+    "features/spend.yaml": (
+        "kind: feature_group\nname: spend\nentity: account\nsource: payments\nfeatures:\n"
+        "  - {name: payments, agg: count, windows: [7d]}\n  - {name: total, agg: sum, column: amount, windows: [7d]}\n"),
+    "models/payments_fraud.yaml": (
+        "kind: model\nname: payments_fraud\nspine: payments\n"
+        "label: {source: payments, column: fraud, join_key: payment_id}\nfeatures: [spend]\n"),
+}
+
+
+def test_label_on_the_spine_row_is_one_filter_with_the_same_rules(tmp_path):
+    """When the label is a column of the spine row, the set is those rows with ``event_time < T`` and the label
+    known before T (``available_at``, or the event time when it is missing): one scan, no self-join."""
+    for name, text in LABELLED_PAYMENTS.items():
+        (tmp_path / "definitions" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "definitions" / name).write_text(text)
+    project = load_project(tmp_path)
+    cutoff = datetime(2024, 1, 10)
+    rng = np.random.default_rng(3)
+    n = 600
+    ts = np.datetime64("2024-01-01", "us") + rng.integers(0, 12 * 86_400_000_000, n).astype("timedelta64[us]")
+    delay = rng.integers(0, 4 * 86_400_000_000, n).astype("timedelta64[us]")
+    payments = pd.DataFrame({
+        "payment_id": np.arange(n), "account_id": rng.integers(0, 30, n), "ts": ts,
+        "labelled_at": pd.Series(ts + delay).mask(rng.random(n) < 0.2),  # a fifth: labelled at the event
+        "amount": rng.gamma(2.0, 30.0, n).round(2), "fraud": (rng.random(n) < 0.2).astype(np.int32)})
+    payments.loc[0, ["ts", "labelled_at"]] = [cutoff - timedelta(days=1), cutoff]  # label known at T: out
+    payments.loc[1, ["ts", "labelled_at"]] = [cutoff - timedelta(days=1), cutoff - timedelta(microseconds=1)]
+    payments.loc[2, ["ts", "labelled_at"]] = [cutoff - timedelta(microseconds=1), pd.NaT]  # known at its event
+    con = duckdb.connect()
+    con.execute("create schema validated")
+    con.register("payments_frame", payments)
+    con.execute("create table validated.payments as select * from payments_frame")
+    _build_features(con, project)
+
+    sql = training_set_sql(project, "payments_fraud", cutoff)
+    assert "INNER JOIN" not in sql and sql.count("JOIN") == 1  # only the feature group's join
+    ts_set = build_training_set(con, project, "payments_fraud", cutoff, tmp_path / "out")
+    frame = read_training_set(ts_set.path)
+    known = payments["labelled_at"].fillna(payments["ts"])
+    expected = payments[(payments["ts"] < cutoff) & (known < cutoff)].sort_values(["ts", "payment_id"])
+    assert {1, 2} <= set(frame["payment_id"]) and 0 not in set(frame["payment_id"])
+    assert 100 < len(expected) < len(payments) - 100 and ts_set.rows == len(expected)
+    np.testing.assert_array_equal(frame["payment_id"], expected["payment_id"])
+    np.testing.assert_array_equal(frame["label"], expected["fraud"])
+    assert frame["spend__payments_7d"].notna().all() and (frame["spend__payments_7d"] > 0).any()
+    con.close()
+
+
+def test_training_sql_is_rendered_once_per_definitions_and_code(world, tmp_path, monkeypatch):
+    """The SQL is the Ibis expression's rendering with the cutoff written in; the rendering is kept on disk
+    under a key of the definitions, model, schemas, join choice and code, and reused for every cutoff."""
+    cache = tmp_path / "sql"
+    monkeypatch.setenv("TRELLIS_SQL_CACHE", str(cache))
+    sql = training_set_sql(world.project, MODEL, T)
+    (entry,) = cache.glob("training-*.sql")
+    assert "TIMESTAMP '2018-04-29 13:37:00.000000'" in sql and "1001" not in sql and "1001" in entry.read_text()
+    direct = str(ibis.to_sql(training_set_expr(world.project, MODEL, T), dialect="duckdb"))
+    assert direct != sql and world.later.sql(sql).arrow().read_all().equals(
+        world.later.sql(direct).arrow().read_all())
+    # Another cutoff (to the microsecond) reuses the entry; the rows are the expression's at that cutoff.
+    before = T - timedelta(days=5, microseconds=7)
+    assert "TIMESTAMP '2018-04-24 13:36:59.999993'" in training_set_sql(world.project, MODEL, before)
+    assert list(cache.glob("training-*.sql")) == [entry]
+    # The entry is what is read back (so its key must change whenever the rendering could).
+    entry.write_text(entry.read_text().replace("ORDER BY", "/* from the cache */ ORDER BY"))
+    assert "/* from the cache */" in training_set_sql(world.project, MODEL, T)
+    training_set_sql(world.project, MODEL, T, primary_key_join=False)
+    training_set_sql(world.project, MODEL, T, source_schema="edge")
+    model = world.project.models[MODEL]
+    training_set_sql(world.project, model.model_copy(update={"features": model.features[:1]}), T)
+    assert len(list(cache.glob("training-*.sql"))) == 4
+    monkeypatch.setenv("TRELLIS_SQL_CACHE", "")  # off: rendered every time, nothing written
+    assert training_set_sql(world.project, MODEL, T) == sql and len(list(cache.iterdir())) == 4

@@ -43,8 +43,12 @@ class FeatureModel:
         self.project = project
         self.group = group
         self.compiler = GroupCompiler(project, group)
-        self.expr = self.compiler.point_in_time()
         self.name = f"feat_{group.name}"
+
+    @cached_property
+    def expr(self) -> ibis.Table:
+        """The point-in-time expression (built on first use: ``columns()`` does not need it)."""
+        return self.compiler.point_in_time()
 
     @cached_property
     def raw_sql(self) -> str:
