@@ -33,7 +33,6 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import duckdb
-import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -46,7 +45,7 @@ from trellis.explain import ObliviousExplainer
 from trellis.modeling import prepare_features
 from trellis.registry import CHAMPION, RegistryError, load_alias
 from trellis.spec import Model, Project
-from trellis.training import EVENT_TIME, FEATURE_SCHEMA, LABEL, _model, _parts
+from trellis.training import EVENT_TIME, FEATURE_SCHEMA, LABEL, _model, _parts, training_set_sql
 
 _PLACEHOLDER = "__trellis_scoring_source__"  # schema the training SQL is rendered against, then replaced
 
@@ -85,7 +84,8 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str |
         raise ScoringError(f"model {model.name!r}: spine and label source are the same table; not supported")
     join_key = model.label.join_key
     parts = _parts(project, model, end, _PLACEHOLDER, feature_schema, primary_key_join)
-    sql = str(ibis.to_sql(parts.output, dialect="duckdb"))  # == training_set_sql(...), parts reused below
+    sql = training_set_sql(project, model, end, source_schema=_PLACEHOLDER, feature_schema=feature_schema,
+                           primary_key_join=primary_key_join)
 
     event_time = f"CAST({_q(spine.event_time)} AS TIMESTAMP)"
     spine_day = (f"(SELECT * FROM {_q(source_schema)}.{_q(spine.name)} "
