@@ -37,9 +37,11 @@ Paths:
   its share of the connections (raw HTTP/1.1 over asyncio streams, requests pre-encoded, closed loop: a
   connection sends its next request when the previous answer is in). It runs ``--duration`` seconds after
   a 2 s warm-up. The machine has 2 cores, shared by the server workers and the load generator;
-* in-process: ``OnlineFeatures.vector`` (read the state blob, decode, evaluate every feature of the group)
-  and the raw ``OnlineStore.read_values`` for one entity, ``Scorer.score`` with and without reason codes;
-  every call individually timed; then a cProfile of ``Scorer.score``.
+* in-process: ``OnlineFeatures.vector`` (read the state blob, decode it unless it is byte-equal to the one
+  last decoded for that entity, evaluate every feature of the group), ``OnlineFeatures.vectors`` of the
+  model's three groups (one SQLite statement) and the raw ``OnlineStore.read_values`` for one entity,
+  ``Scorer.score`` with and without reason codes; every call individually timed; then a cProfile of
+  ``Scorer.score``.
 
 Checks (exit status 1 when one fails): every HTTP answer is 200; ours carry a score in [0, 1] and three
 reasons when asked; feast's carry one value per requested feature.
@@ -423,6 +425,8 @@ def in_process(project: Path, transactions: list[dict[str, Any]], calls: int, pr
         return times
 
     out["online_vector"] = timed(lambda a: online.vector(*a), lookups)
+    triples = [([(g, tx[k]) for g, k in scorer.groups], to_us(tx["tx_datetime"])) for tx in requests]
+    out["online_vectors"] = timed(lambda a: online.vectors(*a), triples)
     out["store_read_values"] = timed(lambda a: store.read_values(a[0], [a[1]], STATE_FIELD), keys)
     out["scorer_score"] = timed(lambda r: scorer.score(r), requests)
     out["scorer_score_noexplain"] = timed(lambda r: scorer.score(r, explain=False), requests)
@@ -613,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     local = in_process(project, transactions, args.calls, args.profile_calls, args.profile_top)
     for name, label, target_text in (
             ("online_vector", "in-process OnlineFeatures.vector (1 entity)", "p50 <= 100 us"),
+            ("online_vectors", "in-process OnlineFeatures.vectors (3 groups)", "-"),
             ("store_read_values", "in-process OnlineStore.read_values (1 key)", "p50 <= 100 us"),
             ("scorer_score", "in-process Scorer.score (reasons)", "-"),
             ("scorer_score_noexplain", "in-process Scorer.score(explain=False)", "-")):

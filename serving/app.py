@@ -10,10 +10,16 @@ Endpoints: ``POST /v1/score``, ``POST /v1/score/batch``, ``POST /v1/events``, ``
 ``POST /v1/model/reload``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``; OpenAPI at ``/docs``.
 Errors: 4xx with a message naming the field and value for bad input; 503 with the reason when the online
 store or the model is unavailable; never a 500 for anything a client sends.
+
+The two scoring endpoints are declared as FastAPI routes (OpenAPI, validation errors, everything unusual) but
+a well-formed request is answered by ``ScoringApp``'s lean ASGI path first (see ``FastScoring``): FastAPI's
+per-request machinery (routing, dependency solving, request objects, middleware layers) cost about as much
+CPU as the scoring itself.
 """
 
 
 import logging
+import math
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -22,6 +28,9 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Body, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -91,6 +100,138 @@ class MetricsMiddleware:
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
 
 
+# The query strings of ``POST /v1/score`` the lean path reads itself: each flag spelled as FastAPI's bool
+# parsing reads it. Anything else (another spelling, percent-encoding, an unknown parameter) goes to FastAPI.
+_FLAGS = {f"{name}={text}".encode(): (name, value) for name in ("include_features", "explain")
+          for text, value in (("true", True), ("false", False), ("1", True), ("0", False))}
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class FastScoring:
+    """``POST /v1/score`` and ``POST /v1/score/batch`` answered without FastAPI's per-request machinery, with
+    FastAPI's behaviour: the body is parsed into the same Python objects FastAPI's ``json.loads`` gives and
+    validated by the same pydantic models, so a request validates here only when it does there, into the
+    same values. Whatever this path is not certain to answer the same way (another content type, a query
+    parameter it does not read, invalid JSON, a validation error, a batch over ``max_batch``, no service
+    yet) is handed to the FastAPI app with its body replayed: every error body is FastAPI's own. The answers
+    (200, 503 with the reason, 422 for a state error) and the metrics are those of the routes."""
+
+    def __init__(self, app: FastAPI, score_request: Any, metrics: Metrics, max_batch: int,
+                 score_one: Any):
+        self.app, self.score_request, self.max_batch, self.score_one = app, score_request, max_batch, score_one
+        self.paths = {"/v1/score": False, "/v1/score/batch": True}  # path -> is a batch
+        self.latency = {path: metrics.latency.labels(path) for path in self.paths}
+        self.requests: dict[tuple[str, int], Any] = {}  # (path, status) -> counter child
+        self.metrics = metrics
+        self.answered = 0  # requests this path answered itself (the rest went to FastAPI)
+
+    def flags(self, query: bytes) -> dict[str, bool] | None:
+        if not query:
+            return {}
+        out: dict[str, bool] = {}
+        for part in query.split(b"&"):
+            flag = _FLAGS.get(part)
+            if flag is None or flag[0] in out:
+                return None
+            out[flag[0]] = flag[1]
+        return out
+
+    def answer(self, scope: dict, body: bytes) -> tuple[int, bytes] | None:
+        """(status, JSON bytes), or None: let FastAPI answer."""
+        content_type = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.lower()
+                break
+        if content_type != b"application/json" and not (content_type or b"").startswith(b"application/json;"):
+            return None
+        batch = self.paths[scope["path"]]
+        flags = self.flags(scope["query_string"]) if not batch else ({} if not scope["query_string"] else None)
+        service = getattr(self.app.state, "service", None)
+        if flags is None or service is None:
+            return None
+        try:
+            # orjson gives what Starlette's json.loads gives for every body it takes (it refuses NaN, a BOM,
+            # lone surrogates: FastAPI answers those), except an integer beyond 64 bits, which it gives as the
+            # equal float: a field that takes the float then takes the integer as that float, the others (strict
+            # integers, strings, booleans) refuse it and FastAPI answers from its own parse.
+            data = orjson.loads(body)
+            if not batch:
+                request = self.score_request.model_validate(data).model_dump()
+            elif type(data) is list and len(data) <= self.max_batch:
+                requests = [self.score_request.model_validate(item).model_dump() for item in data]
+            else:
+                return None
+        except Exception:  # invalid JSON or body: FastAPI gives its own answer (422 or 400)
+            return None
+        try:
+            if not batch:
+                result = self.score_one(service, request, flags.get("include_features", False),
+                                        flags.get("explain", True))
+            else:
+                result = {"results": [self.score_one(service, item) for item in requests]}
+        except (StoreUnavailable, ModelNotLoaded) as exc:
+            return 503, orjson.dumps({"detail": str(exc)})
+        except StateError as exc:
+            return 422, orjson.dumps({"detail": str(exc)})
+        return 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any, fallback: Any) -> None:
+        started = time.perf_counter()
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        path, status = scope["path"], 500
+        try:
+            answer = self.answer(scope, body)
+            if answer is None:
+                replayed = False
+
+                async def replay() -> dict:
+                    nonlocal replayed
+                    if replayed:
+                        return await receive()
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                path = None  # FastAPI's own MetricsMiddleware records it
+                await fallback(scope, replay, send)
+                return
+            status, data = answer
+            self.answered += 1
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-length", str(len(data)).encode()), *_JSON_HEADERS]})
+            await send({"type": "http.response.body", "body": data})
+        finally:
+            if path is not None:
+                self.latency[path].observe(time.perf_counter() - started)
+                counter = self.requests.get((path, status))
+                if counter is None:
+                    counter = self.requests[path, status] = self.metrics.requests.labels(path, str(status))
+                counter.inc()
+
+
+class ScoringApp(FastAPI):
+    """The FastAPI app, with the scoring endpoints' lean path (``FastScoring``) in front."""
+
+    fast_scoring: FastScoring | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        fast = self.fast_scoring
+        if (fast is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"] in fast.paths and not scope.get("root_path")):
+            scope["app"] = self
+            await fast(scope, receive, send, super().__call__)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 class Service:
     """What the lifespan opens: the store, the online features, the scorer and the alias watcher."""
 
@@ -150,11 +291,22 @@ class Service:
         self.store.close()
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its text (``nan``, ``inf``, ``-inf``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _unavailable(reason: str) -> ORJSON:
     return ORJSON({"detail": reason}, status_code=503)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ScoringApp:
     settings = settings or Settings()
     project = load_project(settings.project)
     definition = project.models.get(settings.model, None)
@@ -176,19 +328,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             service.stop()
 
-    app = FastAPI(title="Trellis scoring", version="1", lifespan=lifespan, default_response_class=ORJSON,
+    app = ScoringApp(title="Trellis scoring", version="1", lifespan=lifespan, default_response_class=ORJSON,
                   description=f"Real-time scores of model {settings.model!r} (alias {settings.alias!r}).")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, also when the echoed input holds a non-finite number (a body with ``NaN`` or
+        ``Infinity``, which Python's JSON parser takes): FastAPI's own handler cannot render it (a 500)."""
+        try:
+            return await request_validation_exception_handler(request, exc)
+        except ValueError:
+            return JSONResponse({"detail": jsonable_encoder(_finite(exc.errors()))}, status_code=422)
+
     def service_of(request: Request) -> Service:
         return request.app.state.service
+
+    decisions: dict[tuple[str, str, str], Any] = {}  # (decision, model, version) -> counter child
 
     def score_one(service: Service, body: dict[str, Any], include_features: bool = False,
                   explain: bool = True) -> dict[str, Any]:
         result = service.scorer.score(body, explain=explain, with_features=include_features)
         model = result["model"]
-        metrics.decisions.labels(result["decision"], model["name"], model["version"]).inc()
+        key = (result["decision"], model["name"], model["version"])
+        counter = decisions.get(key)
+        if counter is None:
+            counter = decisions[key] = metrics.decisions.labels(*key)
+        counter.inc()
         return result
+
+    if settings.fast_scoring:
+        app.fast_scoring = FastScoring(app, ScoreRequest, metrics, settings.max_batch, score_one)
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=UNAVAILABLE)
     async def score(request: Request, body: ScoreRequest,  # type: ignore[valid-type]
@@ -265,4 +435,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-__all__ = ["Service", "create_app"]
+__all__ = ["FastScoring", "ScoringApp", "Service", "create_app"]

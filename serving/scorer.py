@@ -38,14 +38,6 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
 
 
-def _number(value: Any) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    return float(value)
-
-
 class Scorer:
     """Feature assembly and scoring for one model definition; the served model can be swapped at any time
     (``swap``), atomically for requests in flight."""
@@ -65,6 +57,8 @@ class Scorer:
                 raise ValueError(f"model {self.definition.name!r} uses group {name!r}, which is not online")
             self.groups.append((name, project.entities[group.entity].join_key))
         self.stored = {f.qualified: (f.group, f.name) for f in stored}
+        self.qualified = [{name: f"{group}__{name}" for name in online.specs[group].feature_names}
+                          for group, _ in self.groups]  # per group: feature -> model input name
         types = {q: f.dtype for q, f in ((f.qualified, f) for f in stored)}
         self.request_fields: dict[str, str] = {}
         for request_set in requests:
@@ -114,18 +108,20 @@ class Scorer:
         context: dict[str, Any] = {name: request.get(name) for name in self.request_fields}
         context[self.time_field] = request[self.time_field]
         defaults = []
-        for group, join_key in self.groups:
-            vector = self.online.vector(group, request.get(join_key), t_us)
+        vectors = self.online.vectors([(group, request.get(join_key)) for group, join_key in self.groups], t_us)
+        for (group, _), vector, names in zip(self.groups, vectors, self.qualified, strict=True):
             if not vector.known:
                 defaults.append(group)
             for name, value in vector.values.items():
-                context[f"{group}__{name}"] = value
+                context[names.get(name) or f"{group}__{name}"] = value
         for name, function in self.request_features.items():
             context[name] = function(context)
         return context, defaults
 
     def row(self, context: Mapping[str, Any], model: LoadedModel) -> np.ndarray:
-        return np.array([_number(context[name]) for name in model.feature_names], dtype=np.float64)
+        nan = math.nan  # None is missing; float() also maps bools to 1.0 / 0.0
+        return np.array([nan if (v := context[name]) is None else float(v) for name in model.feature_names],
+                        dtype=np.float64)
 
     # -- scoring -----------------------------------------------------------------------------------------
 

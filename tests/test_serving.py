@@ -168,6 +168,12 @@ def test_missing_field_and_malformed_json(client):
     response = client.post("/v1/score", content=b'{"customer_id": 1,', headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
+    # Python's JSON parser takes NaN and Infinity: still a 422 naming the field, not a failure to render it
+    response = client.post("/v1/score", content=b'{"tx_datetime": "2018-07-01T00:00:00", "tx_amount": NaN}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert (["body", "tx_amount"], "finite_number", "nan") in [
+        (e["loc"], e["type"], e["input"]) for e in response.json()["detail"]]
 
 
 def test_batch_scores_every_request_in_order(client, served):
@@ -257,3 +263,68 @@ def test_alias_moves_without_restart_or_failed_requests(client, served):
         worker.join()
     assert statuses and set(statuses) == {200}
     assert {"1", "2"} <= versions
+
+
+def test_lean_scoring_path_answers_byte_for_byte_as_the_fastapi_routes(served):
+    """Well-formed scoring requests are answered by the app's lean ASGI path (``FastScoring``); with it off
+    (``fast_scoring=False``) FastAPI's routes answer everything. Same status, headers and bytes either way:
+    flags, batches, state errors, and everything the lean path hands to FastAPI (bad input, other spellings of
+    the flags, other content types, an oversized batch)."""
+    _, settings, paths = served
+    txs = [request_of(t) for t in last_day_transactions(paths, 6)]
+    old = (datetime.fromisoformat(txs[0]["tx_datetime"]) - timedelta(days=40)).isoformat()
+    json_cases = [
+        ("/v1/score", {}, txs[0]),
+        ("/v1/score", {"include_features": "true"}, txs[1]),
+        ("/v1/score", {"explain": "false", "include_features": "1"}, txs[2]),
+        ("/v1/score", {"explain": "0"}, txs[3]),
+        ("/v1/score", {"explain": "no"}, txs[3]),  # FastAPI's bool parsing reads more spellings
+        ("/v1/score", {"include_features": "TRUE"}, txs[4]),
+        ("/v1/score", {"explain": "maybe"}, txs[4]),
+        ("/v1/score", {"unknown": "1"}, txs[5]),
+        ("/v1/score", {}, {**txs[0], "tx_amount": -1.0}),
+        ("/v1/score", {}, {**txs[0], "customer_id": 2**70}),
+        ("/v1/score", {}, {k: v for k, v in txs[0].items() if k != "tx_datetime"}),
+        ("/v1/score", {}, {**txs[0], "tx_datetime": old}),  # a state error: 422 with the reason
+        ("/v1/score", {}, [txs[0]]),
+        ("/v1/score/batch", {}, txs),
+        ("/v1/score/batch", {}, []),
+        ("/v1/score/batch", {}, [txs[0], {**txs[1], "tx_amount": "x"}]),
+        ("/v1/score/batch", {}, [txs[0]] * (settings.max_batch + 1)),
+        ("/v1/score/batch", {}, txs[0]),
+    ]
+    raw_cases = [
+        ("/v1/score", b'{"customer_id": 1,', "application/json"),
+        ("/v1/score", b"", "application/json"),
+        ("/v1/score", b'{"tx_amount": NaN}', "application/json"),
+        ("/v1/score", b"\xff\xfe", "application/json"),
+        ("/v1/score", json_bytes(txs[0]), "application/json; charset=utf-8"),
+        ("/v1/score", json_bytes(txs[0]), "text/plain"),
+        ("/v1/score", json_bytes(txs[0]), "application/vnd.trellis+json"),
+    ]
+    slow_settings = settings.model_copy(update={"fast_scoring": False})
+    with TestClient(create_app(settings)) as fast, TestClient(create_app(slow_settings)) as slow:
+        assert slow.app.fast_scoring is None
+
+        def same(path: str, **request: Any) -> int:
+            a, b = fast.post(path, **request), slow.post(path, **request)
+            assert (a.status_code, a.headers.get("content-type"), a.content) == \
+                (b.status_code, b.headers.get("content-type"), b.content), (path, request)
+            return a.status_code
+
+        statuses = [same(path, params=params, json=body) for path, params, body in json_cases]
+        statuses += [same(path, content=body, headers={"content-type": kind}) for path, body, kind in raw_cases]
+        assert {200, 422} <= set(statuses)
+        # The lean path answered the well-formed ones (four flag spellings, a state error, two batches, a
+        # charset parameter) and handed every other request to FastAPI.
+        assert fast.app.fast_scoring.answered == 8
+        metrics = fast.get("/metrics").text
+        assert 'trellis_requests_total{endpoint="/v1/score",status="200"}' in metrics
+        assert 'trellis_requests_total{endpoint="/v1/score",status="422"}' in metrics
+        assert 'trellis_requests_total{endpoint="/v1/score/batch",status="200"}' in metrics
+
+
+def json_bytes(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value).encode()

@@ -3,6 +3,7 @@ vectors as of a request time. Used by the scoring service, the parity replay and
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -23,8 +24,10 @@ from trellis.online.state import (
     row_mapper,
     state_view,
 )
-from trellis.online.store import OnlineStore, decode_bytes_value, encode_values, key_encoder
+from trellis.online.store import OnlineStore, StoreUnavailable, decode_bytes_value, encode_values, key_encoder
 from trellis.spec import Project
+
+TAIL_CACHE_BYTES = 64 << 20  # decoded tails kept per OnlineFeatures (about; emptied when over)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class OnlineFeatures:
             self.encoders[g] = key_encoder(entity.join_key, entity.key_type)
             self.by_source[group.source].append(g)
         self._lock = threading.Lock()
+        # Decoded tails by (group, key bytes), each with the stored value it was decoded from: a read whose
+        # value is byte-equal to the cached one reuses the decoded tail (decoding is a pure function of those
+        # bytes), anything else decodes afresh. Every read still goes to the store, so ingestion and a
+        # materialization by another process are seen at once: no invalidation to get wrong.
+        self._tails: dict[tuple[str, bytes], tuple[bytes, Tail]] = {}
+        self._tails_bytes = 0
+        self._union_sql: dict[tuple[str, ...], str] = {}
 
     # -- ingestion ---------------------------------------------------------------------------------------
 
@@ -96,24 +106,74 @@ class OnlineFeatures:
     # -- serving -----------------------------------------------------------------------------------------
 
     def tail(self, group: str, key: Any) -> Tail | None:
-        blob = self.store.read_values(state_view(group), [self.encoders[group](key)], STATE_FIELD)[0]
-        data = decode_bytes_value(blob)
-        return None if data is None else Tail.decode(self.specs[group], data)
+        encoded = self.encoders[group](key)
+        return self._decoded(group, encoded, self.store.read_values(state_view(group), [encoded], STATE_FIELD)[0])
+
+    def _decoded(self, group: str, encoded: bytes, value: bytes | None) -> Tail | None:
+        """The tail stored as ``value`` (a serialised Feast value; None: no state), decoded once per distinct
+        value of an entity."""
+        if not value:
+            return None
+        cache_key = (group, encoded)
+        hit = self._tails.get(cache_key)
+        if hit is not None and hit[0] == value:
+            return hit[1]
+        tail = Tail.decode(self.specs[group], decode_bytes_value(value))
+        if self._tails_bytes > TAIL_CACHE_BYTES:
+            self._tails, self._tails_bytes = {}, 0
+        self._tails[cache_key] = (value, tail)
+        self._tails_bytes += 2 * len(value)  # the value and the decoded copy
+        return tail
 
     def vector(self, group: str, key: Any, t_us: int) -> GroupVector:
         """The group's features for entity ``key`` as of ``t_us`` (µs since the epoch)."""
-        tail = None if key is None else self.tail(group, key)
-        if tail is None:
-            return GroupVector(dict(self.defaults[group]), known=False)
-        spec = self.specs[group]
-        if spec.horizon_us is not None and len(tail) and t_us < int(tail.event_us[-1]) - SLACK_US:
-            newest = int(tail.event_us[-1])
-            raise StateError(
-                f"{self.entity_keys[group]}={key!r}: request time {_iso(t_us)} is more than "
-                f"{SLACK_US // 3_600_000_000} h before the newest {spec.group} row of this entity "
-                f"({_iso(newest)}); the online state keeps only what requests from then on need "
-                f"(score older times offline: trellis.scoring)")
-        return GroupVector(evaluate(spec, tail, t_us), known=True)
+        return self.vectors([(group, key)], t_us)[0]
+
+    def vectors(self, wanted: Sequence[tuple[str, Any]], t_us: int) -> list[GroupVector]:
+        """``vector`` of several ``(group, key)`` as of the same time; their states are read together (SQLite:
+        in one statement)."""
+        encoded = [None if key is None else self.encoders[group](key) for group, key in wanted]
+        reads = [(group, k) for (group, _), k in zip(wanted, encoded, strict=True) if k is not None]
+        values = iter(self._read_states(reads))
+        out = []
+        for (group, key), k in zip(wanted, encoded, strict=True):
+            tail = None if k is None else self._decoded(group, k, next(values))
+            if tail is None:
+                out.append(GroupVector(dict(self.defaults[group]), known=False))
+                continue
+            spec = self.specs[group]
+            if spec.horizon_us is not None and len(tail) and t_us < int(tail.event_us[-1]) - SLACK_US:
+                newest = int(tail.event_us[-1])
+                raise StateError(
+                    f"{self.entity_keys[group]}={key!r}: request time {_iso(t_us)} is more than "
+                    f"{SLACK_US // 3_600_000_000} h before the newest {spec.group} row of this entity "
+                    f"({_iso(newest)}); the online state keeps only what requests from then on need "
+                    f"(score older times offline: trellis.scoring)")
+            out.append(GroupVector(evaluate(spec, tail, t_us), known=True))
+        return out
+
+    def _read_states(self, wanted: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        """The stored state value of each ``(group, key bytes)`` (None: no state). SQLite: one ``union all``
+        statement over the groups' tables on the store's reader connection, one round trip instead of one
+        per group (about 13 µs less for three groups)."""
+        store = self.store
+        if store.kind != "sqlite" or len(wanted) < 2:
+            return [store.read_values(state_view(group), [key], STATE_FIELD)[0] for group, key in wanted]
+        groups = tuple(group for group, _ in wanted)
+        sql = self._union_sql.get(groups)
+        if sql is None:
+            sql = self._union_sql[groups] = " union all ".join(
+                f'select {i}, value from "{store.table(state_view(group))}" where entity_key = ? and '
+                f'feature_name = ?' for i, group in enumerate(groups))
+        try:
+            rows = store._connection().execute(sql, [x for _, key in wanted for x in (key, STATE_FIELD)]).fetchall()
+        except sqlite3.Error as exc:
+            views = ", ".join(repr(state_view(group)) for group in groups)
+            raise StoreUnavailable(f"online store {store.path}, views {views}: {exc}") from None
+        out: list[bytes | None] = [None] * len(wanted)
+        for i, value in rows:
+            out[i] = value
+        return out
 
 
 def _iso(t_us: int) -> str:

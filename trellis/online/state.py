@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 import struct
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -115,6 +117,20 @@ class GroupSpec:
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
 
+    @cached_property
+    def plan(self) -> tuple[tuple[tuple[int | None, int], ...], int, tuple[tuple[str, str, int | None, int, int,
+                                                                                   str], ...]]:
+        """What ``evaluate`` walks: the distinct windows ``(lower_us, upper_us)``, the number of distinct
+        (column, window) pairs, and per feature ``(name, agg, column, window index, pair index, dtype)``."""
+        windows = tuple(dict.fromkeys((f.lower_us, f.upper_us) for f in self.features))
+        pairs: dict[tuple[int | None, int], int] = {}
+        features = []
+        for f in self.features:
+            w = windows.index((f.lower_us, f.upper_us))
+            pair = pairs.setdefault((f.column, w), len(pairs))
+            features.append((f.name, f.agg, f.column, w, pair, f.dtype))
+        return windows, len(pairs), tuple(features)
+
 
 def _us(delta: Any) -> int:
     return int(round(delta.total_seconds() * MICROS))
@@ -180,6 +196,14 @@ class Tail:
 
     def __len__(self) -> int:
         return len(self.event_us)
+
+    def lists(self) -> TailLists:
+        """This tail as Python lists (built on first use, kept while the tail's arrays are these)."""
+        lists, source = self.__dict__.get("_lists", (None, None))
+        if lists is None or source is not self.event_us:
+            lists = TailLists.of(self)
+            self.__dict__["_lists"] = (lists, self.event_us)
+        return lists
 
     @classmethod
     def empty(cls, spec: GroupSpec) -> Tail:
@@ -350,97 +374,142 @@ def _welford_std(values: list[float]) -> float | None:
     """Sample standard deviation by Welford's update: exact zero for equal values, as DuckDB's is."""
     if len(values) < 2:
         return None
-    mean = 0.0
-    m2 = 0.0
-    for i, x in enumerate(values, start=1):
+    mean = m2 = i = 0.0  # a float count: the same quotients as an int one, without the conversion
+    for x in values:
+        i += 1.0
         delta = x - mean
         mean += delta / i
         m2 += delta * (x - mean)
     return math.sqrt(m2 / (len(values) - 1))
 
 
-def _aggregate(agg: str, values: np.ndarray, event_us: np.ndarray, dtype: str,
-               items: list[Any] | None = None) -> Any:
-    """One aggregation over the window's present values; ``items`` is ``values.tolist()`` when the caller
-    already has it (several features of a group often read the same column over the same window)."""
-    n = len(values)
+@dataclass(frozen=True)
+class TailLists:
+    """A tail as Python lists, for evaluation: request-time evaluation is a few dozen small operations per
+    group, each far cheaper on lists (bisect, slices, ``math.fsum``) than a numpy call. Built once per tail
+    (``Tail.lists``); a decoded tail that is reused (``OnlineFeatures`` keeps them) keeps its lists."""
+
+    events: list[int]
+    avail: list[int]
+    avail_upto: list[int]  # [i]: the latest available-at time of rows 0..i
+    columns: list[list[Any]]
+    nulls: list[frozenset[int] | None]  # per input: indexes of the null rows (NaN, None, masked), or None
+
+    @classmethod
+    def of(cls, tail: Tail) -> TailLists:
+        columns: list[list[Any]] = []
+        nulls: list[frozenset[int] | None] = []
+        for column, mask in zip(tail.columns, tail.nulls, strict=True):
+            columns.append(column.tolist())
+            if mask is None and column.dtype == np.float64:
+                mask = np.isnan(column)
+            elif mask is None and column.dtype == object:
+                mask = np.fromiter((v is None for v in columns[-1]), bool, len(column))
+            nulls.append(frozenset(np.flatnonzero(mask).tolist()) if mask is not None and mask.any() else None)
+        return cls(tail.event_us.tolist(), tail.avail_us.tolist(), np.maximum.accumulate(tail.avail_us).tolist(),
+                   columns, nulls)
+
+
+def _present(lists: TailLists, column: int, start: int, stop: int,
+             drop: tuple[int, ...] | None) -> tuple[list[Any], list[int] | None]:
+    """The present values of ``column`` in rows ``start:stop`` except ``drop`` (rows of the range not yet
+    available), and their row indexes (None: every row of the range)."""
+    values = lists.columns[column]
+    nulls = lists.nulls[column]
+    if nulls is None and drop is None:
+        return values[start:stop], None
+    skip = set(drop or ())
+    if nulls is not None:
+        skip.update(i for i in nulls if start <= i < stop)
+    if not skip:
+        return values[start:stop], None
+    items, rows = values[start:stop], list(range(start, stop))
+    for i in sorted(skip, reverse=True):  # usually a few rows: the newest ones, or a few nulls
+        del items[i - start], rows[i - start]
+    return items, rows
+
+
+def _aggregate(agg: str, items: list[Any], dtype: str, lists: TailLists, start: int,
+               rows: list[int] | None) -> Any:
+    """One aggregation over the window's present values ``items`` (rows ``rows``, or ``start:`` in order)."""
+    n = len(items)
     if agg == "count":
         return n
     if agg == "count_distinct":
-        return len(set(values.tolist() if items is None else items))
+        return len(set(items))
     if agg == "sum":
         if dtype == "float64":
-            return float(math.fsum(values.tolist() if items is None else items)) if n else 0.0
-        return int(values.sum()) if n else 0
+            return float(math.fsum(items)) if n else 0.0
+        if n and isinstance(items[0], float):  # an integer sum of a float column: numpy's summation, as before
+            return int(np.asarray(items, dtype=np.float64).sum())
+        return int(sum(items)) if n else 0
     if n == 0:
         return None
     if agg == "mean":
-        return math.fsum(values.tolist() if items is None else items) / n
+        return math.fsum(items) / n
     if agg == "std":
-        return _welford_std(values.tolist() if items is None else items)
-    if agg in ("min", "max"):
-        value = values.min() if agg == "min" else values.max()
-        return value if isinstance(value, str) else value.item()
-    if agg in ("last", "first"):
-        i = int(np.argmax(event_us)) if agg == "last" else int(np.argmin(event_us))
-        value = values[i]
-        return value if isinstance(value, str) else value.item()
+        return _welford_std(items)
+    if agg == "min":
+        return min(items)
+    if agg == "max":
+        return max(items)
+    if agg == "first":  # the earliest row; rows are in time order
+        return items[0]
+    if agg == "last":  # the first row of the latest event time (ties keep row order, as offline)
+        events = lists.events
+        j = n - 1
+        newest = events[start + j if rows is None else rows[j]]
+        while j and events[start + j - 1 if rows is None else rows[j - 1]] == newest:
+            j -= 1
+        return items[j]
     raise StateError(f"unknown aggregation {agg!r}")
-
-
-_LISTED = frozenset(("count_distinct", "sum", "mean", "std"))  # aggregations that read values.tolist()
 
 
 def evaluate(spec: GroupSpec, tail: Tail, t_us: int) -> dict[str, Any]:
     """Every feature of the group as of ``t_us`` (µs since the epoch), under the section-3 rule.
 
-    Work shared by features is done once per request: the bounds and availability mask of each window, and
-    the present values of each (column, window) with their Python list."""
+    Work shared by features is done once per request: the bounds and not-yet-available rows of each window,
+    and the present values of each (column, window)."""
+    lists = tail.lists()
+    events = lists.events
+    window_specs, n_pairs, features = spec.plan
+    windows: list[tuple[int, int, tuple[int, ...] | None]] = []
+    reach = 0  # rows before this index are in some window
+    for lower, upper in window_specs:
+        stop = bisect_right(events, t_us - upper)
+        start = 0 if lower is None else bisect_left(events, t_us - lower)
+        windows.append((start, max(start, stop), None))
+        reach = max(reach, stop)
+    upto = lists.avail_upto  # rows before bisect(upto, t) are all available at t; later ones may not be
+    first_late = bisect_left(upto, t_us, 0, reach) if spec.strict else bisect_right(upto, t_us, 0, reach)
+    if first_late < reach:  # some row a window reaches is not available yet at t: leave it out
+        avail = lists.avail
+        late = [i for i in range(first_late, reach) if (avail[i] >= t_us if spec.strict else avail[i] > t_us)]
+        for w, (start, stop, _) in enumerate(windows):
+            first, last = bisect_left(late, start), bisect_left(late, stop)
+            if last > first:
+                windows[w] = (start, stop, tuple(late[first:last]))
     out: dict[str, Any] = {}
-    windows: dict[tuple[int | None, int], tuple[slice, np.ndarray | None]] = {}
-    present_values: dict[tuple[int, int | None, int], list[Any]] = {}  # [values, times, items or None]
-    events = tail.event_us
-    late = None  # rows whose available_at rules them out at t
-    if len(tail):
-        late = tail.avail_us >= t_us if spec.strict else tail.avail_us > t_us
-        if not late.any():
-            late = None
-    for feature in spec.features:
-        key = (feature.lower_us, feature.upper_us)
-        if key not in windows:
-            stop = int(events.searchsorted(t_us - feature.upper_us, side="right"))
-            start = 0 if feature.lower_us is None else int(
-                events.searchsorted(t_us - feature.lower_us, side="left"))
-            keep = None if late is None else ~late[start:stop]
-            windows[key] = (slice(start, max(start, stop)), keep)
-        window, keep = windows[key]
-        if feature.column is None:
-            out[feature.name] = (window.stop - window.start) if keep is None else int(keep.sum())
+    present: list[tuple[list[Any], list[int] | None] | None] = [None] * n_pairs
+    fsum = math.fsum
+    for name, agg, column, w, pair, dtype in features:
+        start, stop, drop = windows[w]
+        if column is None:
+            out[name] = stop - start - (len(drop) if drop else 0)
             continue
-        cache_key = (feature.column, *key)
-        cached = present_values.get(cache_key)
-        if cached is None:
-            values = tail.columns[feature.column][window]
-            times = events[window]
-            present = keep
-            mask = tail.nulls[feature.column]
-            if mask is not None:
-                present = ~mask[window] if present is None else present & ~mask[window]
-            elif values.dtype == np.float64:
-                nan = np.isnan(values)
-                if nan.any():
-                    present = ~nan if present is None else present & ~nan
-            elif values.dtype == object:
-                none = np.array([v is None for v in values], dtype=bool)
-                if none.any():
-                    present = ~none if present is None else present & ~none
-            if present is not None:
-                values, times = values[present], times[present]
-            cached = present_values[cache_key] = [values, times, None]
-        values, times, items = cached
-        if items is None and feature.agg in _LISTED:
-            items = cached[2] = values.tolist()
-        out[feature.name] = _aggregate(feature.agg, values, times, feature.dtype, items)
+        values = present[pair]
+        if values is None:
+            values = present[pair] = _present(lists, column, start, stop, drop)
+        items = values[0]
+        # The common aggregations inline (a function call per feature is a good part of the cost).
+        if agg == "mean":
+            out[name] = fsum(items) / len(items) if items else None
+        elif agg == "max":
+            out[name] = max(items) if items else None
+        elif agg == "count":
+            out[name] = len(items)
+        else:
+            out[name] = _aggregate(agg, items, dtype, lists, start, values[1])
     return out
 
 
@@ -536,6 +605,7 @@ __all__ = [
     "RowMapper",
     "StateError",
     "Tail",
+    "TailLists",
     "empty_values",
     "evaluate",
     "evaluate_rows",
