@@ -12,6 +12,7 @@ Feast's Redis online store at 127.0.0.1:6379.
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import signal
@@ -43,11 +44,17 @@ from trellis.online.state import STATE_FIELD, group_spec, state_view, to_us
 from trellis.online.store import (
     OnlineStore,
     StoreUnavailable,
+    ViewBatch,
     decode_bytes_value,
     encode_key,
+    encode_keys,
     encode_values,
+    feast_event_seconds,
     feast_event_ts,
     key_encoder,
+    key_order,
+    value_text,
+    value_texts,
 )
 from trellis.spec import Project, load_project
 
@@ -83,6 +90,7 @@ def test_int64_key_bytes_equal_feasts(name: str, value: int) -> None:
     assert encode_key(name, value, "int64") == want
     assert key_encoder(name, "int64")(value) == want
     assert key_encoder(name, "int64")(np.int64(value)) == want
+    assert encode_keys(name, "int64", np.array([value, value], dtype=np.int64)) == [want, want]
 
 
 @settings(max_examples=200, deadline=None)
@@ -95,6 +103,7 @@ def test_int32_key_bytes_equal_feasts(name: str, value: int) -> None:
     assert encode_key(name, value, "int32") == want
     assert key_encoder(name, "int32")(value) == want
     assert key_encoder(name, "int32")(np.int32(value)) == want
+    assert encode_keys(name, "int32", np.array([value], dtype=np.int32)) == [want]
 
 
 @settings(max_examples=200, deadline=None)
@@ -105,6 +114,19 @@ def test_string_key_bytes_equal_feasts(name: str, value: str) -> None:
     want = feast_key(name, value, "string")
     assert encode_key(name, value, "string") == want
     assert key_encoder(name, "string")(value) == want
+    assert encode_keys(name, "string", [value]) == [want]
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(INT64, max_size=50, unique=True), key_type=st.sampled_from(["int64", "int32"]))
+@example(values=[0, 1, 255, 256, -1, -(2**31), 2**31 - 1], key_type="int32")
+def test_key_order_is_the_byte_order_of_feasts_keys(values: list[int], key_type: str) -> None:
+    """The materialiser writes in the primary key's order; for integer keys it sorts with numpy."""
+    if key_type == "int32":
+        values = [v for v in values if -(2**31) <= v < 2**31]
+    numbers = np.array(values, dtype=np.int64 if key_type == "int64" else np.int32)
+    keys = encode_keys("customer_id", key_type, numbers[key_order(key_type, numbers)])
+    assert keys == sorted(feast_key("customer_id", v, key_type) for v in values)
 
 
 FEAST_TYPES = {"float64": "DOUBLE", "int64": "INT64", "int32": "INT32", "bool": "BOOL", "bytes": "BYTES",
@@ -117,6 +139,25 @@ def feast_values(logical: str, values: list[Any]) -> list[bytes]:
 
     protos = python_values_to_proto_values(list(values), getattr(ValueType, FEAST_TYPES[logical]))
     return [p.SerializeToString() for p in protos]
+
+
+def feast_texts(logical: str, values: list[Any]) -> list[str | None]:
+    """The value_text Feast's SQLite online store writes for each value."""
+    from feast.infra.online_stores.helpers import extract_text_and_num
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    protos = python_values_to_proto_values(list(values), getattr(ValueType, FEAST_TYPES[logical]))
+    return [extract_text_and_num(p, False)[0] for p in protos]
+
+
+def assert_texts_equal_feasts(logical: str, values: list[Any], array: np.ndarray | None = None,
+                              null: np.ndarray | None = None) -> None:
+    want = feast_texts(logical, values)
+    assert value_texts(logical, values) == want
+    assert [value_text(m) for m in encode_values(logical, values)] == want
+    if array is not None:
+        assert value_texts(logical, array, null) == want
 
 
 def _maybe(strategy: st.SearchStrategy) -> st.SearchStrategy:
@@ -134,7 +175,9 @@ def test_float64_values_equal_feasts(values: list[float | None]) -> None:
     want = feast_values("float64", values)
     assert encode_values("float64", values) == want
     # the materialiser passes numpy columns (NaN for null)
-    assert encode_values("float64", np.array([math.nan if v is None else v for v in values])) == want
+    array = np.array([math.nan if v is None else v for v in values])
+    assert encode_values("float64", array) == want
+    assert_texts_equal_feasts("float64", values, array)
 
 
 @settings(max_examples=150, deadline=None)
@@ -143,8 +186,11 @@ def test_float64_values_equal_feasts(values: list[float | None]) -> None:
 def test_int64_values_equal_feasts(values: list[int | None]) -> None:
     want = feast_values("int64", values)
     assert encode_values("int64", values) == want
-    if None not in values:
-        assert encode_values("int64", np.array(values, dtype=np.int64)) == want
+    # the materialiser passes numpy columns with nulls as 0 and a null mask
+    null = np.array([v is None for v in values])
+    array = np.array([0 if v is None else v for v in values], dtype=np.int64)
+    assert encode_values("int64", array, null) == want
+    assert_texts_equal_feasts("int64", values, array, null)
 
 
 @settings(max_examples=150, deadline=None)
@@ -153,8 +199,10 @@ def test_int64_values_equal_feasts(values: list[int | None]) -> None:
 def test_int32_values_equal_feasts(values: list[int | None]) -> None:
     want = feast_values("int32", values)
     assert encode_values("int32", values) == want
-    if None not in values:
-        assert encode_values("int32", np.array(values, dtype=np.int32)) == want
+    null = np.array([v is None for v in values])
+    array = np.array([0 if v is None else v for v in values], dtype=np.int32)
+    assert encode_values("int32", array, null) == want
+    assert_texts_equal_feasts("int32", values, array, null)
 
 
 @settings(max_examples=50, deadline=None)
@@ -162,8 +210,10 @@ def test_int32_values_equal_feasts(values: list[int | None]) -> None:
 def test_bool_values_equal_feasts(values: list[bool | None]) -> None:
     want = feast_values("bool", values)
     assert encode_values("bool", values) == want
-    if None not in values:
-        assert encode_values("bool", np.array(values, dtype=bool)) == want
+    null = np.array([v is None for v in values])
+    array = np.array([bool(v) for v in values], dtype=bool)
+    assert encode_values("bool", array, null) == want
+    assert_texts_equal_feasts("bool", values, array, null)
 
 
 @settings(max_examples=150, deadline=None)
@@ -181,6 +231,7 @@ def test_bytes_values_equal_feasts_and_decode_back(values: list[bytes | None]) -
         # value as null; Trellis writes b"" as an empty bytes value. Both read back as "no state".
         assert want == [b""] * len(values)
         assert [decode_bytes_value(m) or None for m in got] == [None] * len(values)
+    assert value_texts("bytes", values) == [None] * len(values) == [value_text(m) for m in got]
     for value, message in zip(values, got, strict=True):
         assert decode_bytes_value(message) == value if value else decode_bytes_value(message) in (None, b"")
         assert Value.FromString(message).bytes_val == (value or b"")
@@ -193,6 +244,31 @@ def test_bytes_values_equal_feasts_and_decode_back(values: list[bytes | None]) -
 @example(values=["", None, "é" * 100, "𝄞"])
 def test_string_values_equal_feasts(values: list[str | None]) -> None:
     assert encode_values("string", values) == feast_values("string", values)
+    assert_texts_equal_feasts("string", values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(moments=st.lists(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)), max_size=20))
+@example(moments=[datetime(1970, 1, 1), datetime(1969, 12, 31, 23, 59, 59, 500_000), datetime(1970, 1, 1, 0, 0, 0, 1),
+                  datetime(2018, 5, 30, 16, 33, 12, 999_999)])
+def test_event_seconds_equal_feasts_event_ts(moments: list[datetime]) -> None:
+    """Feast keeps ``int(naive.timestamp())``; the vectorised form agrees, before 1970 too (truncation)."""
+    epoch_us = np.array([(m - datetime(1970, 1, 1)) // timedelta(microseconds=1) for m in moments], dtype=np.int64)
+    assert feast_event_seconds(epoch_us).tolist() == [feast_event_ts(m) for m in moments]
+
+
+def test_view_batch_from_rows() -> None:
+    encode = key_encoder("customer_id")
+    when = datetime(2024, 1, 1, 12, 0, 0, 250_000)
+    [one, two] = encode_values("float64", [1.0, 2.0])
+    batch = ViewBatch.from_rows([(encode(2), {"b": one, "a": two}, when), (encode(1), {"a": one, "b": one}, when),
+                                 (encode(2), {"a": one, "b": two}, when + timedelta(seconds=1))])
+    assert list(batch.keys) == [encode(1), encode(2)]  # sorted, the later row for a key wins
+    assert batch.values == {"a": [one, one], "b": [one, two]}
+    assert batch.texts == {"a": ["1.0", "1.0"], "b": ["1.0", "2.0"]}
+    assert [r[2] for r in batch.rows()] == [when, when + timedelta(seconds=1)]
+    with pytest.raises(ValueError, match="same features"):
+        ViewBatch.from_rows([(encode(1), {"a": one}, when), (encode(2), {"b": one}, when)])
 
 
 def test_decode_bytes_value_rejects_other_types() -> None:
@@ -248,15 +324,26 @@ def applied(pipeline, tmp_path_factory) -> Applied:
     return Applied(root, repo, root / "data" / "warehouse.duckdb", load_project(root), name)
 
 
+COLUMNS = "entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts"
+
+
 def dump(path: Path, tables: list[str]) -> dict[str, list[tuple]]:
-    """Every row of each table as (entity_key, feature_name, value, event_ts), in key order."""
+    """Every row of each table, every column (with the storage class of the event time), in key order."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         out = {}
         for table in tables:
-            out[table] = con.execute(f'select entity_key, feature_name, value, event_ts from "{table}" '
+            out[table] = con.execute(f'select {COLUMNS}, typeof(event_ts) from "{table}" '
                                      f'order by entity_key, feature_name').fetchall()
         return out
+    finally:
+        con.close()
+
+
+def schema(path: Path) -> list[tuple]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return con.execute("select type, name, tbl_name, sql from sqlite_master order by name").fetchall()
     finally:
         con.close()
 
@@ -296,13 +383,16 @@ def test_materialize_writes_the_rows_feast_materialize_writes(applied: Applied, 
         assert all(t._sorted(spec) is t for t in group_tails)
 
     # `feast materialize` over a range covering every row, into the applied repo's (empty) online store.
+    applied_store = OnlineStore(applied.repo)
+    applied_schema = schema(applied_store.path)
     store = FeatureStore(repo_path=str(applied.repo))
     store.materialize(start_date=min(a for a, _ in spans) - timedelta(days=1),
                       end_date=max(as_of, *(b for _, b in spans)) + timedelta(days=1), feature_views=applied.views)
 
     tables = [trellis_store.table(v) for v in applied.views]
     ours = dump(trellis_store.path, tables)
-    feasts = dump(OnlineStore(applied.repo).path, tables)
+    feasts = dump(applied_store.path, tables)
+    assert any(r[3] is not None for t in tables for r in feasts[t]), "Feast writes value_text; so must we"
     for table in tables:
         assert ours[table], f"{table}: nothing materialized"
         assert len(ours[table]) == len(feasts[table]), table
@@ -310,15 +400,25 @@ def test_materialize_writes_the_rows_feast_materialize_writes(applied: Applied, 
         assert not diffs, f"{table}: {len(diffs)} rows differ, e.g. {diffs[:3]}"
     for g in applied.groups:  # the state views hold the tails as of as_of, at as_of's whole second
         rows = ours[trellis_store.table(state_view(g))]
-        assert {r[3] for r in rows} == {feast_event_ts(as_of)}
+        assert {r[5] for r in rows} == {feast_event_ts(as_of)}
         assert len(rows) == len(exported[g][0])
+
+    # Over Feast's own rows in the store `feast apply` made (a full refresh deletes them and rebuilds the _ek
+    # index): the same rows again, and the tables and indexes still exactly as Feast created them.
+    con = applied.connect()
+    try:
+        materialize(con, applied.project, applied_store, as_of=as_of)
+    finally:
+        con.close()
+    assert dump(applied_store.path, tables) == feasts
+    assert schema(applied_store.path) == applied_schema
 
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. A crash in the middle of a materialisation leaves the previous complete version.
 
 MATERIALIZER = textwrap.dedent("""
-    import json, os, signal, sys
+    import functools, json, os, signal, sqlite3, sys
     from datetime import datetime
 
     import duckdb
@@ -327,34 +427,46 @@ MATERIALIZER = textwrap.dedent("""
     from trellis.online.store import OnlineStore
     from trellis.spec import load_project
 
-    root, warehouse, store_dir, as_of, kill_after = sys.argv[1:]
-    kill_after = int(kill_after)
-    store = OnlineStore(store_dir)
-    write = store.write
-    counts, seen = {}, [0]
+    root, warehouse, store_dir, as_of, kill_at = sys.argv[1:]
+    batches, seen = [], [0]  # rows of each executemany, and of all of them so far
 
-    def rows_of(view, rows):
-        for row in rows:
-            seen[0] += 1
-            counts[view] = counts.get(view, 0) + 1
-            if seen[0] == kill_after:  # inside the write transaction: earlier views are already replaced
-                print("killing after", seen[0], "rows", flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield row
+    def kill(where):
+        print("killing", where, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    store.write = lambda batches, replace=(): write({v: rows_of(v, r) for v, r in batches.items()},
-                                                    replace=replace)
+    class Connection(sqlite3.Connection):
+        # Every row the store hands SQLite, counted: SIGKILL at row `kill_at` (inside the write transaction:
+        # earlier views already replaced), or just before the commit.
+        def executemany(self, sql, rows):
+            batches.append(0)
+
+            def counted():
+                for row in rows:
+                    seen[0] += 1
+                    batches[-1] += 1
+                    if str(seen[0]) == kill_at:
+                        kill(f"at row {kill_at}")
+                    yield row
+
+            return super().executemany(sql, counted())
+
+        def execute(self, sql, *args):
+            if sql == "commit" and kill_at == "commit":
+                kill("at commit")
+            return super().execute(sql, *args)
+
+    sqlite3.connect = functools.partial(sqlite3.connect, factory=Connection)
     con = duckdb.connect(warehouse, read_only=True)
-    materialize(con, load_project(root), store, as_of=datetime.fromisoformat(as_of))
-    print(json.dumps(counts), flush=True)
+    materialize(con, load_project(root), OnlineStore(store_dir), as_of=datetime.fromisoformat(as_of))
+    print(json.dumps(batches), flush=True)
 """)
 
 
 def run_materializer(applied: Applied, warehouse: Path, store_dir: Path, as_of: datetime,
-                     kill_after: int = 0) -> subprocess.CompletedProcess:
+                     kill_at: int | str = 0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", MATERIALIZER, str(applied.root), str(warehouse), str(store_dir), as_of.isoformat(),
-         str(kill_after)], capture_output=True, text=True, timeout=300, check=False)
+         str(kill_at)], capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_killed_materialization_leaves_the_previous_version(applied: Applied, tmp_path: Path) -> None:
@@ -372,6 +484,7 @@ def test_killed_materialization_leaves_the_previous_version(applied: Applied, tm
         con.close()
     store.close()
     version_a = dump(store.path, tables)
+    schema_a = schema(store.path)
     online = OnlineFeatures(applied.project, OnlineStore(store.repo))
     probe = to_us(newest)
     vectors_a = [online.vector("customer_spending", c, probe) for (c,) in customers]
@@ -389,24 +502,26 @@ def test_killed_materialization_leaves_the_previous_version(applied: Applied, tm
     alone = scratch_store(applied.repo, tmp_path / "b_alone")
     done = run_materializer(applied, changed, alone.repo, as_of_b)  # B on its own, to compare with
     assert done.returncode == 0, done.stderr[-3000:]
-    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    batches = json.loads(done.stdout.strip().splitlines()[-1])  # rows per executemany: names, rows, ...
     version_b = dump(alone.path, tables)
     assert all(version_b[t] != version_a[t] for t in tables), "version B must differ from A in every view"
-    total = sum(counts.values())
-    first = counts[applied.views[0]]
+    assert len(batches) == 2 * len(tables)
 
     uncommitted = 0  # bytes of the dead transaction SQLite had already spilled to the WAL
-    for kill_after in (1, first // 2, first + counts[applied.views[1]] + 3, total):
-        crashed = run_materializer(applied, changed, store.repo, as_of_b, kill_after)
-        assert crashed.returncode == -signal.SIGKILL, (kill_after, crashed.stdout, crashed.stderr[-2000:])
-        assert f"killing after {kill_after} rows" in crashed.stdout
+    # The first row; the middle of the first view's rows; 3 rows into the third view (two views already
+    # replaced); the last row; the commit.
+    for kill_at in (1, batches[0] + batches[1] // 2, sum(batches[:4]) + 3, sum(batches), "commit"):
+        crashed = run_materializer(applied, changed, store.repo, as_of_b, kill_at)
+        assert crashed.returncode == -signal.SIGKILL, (kill_at, crashed.stdout, crashed.stderr[-2000:])
+        assert f"killing at {'commit' if kill_at == 'commit' else f'row {kill_at}'}" in crashed.stdout
         wal = store.path.with_name(store.path.name + "-wal")
         uncommitted = max(uncommitted, wal.stat().st_size if wal.exists() else 0)
         # The store opens (SQLite rolls the dead transaction back) and holds exactly version A.
         check = sqlite3.connect(store.path)
         assert check.execute("pragma integrity_check").fetchone() == ("ok",)
         check.close()
-        assert dump(store.path, tables) == version_a, f"killed after {kill_after} rows: not version A"
+        assert dump(store.path, tables) == version_a, f"killed at {kill_at}: not version A"
+        assert schema(store.path) == schema_a, f"killed at {kill_at}: the schema changed"
         reopened = OnlineFeatures(applied.project, OnlineStore(store.repo))
         reopened.store.ping()
         assert [reopened.vector("customer_spending", c, probe) for (c,) in customers] == vectors_a
@@ -432,7 +547,27 @@ def synthetic_version(tag: float, keys: range, when: datetime) -> dict[str, list
     }
 
 
-def test_readers_during_a_slow_write_see_all_old_or_all_new(applied: Applied, tmp_path: Path) -> None:
+def test_write_without_replace_upserts(applied: Applied, tmp_path: Path) -> None:
+    """A write that does not replace a view updates the rows it carries and keeps the others (Feast's upsert)."""
+    store = scratch_store(applied.repo, tmp_path / "upsert")
+    t0 = datetime(2024, 1, 1, 12)
+    store.write(synthetic_version(1.0, range(0, 100), t0), replace=["rw_values", "rw_state"])
+    before = schema(store.path)
+    update = synthetic_version(2.0, range(50, 150), t0 + timedelta(days=1))
+    assert store.write({"rw_values": update["rw_values"]}) == 200
+    rows = dump(store.path, [store.table("rw_values")])[store.table("rw_values")]
+    by_key = {(r[0], r[1]): r for r in rows}
+    encode = key_encoder("customer_id")
+    [one, two] = encode_values("float64", [1.0, 2.0])
+    assert len(rows) == 300
+    assert by_key[(encode(10), "a")][2:6] == (one, "1.0", None, feast_event_ts(t0))
+    assert by_key[(encode(60), "b")][2:6] == (two, "2.0", None, feast_event_ts(t0 + timedelta(days=1)))
+    assert by_key[(encode(140), "a")][2] == two
+    assert schema(store.path) == before
+
+
+def test_readers_during_a_slow_write_see_all_old_or_all_new(applied: Applied, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     writer = scratch_store(applied.repo, tmp_path / "rw")
     t0 = datetime(2024, 1, 1, 12)
     old, new = synthetic_version(1.0, range(0, 3000), t0), synthetic_version(2.0, range(300, 3300), t0 + timedelta(1))
@@ -449,16 +584,24 @@ def test_readers_during_a_slow_write_see_all_old_or_all_new(applied: Applied, tm
     seen: list[tuple[str, bool]] = []  # (version, during the write)
     errors: list[BaseException] = []
 
-    def slow(rows: list) -> Iterator:
-        started.set()
-        for i, row in enumerate(rows):
-            if i % 100 == 0:
-                time.sleep(0.02)
-            yield row
+    class SlowConnection(sqlite3.Connection):
+        """SQLite takes the rows of the bulk write slowly (inside its transaction)."""
+
+        def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+            def slow() -> Iterator:
+                started.set()
+                for i, row in enumerate(rows):
+                    if i % 100 == 0:
+                        time.sleep(0.02)
+                    yield row
+
+            return super().executemany(sql, slow())
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=SlowConnection))
 
     def write() -> None:
         try:
-            writer.write({v: slow(rows) for v, rows in new.items()}, replace=list(new))
+            writer.write(new, replace=list(new))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:

