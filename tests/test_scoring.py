@@ -213,6 +213,21 @@ def test_pruning_stays_exact_for_groups_kept_on_the_asof_join(world, tmp_path):
         assert before > 0 or day == date(2018, 4, 1)
 
 
+def test_the_scoring_query_reads_no_label_table(world):
+    """Scoring renders the training query with ``labels=False``: the same feature joins, but no label table is
+    read (every spine row of the day is kept, labelled or not), and the label comes out NULL."""
+    from trellis.training import training_set_sql
+
+    end = datetime(2018, 5, 18)
+    scoring = training_set_sql(world.project, MODEL, end, labels=False)
+    training = training_set_sql(world.project, MODEL, end)
+    assert '"fraud_labels"' in training and '"fraud_labels"' not in scoring
+    rows = world.con.sql(scoring).to_arrow_table()
+    assert rows.num_rows == world.con.sql("select count(*) from validated.transactions where tx_datetime < ?",
+                                          params=[end]).fetchone()[0]
+    assert rows.column("label").null_count == rows.num_rows
+
+
 @pytest.mark.parametrize("rows", ["limit 0", "limit 1", ""])
 def test_frames_are_what_duckdbs_df_gives(rows):
     """scoring_frame converts through Arrow; the frame equals DuckDB's ``.df()`` of the same result for every

@@ -3,11 +3,10 @@ per-institution daily risk summary.
 
 * ``scoring_frame``: the day's spine rows (``[day, day + days)`` on the spine's event time, labelled or not)
   with the model's stored features and request features. It is **the training-set query itself**
-  (``trellis.training.training_set_sql``): the SQL is rendered against a placeholder source schema and the
-  two source tables it reads are swapped for subqueries: the spine becomes the day's rows, and the label
-  source becomes one label-less row per spine row (so the training query's inner join keeps every row and
-  its ``label`` column is NULL and dropped). The feature joins and the request-feature expressions are
-  therefore exactly the training set's, so a transaction gets the same feature values in both. With
+  (``trellis.training.training_set_sql`` with ``labels=False``: every spine row, a NULL label, which is
+  dropped, and no label table read), rendered against a placeholder source schema whose spine table is
+  swapped for the day's rows. The feature joins and the request-feature expressions are therefore exactly
+  the training set's, so a transaction gets the same feature values in both. With
   ``prune`` (the default) each feature table is also swapped for the only rows a match can come from. A
   group joined on the spine's primary key (its spine is the model's: the event's own row, at the event's
   time) needs only the rows with ``feature_ts`` in the scored range. A group joined with ASOF needs those
@@ -79,24 +78,13 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, project: Project, model: str |
     start = _day(day)
     end = start + timedelta(days=days)
     spine = project.sources[model.spine]
-    labels = project.sources[model.label.source]
-    if spine.name == labels.name:
-        raise ScoringError(f"model {model.name!r}: spine and label source are the same table; not supported")
-    join_key = model.label.join_key
-    parts = _parts(project, model, end, _PLACEHOLDER, feature_schema, primary_key_join)
+    parts = _parts(project, model, end, _PLACEHOLDER, feature_schema, primary_key_join, labels=False)
     sql = training_set_sql(project, model, end, source_schema=_PLACEHOLDER, feature_schema=feature_schema,
-                           primary_key_join=primary_key_join)
-
+                           primary_key_join=primary_key_join, labels=False)
     event_time = f"CAST({_q(spine.event_time)} AS TIMESTAMP)"
     spine_day = (f"(SELECT * FROM {_q(source_schema)}.{_q(spine.name)} "
                  f"WHERE {event_time} >= {_timestamp(start)} AND {event_time} < {_timestamp(end)})")
-    # One label row per spine row: every label column NULL (typed by a LEFT JOIN ON FALSE) except the join
-    # key and the label's event time (the spine's, which is before the cutoff); available_at stays NULL.
-    replaced = {join_key: f"s.{_q(join_key)}", labels.event_time: f"s.{_q(spine.event_time)}"}
-    label_rows = (f"(SELECT l.* REPLACE ({', '.join(f'{v} AS {_q(k)}' for k, v in replaced.items())}) "
-                  f"FROM {spine_day} AS s LEFT JOIN {_q(source_schema)}.{_q(labels.name)} AS l ON FALSE)")
-    swaps = {f"{_q(_PLACEHOLDER)}.{_q(spine.name)}": spine_day,
-             f"{_q(_PLACEHOLDER)}.{_q(labels.name)}": label_rows}
+    swaps = {f"{_q(_PLACEHOLDER)}.{_q(spine.name)}": spine_day}
     if prune:
         for group in parts.groups:
             table = f"{_q(feature_schema)}.{_q(f'feat_{group}')}"

@@ -139,9 +139,10 @@ def _joins_by_primary_key(project: Project, model: Model, group_name: str, colum
 
 
 def _parts(project: Project, model: str | Model, as_of: datetime, source_schema: str,
-           feature_schema: str, primary_key_join: bool = True) -> _Parts:
+           feature_schema: str, primary_key_join: bool = True, labels: bool = True) -> _Parts:
     """``primary_key_join=False`` joins every group with the ASOF join (the reference the equi-join is
-    tested against)."""
+    tested against). ``labels=False`` is the scoring frame: every spine row before the cutoff, labelled or not,
+    with a NULL label and the very same feature joins (no label table is read)."""
     model = _model(project, model)
     cutoff = ibis.literal(_as_of(as_of), type="timestamp")
     spine_source = project.sources[model.spine]
@@ -157,16 +158,18 @@ def _parts(project: Project, model: str | Model, as_of: datetime, source_schema:
     known = label_t[label_source.event_time].cast("timestamp")
     if label_source.available_at:
         known = label_t[label_source.available_at].cast("timestamp").fill_null(known)
-    if label_source.name == spine_source.name and join_key == spine_source.primary_key:
+    if not labels:
+        entering = spine_t.filter(spine_before).mutate(**{f"__label__{model.label.column}": ibis.null("int64")})
+    elif label_source.name == spine_source.name and join_key == spine_source.primary_key:
         # The label is a column of the spine row itself (found by its primary key): the inner join with the
         # labels would pair each row with itself, so it is one filter (a NULL key matches nothing there too).
         entering = spine_t.filter(spine_before, known < cutoff, spine_t[join_key].notnull())
         entering = entering.mutate(**{f"__label__{n}": entering[n] for n in label_source.columns})
     else:
         spine = spine_t.filter(spine_before)
-        labels = label_t.filter(known < cutoff)
-        labels = labels.rename({f"__label__{n}": n for n in labels.columns})
-        entering = spine.inner_join(labels, spine[join_key] == labels[f"__label__{join_key}"])
+        matured = label_t.filter(known < cutoff)
+        matured = matured.rename({f"__label__{n}": n for n in matured.columns})
+        entering = spine.inner_join(matured, spine[join_key] == matured[f"__label__{join_key}"])
 
     stored, requests = project.model_inputs(model)
     every = project.all_features()
@@ -264,12 +267,13 @@ def training_set_expr(project: Project, model: str | Model, as_of: datetime, *,
 
 def training_set_sql(project: Project, model: str | Model, as_of: datetime, *,
                      source_schema: str = VALIDATED_SCHEMA, feature_schema: str = FEATURE_SCHEMA,
-                     primary_key_join: bool = True) -> str:
+                     primary_key_join: bool = True, labels: bool = True) -> str:
     """``training_set_expr`` rendered for DuckDB. The rendering depends on ``as_of`` only through the cutoff
     literal, so it is done once per definitions and code (``_sql_template``, cached on disk) and the cutoff
-    is written in: a fresh process skips building and compiling the Ibis expression (0.5-1.5 s cold)."""
+    is written in: a fresh process skips building and compiling the Ibis expression (0.5-1.5 s cold).
+    ``labels=False``: every spine row before the cutoff with a NULL label (the scoring frame; see ``_parts``)."""
     model = _model(project, model)
-    template = _sql_template(project, model, source_schema, feature_schema, primary_key_join)
+    template = _sql_template(project, model, source_schema, feature_schema, primary_key_join, labels)
     return template.replace(_CUTOFF_MARK, f"TIMESTAMP '{_as_of(as_of):%Y-%m-%d %H:%M:%S.%f}'")
 
 
@@ -299,12 +303,12 @@ def _code_digest() -> str:
 
 
 def _sql_template(project: Project, model: Model, source_schema: str, feature_schema: str,
-                  primary_key_join: bool) -> str:
+                  primary_key_join: bool, labels: bool = True) -> str:
     """The training-set SQL with ``_CUTOFF_MARK`` where the cutoff goes. Keyed by everything it depends on
     (every definition, the model, the schemas, the join choice, the code), so a cached copy is never stale."""
     key = hashlib.sha256("\0".join([
         project.fingerprint(), model.model_dump_json(), source_schema, feature_schema, str(primary_key_join),
-        _code_digest()]).encode()).hexdigest()[:32]
+        str(labels), _code_digest()]).encode()).hexdigest()[:32]
     folder = sql_cache_dir()
     path = folder / f"training-{key}.sql" if folder is not None else None
     if path is not None:
@@ -312,7 +316,7 @@ def _sql_template(project: Project, model: Model, source_schema: str, feature_sc
             return path.read_text()
         except OSError:
             pass
-    parts = _parts(project, model, _CUTOFF_SENTINEL, source_schema, feature_schema, primary_key_join)
+    parts = _parts(project, model, _CUTOFF_SENTINEL, source_schema, feature_schema, primary_key_join, labels)
     template = str(ibis.to_sql(parts.output, dialect="duckdb"))
     if _CUTOFF_MARK not in template:  # pragma: no cover - an Ibis change in how timestamps are rendered
         raise TrainingSetError(f"the rendered training SQL does not contain the cutoff {_CUTOFF_MARK}")
