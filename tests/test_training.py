@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from trellis import training
 from trellis.compile.dbt import FeatureModel
 from trellis.contracts import ingest
 from trellis.scoring import scoring_frame
@@ -441,6 +442,11 @@ def test_training_sql_is_rendered_once_per_definitions_and_code(world, tmp_path,
     training_set_sql(world.project, MODEL, T, source_schema="edge")
     model = world.project.models[MODEL]
     training_set_sql(world.project, model.model_copy(update={"features": model.features[:1]}), T)
-    assert len(list(cache.glob("training-*.sql"))) == 4
+    training_set_sql(world.project, MODEL, T, labels=False)  # the scoring frame's rendering
+    assert len(list(cache.glob("training-*.sql"))) == 5
+    # Bounded: writing a new entry drops the oldest beyond SQL_CACHE_ENTRIES.
+    monkeypatch.setattr(training, "SQL_CACHE_ENTRIES", 3)
+    training_set_sql(world.project, MODEL, T, feature_schema="other")
+    assert len(list(cache.glob("training-*.sql"))) == 3
     monkeypatch.setenv("TRELLIS_SQL_CACHE", "")  # off: rendered every time, nothing written
-    assert training_set_sql(world.project, MODEL, T) == sql and len(list(cache.iterdir())) == 4
+    assert training_set_sql(world.project, MODEL, T) == sql and len(list(cache.iterdir())) == 3

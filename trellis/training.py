@@ -326,9 +326,20 @@ def _sql_template(project: Project, model: Model, source_schema: str, feature_sc
             partial = path.with_suffix(f".tmp{os.getpid()}")
             partial.write_text(template)
             partial.replace(path)
+            _prune_sql_cache(path.parent)
         except OSError:  # a read-only home: render every time
             pass
     return template
+
+
+SQL_CACHE_ENTRIES = 64  # rendered templates kept; the oldest go when a new one is written
+
+
+def _prune_sql_cache(folder: Path) -> None:
+    """Keep the ``SQL_CACHE_ENTRIES`` newest templates: every definitions or code change adds one."""
+    entries = sorted(folder.glob("training-*.sql"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in entries[SQL_CACHE_ENTRIES:]:
+        stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------
