@@ -28,10 +28,11 @@ runs alternate round-robin ``--repeat`` times and the medians are reported:
 Rows/s counts entity rows: one per entity and ``<group>`` view (a row holds every feature of the view;
 Feast and Trellis both store it as one SQLite row per feature, reported as ``values``).
 
-Checks (exit status 1 when one fails): after every run, the ``<group>`` tables' ``(entity_key,
-feature_name, value)`` rows, sorted, are digested (SHA-256); every run of every path must give the same
-digests, and the stores of the last ``trellis_values`` and ``feast`` runs are compared row by row in SQLite
-(``EXCEPT`` both ways): byte-identical or the script fails. ``event_ts`` is compared too and reported.
+Checks (exit status 1 when one fails): after every run, the ``<group>`` tables' rows, every column
+(``entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts``, each with its SQLite
+storage class), sorted, are digested (SHA-256); every run of every path must give the same digests, and the
+stores of the last ``trellis_values`` and ``feast`` runs are compared row by row in SQLite (``EXCEPT`` both
+ways, on every column): identical or the script fails.
 """
 
 from __future__ import annotations
@@ -135,21 +136,35 @@ def reset_store(project: Path, pristine: Path) -> None:
     shutil.copy(pristine, store)
 
 
+COLUMNS = ("entity_key", "feature_name", "value", "value_text", "vector_value", "event_ts", "created_ts")
+
+
+def _field(value: Any) -> bytes:
+    """One column value as tagged bytes (its SQLite storage class, then its length and contents)."""
+    if value is None:
+        return b"N"
+    if isinstance(value, bytes):
+        return b"B" + len(value).to_bytes(4, "little") + value
+    if isinstance(value, str):
+        data = value.encode()
+        return b"T" + len(data).to_bytes(4, "little") + data
+    if isinstance(value, int):
+        return b"I" + value.to_bytes(8, "little", signed=True)
+    return b"R" + repr(value).encode()
+
+
 def digest_views(project: Path, table_prefix: str, views: list[str]) -> dict[str, dict[str, Any]]:
-    """Per view: rows, entities and the SHA-256 of the sorted (entity_key, feature_name, value) rows."""
+    """Per view: rows, entities and the SHA-256 of the sorted rows, every column with its storage class."""
     out = {}
-    con = sqlite3.connect(_store_path(project))
+    con = sqlite3.connect(_store_path(project))  # no detect_types: event_ts is read as stored
     try:
         for view in views:
             digest = hashlib.sha256()
             rows = 0
-            cursor = con.execute(f'select entity_key, feature_name, value from "{table_prefix}_{view}" '
+            cursor = con.execute(f'select {", ".join(COLUMNS)} from "{table_prefix}_{view}" '
                                  "order by entity_key, feature_name")
-            for key, name, value in cursor:
-                name_bytes = name.encode()
-                value = value or b""
-                digest.update(len(key).to_bytes(4, "little") + key + len(name_bytes).to_bytes(4, "little")
-                              + name_bytes + len(value).to_bytes(4, "little") + value)
+            for row in cursor:
+                digest.update(b"".join(_field(v) for v in row))
                 rows += 1
             entities = con.execute(f'select count(distinct entity_key) from "{table_prefix}_{view}"').fetchone()[0]
             out[view] = {"values": rows, "entities": entities, "sha256": digest.hexdigest()}
@@ -241,21 +256,21 @@ def in_fresh_process(fn, *args):
 
 
 def compare_stores(ours: Path, theirs: Path, prefix: str, views: list[str]) -> dict[str, dict[str, int]]:
-    """Rows of one store missing from the other, both ways, on (entity_key, feature_name, value) and with
-    event_ts; zero everywhere means byte-identical tables."""
+    """Rows of one store missing from the other, both ways, on every column (SQLite's EXCEPT compares
+    storage classes too: 1 and '1' differ); zero everywhere means identical tables."""
     con = sqlite3.connect(ours)
     con.execute("attach database ? as theirs", (str(theirs),))
     out = {}
     try:
         for view in views:
             table = f'"{prefix}_{view}"'
-            cols = "entity_key, feature_name, value"
+            cols = ", ".join(COLUMNS)
             q = lambda a, b, c=cols: con.execute(  # noqa: E731
                 f"select count(*) from (select {c} from {a} except select {c} from {b})").fetchone()[0]
             out[view] = {
                 "only_ours": q(f"main.{table}", f"theirs.{table}"),
                 "only_feast": q(f"theirs.{table}", f"main.{table}"),
-                "event_ts_differ": q(f"main.{table}", f"theirs.{table}", cols + ", event_ts"),
+                "value_differ": q(f"main.{table}", f"theirs.{table}", "entity_key, feature_name, value"),
                 "rows": con.execute(f"select count(*) from main.{table}").fetchone()[0],
             }
     finally:
@@ -329,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = c["only_ours"] == 0 and c["only_feast"] == 0
         failed |= not ok
         print(f"check=values_vs_feast view={view} rows={c['rows']} only_ours={c['only_ours']} "
-              f"only_feast={c['only_feast']} event_ts_differ={c['event_ts_differ']} "
+              f"only_feast={c['only_feast']} value_differ={c['value_differ']} "
               f"result={'OK' if ok else 'FAIL'} sha256={reference[view]['sha256'][:16]}")
 
     summary = {}
@@ -360,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'MET' if speedup >= TARGET_RATIO else 'MISSED'}  (per round: "
           f"{', '.join(f'{r:.2f}' for r in per_round)}; cpu-time ratio "
           f"{summary['feast']['cpu'] / summary['trellis_values']['cpu']:.2f})")
-    print(f"values: <group> tables (entity_key, feature_name, value) byte-identical, trellis vs feast: "
+    print(f"values: <group> tables identical in every column, trellis vs feast: "
           f"{'yes' if not failed else 'NO'}")
     print("=" * 110)
     if failed:
