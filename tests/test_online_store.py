@@ -732,6 +732,14 @@ def test_redis_serves_the_same_values_as_sqlite(applied: Applied, redis_store: O
                 on_redis = [v or None for v in redis_store.read_values(view, encoded, name)]
                 assert on_redis == [v or None for v in sqlite_store.read_values(view, encoded, name)], (view, name)
                 assert sum(v is not None for v in on_redis) >= len(encoded) / 2, (view, name)
+    # read_many (the serving path: every group's state of a request in one statement) == read_values per view,
+    # in the order asked, absent entities included, on both backends.
+    wanted = [(state_view(g), sqlite_online.encoders[g](k)) for i in range(0, 40, 7)
+              for g in applied.groups for k in keys[g][i:i + 1] + [987_654_321]]
+    expected = [sqlite_store.read_values(view, [key], STATE_FIELD)[0] for view, key in wanted]
+    assert sqlite_store.read_many(wanted, STATE_FIELD) == expected
+    assert [v or None for v in redis_store.read_many(wanted, STATE_FIELD)] == expected
+    assert sum(v is None for v in expected) == len(expected) // 2
 
     times = [to_us(as_of) - 3600 * 10**6, to_us(as_of), to_us(as_of) + 6 * 3600 * 10**6, to_us(newest) + 8 * 86400 * 10**6]
     materialized = all_vectors(sqlite_online, keys, times)

@@ -3,7 +3,6 @@ vectors as of a request time. Used by the scoring service, the parity replay and
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from trellis.online.state import (
     row_mapper,
     state_view,
 )
-from trellis.online.store import OnlineStore, StoreUnavailable, decode_bytes_value, encode_values, key_encoder
+from trellis.online.store import OnlineStore, decode_bytes_value, encode_values, key_encoder
 from trellis.spec import Project
 
 TAIL_CACHE_BYTES = 64 << 20  # decoded tails kept per OnlineFeatures (about; emptied when over)
@@ -71,7 +70,6 @@ class OnlineFeatures:
         # materialization by another process are seen at once: no invalidation to get wrong.
         self._tails: dict[tuple[str, bytes], tuple[bytes, Tail]] = {}
         self._tails_bytes = 0
-        self._union_sql: dict[tuple[str, ...], str] = {}
 
     # -- ingestion ---------------------------------------------------------------------------------------
 
@@ -153,27 +151,8 @@ class OnlineFeatures:
         return out
 
     def _read_states(self, wanted: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
-        """The stored state value of each ``(group, key bytes)`` (None: no state). SQLite: one ``union all``
-        statement over the groups' tables on the store's reader connection, one round trip instead of one
-        per group (about 13 µs less for three groups)."""
-        store = self.store
-        if store.kind != "sqlite" or len(wanted) < 2:
-            return [store.read_values(state_view(group), [key], STATE_FIELD)[0] for group, key in wanted]
-        groups = tuple(group for group, _ in wanted)
-        sql = self._union_sql.get(groups)
-        if sql is None:
-            sql = self._union_sql[groups] = " union all ".join(
-                f'select {i}, value from "{store.table(state_view(group))}" where entity_key = ? and '
-                f'feature_name = ?' for i, group in enumerate(groups))
-        try:
-            rows = store._connection().execute(sql, [x for _, key in wanted for x in (key, STATE_FIELD)]).fetchall()
-        except sqlite3.Error as exc:
-            views = ", ".join(repr(state_view(group)) for group in groups)
-            raise StoreUnavailable(f"online store {store.path}, views {views}: {exc}") from None
-        out: list[bytes | None] = [None] * len(wanted)
-        for i, value in rows:
-            out[i] = value
-        return out
+        """The stored state value of each ``(group, key bytes)`` (None: no state), read together."""
+        return self.store.read_many([(state_view(group), key) for group, key in wanted], STATE_FIELD)
 
 
 def _iso(t_us: int) -> str:
