@@ -227,14 +227,7 @@ def value_text(message: bytes | None) -> str | None:
     if tag == 0x29:
         return repr(struct.unpack_from("<d", message, 1)[0])
     if tag in (0x20, 0x18, 0x38, 0x12):
-        number, shift, i = 0, 0, 1
-        while True:
-            byte = message[i]
-            number |= (byte & 0x7F) << shift
-            i += 1
-            if not byte & 0x80:
-                break
-            shift += 7
+        number, i = _read_varint(message, 1)
         if tag == 0x12:
             return message[i:i + number].decode()
         if tag == 0x38:
@@ -253,15 +246,20 @@ def decode_bytes_value(message: bytes | None) -> bytes | None:
         return None
     if message[0] != 0x0A:
         raise StoreUnavailable(f"expected a bytes value in the online store, got tag {message[0]:#x}")
-    size, shift, i = 0, 0, 1
+    size, i = _read_varint(message, 1)
+    return message[i:i + size]
+
+
+def _read_varint(message: bytes, i: int) -> tuple[int, int]:
+    """The protobuf varint at ``message[i:]`` and the index after it."""
+    number = shift = 0
     while True:
         byte = message[i]
-        size |= (byte & 0x7F) << shift
+        number |= (byte & 0x7F) << shift
         i += 1
         if not byte & 0x80:
-            break
+            return number, i
         shift += 7
-    return message[i:i + size]
 
 
 def feast_event_ts(value: datetime) -> int:
