@@ -7,10 +7,12 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install demo test lint compile check serve dagster bench clean
 
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (these machines set it) nothing would ever write the
+# .pyc files, and every process (tests spawn dbt, Dagster and Feast) would compile its imports from source.
 $(VENV)/.installed: pyproject.toml uv.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv sync --frozen --extra dev --python $(PY)
+	$(VENV)/bin/uv sync --frozen --extra dev --compile-bytecode --python $(PY)
 	touch $@
 
 install: $(VENV)/.installed
