@@ -52,20 +52,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from trellis.paths import ProjectPaths, clean_env
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
-PROJECT_PARTS = ("definitions", "dbt_project", "feature_repo")
 TARGET_RATIO = 10.0
 PY = Path(sys.executable)
 PATHS = ("trellis_values", "trellis_values_state", "feast")
-
-
-def _clean_env() -> dict[str, str]:
-    drop = ("TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE", "TRELLIS_FEATURE_EXPORTS", "DBT_PROFILES_DIR",
-            "TRELLIS_PROJECT", "TRELLIS_MLFLOW_URI")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 BUILD_CODE = """
@@ -98,11 +91,9 @@ def build(target: Path, scale: float, days: int, rebuild: bool) -> Path:
         print(f"build=reused dir={target} ({marker.read_text().strip()})")
         return project
     shutil.rmtree(target, ignore_errors=True)
-    for part in PROJECT_PARTS:  # as tests/conftest.py copy_project
-        shutil.copytree(ROOT / part, project / part, ignore=shutil.ignore_patterns(
-            "target", "logs", "*.parquet", "*.db", "__pycache__"))
+    ProjectPaths.of(ROOT).copy_sources(project)
     (target / "dagster_home").mkdir(parents=True)
-    env = _clean_env()
+    env = clean_env(ROOT)
     env.update(TRELLIS_PROJECT=str(project), DAGSTER_HOME=str(target / "dagster_home"),
                TRELLIS_MLFLOW_URI=f"sqlite:///{project / 'data' / 'mlflow.db'}")
     log = target / "build.log"

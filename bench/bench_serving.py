@@ -71,10 +71,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from trellis.paths import ProjectPaths, clean_env
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
 MODEL = "card_fraud"
-PROJECT_PARTS = ("definitions", "dbt_project", "feature_repo")
 REQUEST_FIELDS = ("transaction_id", "customer_id", "terminal_id", "device_id", "tx_datetime", "tx_amount")
 TARGET_P99_MS = 3.0
 TARGET_RATIO = 3.0
@@ -99,11 +100,9 @@ def build(target: Path, scale: float, days: int, rebuild: bool) -> Path:
         return target / "project"
     shutil.rmtree(target, ignore_errors=True)
     project = target / "project"
-    for part in PROJECT_PARTS:  # as tests/conftest.py copy_project: the sources, no build output
-        shutil.copytree(ROOT / part, project / part, ignore=shutil.ignore_patterns(
-            "target", "logs", "*.parquet", "*.db", "__pycache__"))
+    ProjectPaths.of(ROOT).copy_sources(project)
     (target / "dagster_home").mkdir(parents=True)
-    env = _clean_env()
+    env = clean_env(ROOT)
     env.update(TRELLIS_PROJECT=str(project), TRELLIS_MLFLOW_URI=_mlflow_uri(project),
                DAGSTER_HOME=str(target / "dagster_home"))
     code = (
@@ -135,14 +134,6 @@ def build(target: Path, scale: float, days: int, rebuild: bool) -> Path:
 
 def _mlflow_uri(project: Path) -> str:
     return f"sqlite:///{project / 'data' / 'mlflow.db'}"
-
-
-def _clean_env() -> dict[str, str]:
-    drop = ("TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE", "TRELLIS_FEATURE_EXPORTS", "DBT_PROFILES_DIR",
-            "TRELLIS_PROJECT", "TRELLIS_MLFLOW_URI")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 # --------------------------------------------------------------------------------------------- requests
@@ -239,7 +230,7 @@ class Server:
 
 def ours_server(project: Path, workers: int, log_dir: Path) -> Server:
     port = free_port()
-    env = _clean_env()
+    env = clean_env(ROOT)
     env.update(TRELLIS_PROJECT=str(project), TRELLIS_MLFLOW_URI=_mlflow_uri(project),
                TRELLIS_ALIAS_POLL_SECONDS="0")
     argv = [str(PY.parent / "uvicorn"), "serving.app:create_app", "--factory", "--host", "127.0.0.1",
@@ -253,7 +244,7 @@ def feast_server(project: Path, workers: int, log_dir: Path) -> Server:
     argv = [str(PY.parent / "feast"), "-c", str(project / "feature_repo"), "serve", "--host", "127.0.0.1",
             "--port", str(port), "--no-access-log", "--workers", str(workers), "--max-requests", "0",
             "--registry_ttl_sec", "3600"]
-    return Server(f"feast(workers={workers})", argv, _clean_env(), port, "/health",
+    return Server(f"feast(workers={workers})", argv, clean_env(ROOT), port, "/health",
                   log_dir / f"feast_w{workers}.log")
 
 

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from trellis.paths import PROJECT_ENV, ProjectPaths
+
 REPO = Path(__file__).resolve().parent.parent
-PROJECT_PARTS = ("definitions", "dbt_project", "feature_repo")
 
 
 def copy_project(dest: Path) -> Path:
     """A self-contained copy of the project (definitions, dbt project, Feast repo) without build output."""
-    for part in PROJECT_PARTS:
-        shutil.copytree(REPO / part, dest / part,
-                        ignore=shutil.ignore_patterns("target", "logs", "*.parquet", "*.db", "__pycache__"))
-    return dest
+    return ProjectPaths.of(REPO).copy_sources(dest)
 
 
 @pytest.fixture
@@ -31,8 +29,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     """The whole asset graph materialized once with real Dagster, dbt, DuckDB and Feast on a small
     simulated network. Returns (result, project paths)."""
     root = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
-    saved = {k: os.environ.get(k) for k in ("TRELLIS_PROJECT", "TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE",
-                                           "TRELLIS_FEATURE_EXPORTS", "DBT_PROFILES_DIR", "TRELLIS_MLFLOW_URI")}
+    saved = {k: os.environ.get(k) for k in PROJECT_ENV}
     for key in saved:
         os.environ.pop(key, None)
     os.environ["TRELLIS_PROJECT"] = str(root)

@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+SOURCE_PARTS = ("definitions", "dbt_project", "feature_repo")  # what a project is, without its build output
+# Variables that point commands at a project's files (dbt_env sets the middle three); a child process meant for
+# another project must not inherit them.
+PROJECT_ENV = ("TRELLIS_PROJECT", "TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE", "TRELLIS_FEATURE_EXPORTS",
+               "DBT_PROFILES_DIR", "TRELLIS_MLFLOW_URI")
+
+
+def clean_env(pythonpath: str | Path | None = None) -> dict[str, str]:
+    """This process's environment without ``PROJECT_ENV`` and with ``pythonpath`` first on ``PYTHONPATH``: for a
+    child process to be pointed at another project."""
+    env = {k: v for k, v in os.environ.items() if k not in PROJECT_ENV}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 @dataclass(frozen=True)
@@ -49,3 +65,12 @@ class ProjectPaths:
             "TRELLIS_FEATURE_EXPORTS": str(self.feature_exports),
             "DBT_PROFILES_DIR": str(self.dbt_project),
         }
+
+    def copy_sources(self, dest: str | Path) -> Path:
+        """A self-contained copy of the project at ``dest``: definitions, dbt project and Feast repo, without
+        build output (dbt targets and logs, Parquet exports, databases, bytecode)."""
+        dest = Path(dest)
+        for part in SOURCE_PARTS:
+            shutil.copytree(self.root / part, dest / part,
+                            ignore=shutil.ignore_patterns("target", "logs", "*.parquet", "*.db", "__pycache__"))
+        return dest
