@@ -3,6 +3,7 @@
 Usage: .venv/bin/python bench/bench_serving.py [--scale 0.1] [--days 100] [--rebuild] [--repeat 3]
                                               [--requests 3000] [--warmup 300] [--duration 10]
                                               [--connections 16,64] [--workers 1,2] [--load-procs 1]
+                                              [--rates 1500,2500]
                                               [--skip-throughput] [--skip-feast-throughput]
 
 Setting (everything real, nothing mocked):
@@ -34,9 +35,13 @@ Paths:
   each stack (client, loopback, server, framework), without any feature work;
 * throughput at ``--connections`` concurrent keep-alive connections: ``wrk`` is not installed here, so the
   load generator is this script's own: ``--load-procs`` spawned processes, each an uvloop event loop with
-  its share of the connections (raw HTTP/1.1 over asyncio streams, requests pre-encoded, closed loop: a
-  connection sends its next request when the previous answer is in). It runs ``--duration`` seconds after
-  a 2 s warm-up. The machine has 2 cores, shared by the server workers and the load generator;
+  its share of the connections (raw HTTP/1.1 over asyncio streams, requests pre-encoded). Closed loop: a
+  connection sends its next request when the previous answer is in, so the server runs saturated and the
+  latency is about connections / throughput. Then open loop at each of ``--rates`` requests/s (ours only),
+  wrk2's model: requests go out on a fixed schedule spread over the connections and each latency runs from
+  its planned send time, so a request held up behind a slow answer counts its wait (no coordinated
+  omission). Each run lasts ``--duration`` seconds after a 2 s warm-up. The machine has 2 cores, shared by
+  the server workers and the load generator;
 * in-process: ``OnlineFeatures.vector`` (read the state blob, decode it unless it is byte-equal to the one
   last decoded for that entity, evaluate every feature of the group), ``OnlineFeatures.vectors`` of the
   model's three groups (one SQLite statement) and the raw ``OnlineStore.read_values`` for one entity,
@@ -315,10 +320,16 @@ def summarize(times: list[float]) -> dict[str, float]:
 
 
 def _load_worker(port: int, path: str, payloads: list[bytes], connections: int, warmup_s: float,
-                 duration_s: float) -> dict[str, Any]:
-    """One load-generator process: ``connections`` closed-loop keep-alive connections on an uvloop loop."""
+                 duration_s: float, rate: float | None = None) -> dict[str, Any]:
+    """One load-generator process: ``connections`` keep-alive connections on an uvloop loop. Closed loop
+    (``rate`` None): a connection sends its next request as soon as the answer is in. Open loop (``rate``
+    requests/s for this process, wrk2's model): connection ``i`` sends its ``k``-th request at the planned time
+    ``start + (k * connections + i) / rate`` (or as soon as its previous answer is in, if that is later), and
+    the latency runs from the planned time, so time spent waiting behind a slow answer counts
+    (no coordinated omission)."""
     import uvloop
 
+    origin = 0.0
     requests = [
         (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
          f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in payloads]
@@ -328,9 +339,18 @@ def _load_worker(port: int, path: str, payloads: list[bytes], connections: int, 
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         clock = time.perf_counter
         i = index * 7919
+        interval = None if rate is None else connections / rate
+        planned = None if rate is None else origin + index / rate
         try:
             while True:
-                t0 = clock()
+                if planned is not None:
+                    wait = planned - clock()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    t0 = planned
+                    planned += interval
+                else:
+                    t0 = clock()
                 if t0 >= stop_at:
                     return
                 writer.write(requests[i % len(requests)])
@@ -352,7 +372,8 @@ def _load_worker(port: int, path: str, payloads: list[bytes], connections: int, 
             writer.close()
 
     async def main() -> dict[str, Any]:
-        now = time.perf_counter()
+        nonlocal origin
+        now = origin = time.perf_counter()
         start_at, stop_at = now + warmup_s, now + warmup_s + duration_s
         latencies: list[float] = []
         bad = [0]
@@ -363,12 +384,14 @@ def _load_worker(port: int, path: str, payloads: list[bytes], connections: int, 
 
 
 def load_run(port: int, path: str, payloads: list[bytes], connections: int, procs: int, warmup_s: float,
-             duration_s: float) -> dict[str, Any]:
+             duration_s: float, rate: float | None = None) -> dict[str, Any]:
+    """Closed loop, or open loop at ``rate`` requests/s in all (see ``_load_worker``)."""
     procs = max(1, min(procs, connections))
     shares = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
     with ProcessPoolExecutor(max_workers=procs, mp_context=get_context("spawn")) as pool:
         # Spawning and importing take a moment: the warm-up covers it; each process times its own window.
-        futures = [pool.submit(_load_worker, port, path, payloads, share, warmup_s + 1.0, duration_s)
+        futures = [pool.submit(_load_worker, port, path, payloads, share, warmup_s + 1.0, duration_s,
+                               None if rate is None else rate * share / connections)
                    for share in shares]
         results = [f.result() for f in futures]
     latencies = [x for r in results for x in r["latencies_ms"]]
@@ -449,7 +472,7 @@ def in_process(project: Path, transactions: list[dict[str, Any]], calls: int, pr
 
 def _fmt_row(path: str, p50: float, p99: float, mean: float, rps: float | None, target: str, met: str) -> str:
     rps_text = f"{rps:,.0f}" if rps is not None else "-"
-    return f"{path:<46}{p50:>10.3f}{p99:>10.3f}{mean:>10.3f}{rps_text:>9}  {target:<32}{met}"
+    return f"{path:<58}{p50:>10.3f}{p99:>10.3f}{mean:>10.3f}{rps_text:>9}  {target:<32}{met}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", default="16,64", help="throughput concurrency levels")
     parser.add_argument("--workers", default="1,2", help="server worker processes for throughput")
     parser.add_argument("--load-procs", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--rates", default="1500,2500",
+                        help="open-loop request rates (total requests/s) run after each closed-loop run of ours")
     parser.add_argument("--calls", type=int, default=5000, help="in-process timed calls per path")
     parser.add_argument("--profile-calls", type=int, default=3000, help="Scorer.score calls profiled")
     parser.add_argument("--profile-top", type=int, default=25, help="profile lines printed per sort")
@@ -475,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests must be >= 2000")
     connections = [int(c) for c in args.connections.split(",") if c]
     worker_counts = [int(w) for w in args.workers.split(",") if w]
+    rates = [float(r) for r in args.rates.split(",") if r]
 
     sys.path.insert(0, str(ROOT))
     import warnings
@@ -577,19 +603,20 @@ def main(argv: list[str] | None = None) -> int:
                     server = (ours_server if kind == "ours" else feast_server)(project, workers, logs)
                     servers.append(server)
                     server.start()
-                    for c in connections:
-                        result = load_run(server.port, path, data, c, args.load_procs, 2.0, args.duration)
+                    for c, rate in [(c, r) for c in connections for r in (None, *(rates if kind == "ours" else ()))]:
+                        result = load_run(server.port, path, data, c, args.load_procs, 2.0, args.duration, rate)
+                        mode = "closed" if rate is None else f"open@{rate:,.0f}/s"
                         if result["non_200"]:
-                            print(f"ERROR throughput {kind} workers={workers} c={c}: "
+                            print(f"ERROR throughput {kind} workers={workers} c={c} {mode}: "
                                   f"{result['non_200']} non-200 answers")
                             failed = True
-                        print(f"load path={kind} workers={workers} connections={c} "
+                        print(f"load path={kind} workers={workers} connections={c} mode={mode} "
                               f"load_procs={args.load_procs} seconds={args.duration:g} "
                               f"requests={result['requests']} rps={result['rps']:.0f} "
                               f"p50_ms={result['p50']:.3f} p99_ms={result['p99']:.3f} "
                               f"mean_ms={result['mean']:.3f}", flush=True)
-                        label = (f"ours POST /v1/score (reasons) w={workers} c={c}" if kind == "ours"
-                                 else f"feast POST /get-online-features w={workers} c={c}")
+                        label = (f"ours POST /v1/score (reasons) w={workers} c={c} {mode}" if kind == "ours"
+                                 else f"feast POST /get-online-features w={workers} c={c} {mode}")
                         if kind == "ours":
                             rps_ok, p99_ok = result["rps"] >= TARGET_RPS, result["p99"] <= TARGET_LOAD_P99_MS
                             target_text = f">= {TARGET_RPS:,.0f} rps, p99 <= {TARGET_LOAD_P99_MS:g} ms"
@@ -628,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SUMMARY  scale {args.scale:g}, {args.days} days, last day {len(transactions)} transactions; "
           f"latency: 1 keep-alive connection, median of {args.repeat} runs x {args.requests} requests; "
           f"throughput: {args.duration:g} s, {args.load_procs} load process(es) on the same 2 cores")
-    print(f"{'path':<46}{'p50_ms':>10}{'p99_ms':>10}{'mean_ms':>10}{'rps':>9}  {'target':<32}met")
+    print(f"{'path':<58}{'p50_ms':>10}{'p99_ms':>10}{'mean_ms':>10}{'rps':>9}  {'target':<32}met")
     for row in rows:
         print(row)
     print(f"ratio_feast_p99_over_ours_p99={ratio:.2f}  target >= {TARGET_RATIO:g}  "
