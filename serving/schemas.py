@@ -8,9 +8,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    create_model,
+    field_validator,
+)
 
 from trellis.spec import Column, Model, Project, Source
+from trellis.types import on_scale
 
 _FORBID = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -28,6 +38,10 @@ def _annotation(logical: str, column: Column | None = None, *, optional: bool = 
                                                le=min(bound, constraints.get("le", bound)))]
     elif logical == "float64":
         base = Annotated[float, Field(allow_inf_nan=False, **constraints)]
+        if column is not None and column.scale is not None:
+            # The OpenAPI document says it too (multipleOf), so clients and generated tests know the grid.
+            base = Annotated[base, AfterValidator(_scale_check(column.scale)),
+                             Field(json_schema_extra={"multipleOf": 10.0 ** -column.scale})]
     elif logical == "bool":
         base = StrictBool
     elif logical == "timestamp":
@@ -40,6 +54,18 @@ def _annotation(logical: str, column: Column | None = None, *, optional: bool = 
         base = Literal[tuple(checks.isin)]  # type: ignore[valid-type]
     nullable = optional or (column is not None and not column.checks.not_null)
     return (base | None, None) if nullable else (base, ...)
+
+
+def _scale_check(scale: int) -> Any:
+    """The contract's ``scale`` check (``trellis.types.on_scale``): a value off the column's grid is refused, as
+    ingestion would quarantine it."""
+
+    def check(value: float) -> float:
+        if not on_scale(value, scale):
+            raise ValueError(f"{value!r} is not a multiple of {10.0 ** -scale:g} (the column's scale is {scale})")
+        return value
+
+    return check
 
 
 def _time_validator(names: list[str], max_future: timedelta) -> Any:

@@ -190,7 +190,13 @@ def test_unknown_top_level_field(root):
 def test_unknown_field_without_a_close_name_lists_the_allowed_ones(root):
     edit(root, TRANSACTIONS, "  device_id: {type: int64}", "  device_id: {type: int64, nullable: true}")
     expect(only_problem(root), TRANSACTIONS, line_of(root, TRANSACTIONS, "device_id"), "columns.device_id.nullable",
-           "unknown field 'nullable'", "allowed fields: type, description, pii, checks")
+           "unknown field 'nullable'", "allowed fields: type, description, pii, scale, checks")
+
+
+def test_scale_on_a_column_that_is_not_float64(root):
+    edit(root, TRANSACTIONS, "  device_id: {type: int64}", "  device_id: {type: int64, scale: 2}")
+    expect(only_problem(root), TRANSACTIONS, line_of(root, TRANSACTIONS, "device_id"), "columns.device_id",
+           "scale 2 is for float64 columns; this column is int64")
 
 
 @pytest.mark.parametrize(

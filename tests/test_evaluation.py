@@ -43,7 +43,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def world(tmp_path_factory: pytest.TempPathFactory):
     project = load_project(REPO)
     root = tmp_path_factory.mktemp("evaluation")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG), exact_windows=False)
+    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
     training_set = build_training_set(con, project, NAME, AS_OF, root / "sets")
     # The test project's model: the declared definition with fewer iterations (the data is small).
     model = project.models[NAME].model_copy(

@@ -28,7 +28,7 @@ PLAN = SplitPlan(train_days=21, validation_days=7, gap_days=3, test_days=10)
 def world(tmp_path_factory: pytest.TempPathFactory):
     project = load_project(REPO)
     root = tmp_path_factory.mktemp("modeling")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG), exact_windows=False)
+    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
     training_set = build_training_set(con, project, "card_fraud", AS_OF, root / "sets")
     con.close()
     model = project.models["card_fraud"].model_copy(

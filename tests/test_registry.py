@@ -28,7 +28,7 @@ NAME = "card_fraud"
 def world(tmp_path_factory: pytest.TempPathFactory):
     project = load_project(REPO)
     root = tmp_path_factory.mktemp("registry")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG), exact_windows=False)
+    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
     training_set = build_training_set(con, project, NAME, AS_OF, root / "sets")
     con.close()
     model = project.models[NAME].model_copy(

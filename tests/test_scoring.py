@@ -41,7 +41,7 @@ DAY = date(2018, 5, 17)  # four days before AS_OF: some labels of the day are kn
 def world(tmp_path_factory: pytest.TempPathFactory):
     project = load_project(REPO)
     root = tmp_path_factory.mktemp("scoring")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG), exact_windows=False)
+    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
     training_set = build_training_set(con, project, MODEL, AS_OF, root / "sets")
     model = project.models[MODEL].model_copy(
         update={"split": PLAN, "catboost": {**project.models[MODEL].catboost, "iterations": 60}})

@@ -135,6 +135,7 @@ def test_events_and_labels_update_the_state_and_feast_returns_the_same_values(cl
 @pytest.mark.parametrize(("change", "field", "fragment"), [
     ({"tx_amount": -5.0}, "tx_amount", "greater than or equal to 0"),
     ({"tx_amount": 1e9}, "tx_amount", "less than or equal to 100000"),
+    ({"tx_amount": 12.345}, "tx_amount", "12.345 is not a multiple of 0.01 (the column's scale is 2)"),
     ({"customer_id": "abc"}, "customer_id", "valid integer"),
     ({"tx_datetime": "2999-01-01T00:00:00"}, "tx_datetime", "in the future"),
     ({"tx_datetime": "yesterday"}, "tx_datetime", "datetime"),

@@ -15,7 +15,7 @@ import pandera.pandas as pa
 
 from trellis.compile.dbt import VALIDATED_SCHEMA, FeatureModel
 from trellis.spec import Project, Source
-from trellis.types import mapping
+from trellis.types import mapping, on_scale
 
 QUARANTINE_SCHEMA = "quarantine"
 
@@ -28,6 +28,10 @@ def _checks(col) -> list[pa.Check]:
         checks.append(pa.Check.le(col.checks.le))
     if col.checks.isin is not None:
         checks.append(pa.Check.isin(col.checks.isin))
+    if col.scale is not None:
+        checks.append(pa.Check(lambda values, scale=col.scale: pd.Series(on_scale(values, scale), index=values.index),
+                               name="scale",
+                               error=f"a multiple of {10.0 ** -col.scale:g} (scale {col.scale})"))
     return checks
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from trellis.errors import DefinitionError, Problem, did_you_mean
@@ -126,7 +127,18 @@ class Column(_Strict):
     type: LogicalType
     description: str = ""
     pii: bool = False
+    scale: int | None = Field(
+        None, ge=0, le=6,
+        description="float64 only: the values are multiples of 10^-scale (2 for an amount in cents). Rows off "
+                    "that grid break the contract; sums, means and standard deviations of the column are then "
+                    "computed from exact integer sums, the same bits offline and online in any order.")
     checks: ColumnChecks = ColumnChecks()
+
+    @model_validator(mode="after")
+    def _scale_on_floats(self) -> Column:
+        if self.scale is not None and self.type != "float64":
+            raise ValueError(f"scale {self.scale} is for float64 columns; this column is {self.type}")
+        return self
 
 
 class Source(_Strict):
@@ -276,6 +288,9 @@ class Feature(BaseModel):
     window: timedelta | None  # None: whole history
     delay: timedelta
     dtype: str
+    # Exact aggregation (sum, mean, std of a column with a declared scale): the values are summed as integers
+    # in units of 10^-scale. None: ordinary floating-point aggregation.
+    scale: int | None = None
 
     @property
     def qualified(self) -> str:
@@ -297,6 +312,9 @@ def _expression_type(text: str, source: Source) -> str | None:
         return None
 
 
+EXACT_AGGREGATIONS = ("sum", "mean", "std")  # exact over a column with a declared scale (Feature.scale)
+
+
 def features_of(group: FeatureGroup, source: Source) -> list[Feature]:
     out = []
     for spec in group.features:
@@ -304,6 +322,8 @@ def features_of(group: FeatureGroup, source: Source) -> list[Feature]:
         if spec.expr is not None:
             input_type = _expression_type(spec.expr, source)
         delay = parse_duration(spec.delay or group.delay)
+        scale = source.columns[spec.column].scale if (
+            spec.agg in EXACT_AGGREGATIONS and spec.expr is None and spec.column in source.columns) else None
         for label in spec.windows or [None]:
             out.append(
                 Feature(
@@ -315,6 +335,7 @@ def features_of(group: FeatureGroup, source: Source) -> list[Feature]:
                     window=parse_duration(label) if label else None,
                     delay=delay,
                     dtype=aggregate_output_type(spec.agg, input_type),
+                    scale=scale,
                 )
             )
     return out

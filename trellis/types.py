@@ -74,3 +74,12 @@ def aggregate_output_type(agg: str, input_type: str | None) -> str:
     if agg == "sum":
         return "float64" if input_type == "float64" else "int64"
     return input_type or "float64"  # unknown input: the definition checks report it
+
+
+def on_scale(values, scale: int):  # noqa: ANN001, ANN201 (a float or an array in, a bool or a bool array out)
+    """Whether each value is a multiple of 10^-scale (a column's declared ``scale``), up to the float error of
+    writing such a multiple in binary: 12.34 is, 12.345 is not at scale 2. NaN is not."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64) * 10.0**scale
+    return np.abs(x - np.rint(x)) <= np.maximum(1e-6, np.abs(x) * 1e-15)

@@ -79,6 +79,8 @@ class GroupCompiler:
             value = src[feature.column]
         else:
             value = ibis.literal(1)
+        if feature.scale is not None:  # exact: integers in units of 10^-scale (the contract keeps the grid)
+            value = (value * 10**feature.scale).round().cast("int64")
         if feature.agg in ("sum", "mean", "std") and value.type().is_boolean():
             value = value.cast("int64")
         if self.group.filter is not None:
@@ -101,6 +103,8 @@ class GroupCompiler:
 
     def _input_name(self, feature: Feature, late: bool) -> str:
         base = feature.column or (f"expr{zlib.crc32(feature.expr.encode())}" if feature.expr else "one")
+        if feature.scale is not None:
+            base += f"_e{feature.scale}"
         if self.late_possible:
             base += f"_d{int(feature.delay.total_seconds())}"
             if late:
@@ -147,6 +151,8 @@ class GroupCompiler:
             return {"v": over(value.nunique())}
         if agg in ("sum", "mean"):
             return {"n": n, "s": over(value.sum())}
+        if agg == "std" and feature.scale is not None:  # exact integer sums of the values and their squares
+            return {"n": n, "s": over(value.sum()), "q": over((value * value).sum())}
         if agg == "std":
             return {"n": n, "m": over(value.mean()), "var": over(value.var(how="sample"))}
         if agg in ("min", "max"):
@@ -161,7 +167,9 @@ class GroupCompiler:
     def _finish(feature: Feature, p: dict[str, ir.Value]) -> ir.Value:
         agg = feature.agg
         out: ir.Value
-        if agg == "count":
+        if feature.scale is not None:
+            out = _exact_finish(agg, p, 10**feature.scale)
+        elif agg == "count":
             out = p["n"].fill_null(0)
         elif agg == "sum":
             out = p["s"].fill_null(0)
@@ -184,6 +192,9 @@ class GroupCompiler:
 
         if agg == "count":
             return {"n": add(a["n"], b["n"])}
+        if feature.scale is not None:  # integer states: sums are exact in any order
+            n = add(a["n"], b["n"])
+            return {"n": n, **{k: ibis.ifelse(n > 0, add(a[k], b[k]), ibis.null(a[k].type())) for k in a if k != "n"}}
         if agg in ("sum", "mean"):
             return {"n": add(a["n"], b["n"]), "s": ibis.ifelse(add(a["n"], b["n"]) > 0, add(a["s"], b["s"]),
                                                               ibis.null("float64"))}
@@ -256,9 +267,24 @@ class GroupCompiler:
         keep = [self.key, FEATURE_TS, *passthrough]
 
         if not self.late_possible:
-            # Every row is on time: the windows give the final values directly.
+            # Every row is on time: the windows give the final values directly. Exact aggregates first get
+            # their integer sums as columns, one per (input, window, sum): a mean and a std over the same
+            # window share them.
+            sums: dict[str, ir.Value] = {}
+            exact: dict[str, dict[str, str]] = {}
+            for feature in (f for f in self.features if f.scale is not None):
+                b = bounds(feature.window, feature.delay, self.group.include_current)
+                frame = f"{'all' if b.lower is None else _micros(b.lower)}_{_micros(b.upper)}"
+                name = self._input_name(feature, late=False)
+                parts = self._partials(feature, timeline[name], timeline["__ts"], self._window(timeline, b))
+                exact[feature.name] = {k: f"__x{name}_{frame}_{k}" for k in parts}
+                sums.update({exact[feature.name][k]: v for k, v in parts.items()})
+            timeline = timeline.mutate(**sums) if sums else timeline
             finals = {}
             for feature in self.features:
+                if feature.name in exact:
+                    finals[feature.name] = self._finish(feature, {k: timeline[c] for k, c in exact[feature.name].items()})
+                    continue
                 w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
                 value = timeline[self._input_name(feature, late=False)]
                 finals[feature.name] = self._direct(feature, value, timeline["__ts"], w)
@@ -286,6 +312,8 @@ class GroupCompiler:
     def _direct(self, feature: Feature, value: ir.Value, event_ts: ir.Value, w) -> ir.Value:
         """A feature's final value from one window (no partial state to merge)."""
         agg = feature.agg
+        if feature.scale is not None:
+            return self._finish(feature, self._partials(feature, value, event_ts, w))
         if agg == "mean":
             out = value.mean().over(w)
         elif agg == "std":
@@ -351,6 +379,22 @@ class GroupCompiler:
         src = source_table(self.source) if src is None else src
         spine = src.select(self.key).distinct().mutate(**{FEATURE_TS: ibis.literal(as_of, type="timestamp")})
         return self.point_in_time(spine=spine, src=src)
+
+
+def _exact_finish(agg: str, p: dict[str, ir.Value], factor: int) -> ir.Value:
+    """sum, mean or std from exact integer sums ``s`` (values times ``factor``), ``q`` (their squares) and the
+    count ``n``. Each is one or two roundings of exact quantities, in this order, so that
+    ``trellis.online.state`` computes the same bits in Python."""
+    s = p["s"].cast("float64")
+    if agg == "sum":
+        return (s / factor).fill_null(0)
+    n = p["n"]
+    if agg == "mean":
+        return s / (n * factor).nullif(0).cast("float64")
+    if agg == "std":  # (n q - s^2) / (n (n - 1)) is the sample variance; its numerator is exact
+        spread = (n * p["q"] - p["s"] * p["s"]).cast("float64") / (n * (n - 1)).cast("float64")
+        return ibis.ifelse(n >= 2, spread.sqrt() / factor, ibis.null("float64"))
+    raise ValueError(f"aggregation {agg!r} is not computed exactly")
 
 
 class _SparkOptions(ibis.config.Config):

@@ -25,7 +25,7 @@ import math
 import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -84,6 +84,7 @@ class OnlineFeature:
     lower_us: int | None  # rows with t - lower <= event <= t - upper count; None: unbounded
     upper_us: int
     dtype: str  # output logical type
+    scale: int | None = None  # sum/mean/std from exact integer sums of the values times 10^scale
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class GroupSpec:
         return {
             "group": self.group, "key_column": self.key_column, "strict": self.strict,
             "inputs": [list(i) for i in self.inputs],
-            "features": [[f.name, f.agg, f.column, f.lower_us, f.upper_us, f.dtype] for f in self.features],
+            "features": [[f.name, f.agg, f.column, f.lower_us, f.upper_us, f.dtype,
+                          *([] if f.scale is None else [f.scale])] for f in self.features],
             "horizon_us": self.horizon_us, "has_primary_key": self.has_primary_key,
         }
 
@@ -119,16 +121,18 @@ class GroupSpec:
 
     @cached_property
     def plan(self) -> tuple[tuple[tuple[int | None, int], ...], int, tuple[tuple[str, str, int | None, int, int,
-                                                                                   str], ...]]:
+                                                                                   str, int | None], ...]]:
         """What ``evaluate`` walks: the distinct windows ``(lower_us, upper_us)``, the number of distinct
-        (column, window) pairs, and per feature ``(name, agg, column, window index, pair index, dtype)``."""
+        (column, window, scale) pairs, and per feature ``(name, agg, column, window index, pair index, dtype,
+        factor)``; ``factor`` is 10^scale for an exact aggregation, else None."""
         windows = tuple(dict.fromkeys((f.lower_us, f.upper_us) for f in self.features))
-        pairs: dict[tuple[int | None, int], int] = {}
+        pairs: dict[tuple[int | None, int, int | None], int] = {}
         features = []
         for f in self.features:
             w = windows.index((f.lower_us, f.upper_us))
-            pair = pairs.setdefault((f.column, w), len(pairs))
-            features.append((f.name, f.agg, f.column, w, pair, f.dtype))
+            factor = None if f.scale is None else 10**f.scale
+            pair = pairs.setdefault((f.column, w, factor), len(pairs))
+            features.append((f.name, f.agg, f.column, w, pair, f.dtype, factor))
         return windows, len(pairs), tuple(features)
 
 
@@ -170,7 +174,8 @@ def group_spec(project: Any, group_name: str) -> GroupSpec:
             column = None
         b = timesem.bounds(feature.window, feature.delay, group.include_current)
         lower = None if b.lower is None else _us(b.lower)
-        features.append(OnlineFeature(feature.name, feature.agg, column, lower, _us(b.upper), feature.dtype))
+        features.append(OnlineFeature(feature.name, feature.agg, column, lower, _us(b.upper), feature.dtype,
+                                      feature.scale))
         horizon = None if horizon is None or lower is None else max(horizon, lower)
     pk = source.primary_key
     if pk is not None:
@@ -394,6 +399,19 @@ class TailLists:
     avail_upto: list[int]  # [i]: the latest available-at time of rows 0..i
     columns: list[list[Any]]
     nulls: list[frozenset[int] | None]  # per input: indexes of the null rows (NaN, None, masked), or None
+    scaled: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (column, factor): see ``units``
+
+    def units(self, column: int, factor: int) -> list[int]:
+        """Column ``column`` in units of 1/``factor``, as the exact aggregations read it: the integers SQL's
+        ``CAST(ROUND(x * factor) AS BIGINT)`` gives (half away from zero); null rows give 0 (never read)."""
+        out = self.scaled.get((column, factor))
+        if out is None:
+            x = np.array(self.columns[column], dtype=np.float64) * factor
+            x[np.isnan(x)] = 0.0
+            whole = np.trunc(x)
+            tie = np.abs(x - whole) == 0.5
+            out = self.scaled[column, factor] = np.where(tie, whole + np.sign(x), np.rint(x)).astype(np.int64).tolist()
+        return out
 
     @classmethod
     def of(cls, tail: Tail) -> TailLists:
@@ -410,11 +428,11 @@ class TailLists:
                    columns, nulls)
 
 
-def _present(lists: TailLists, column: int, start: int, stop: int,
-             drop: tuple[int, ...] | None) -> tuple[list[Any], list[int] | None]:
-    """The present values of ``column`` in rows ``start:stop`` except ``drop`` (rows of the range not yet
-    available), and their row indexes (None: every row of the range)."""
-    values = lists.columns[column]
+def _present(lists: TailLists, column: int, start: int, stop: int, drop: tuple[int, ...] | None,
+             factor: int | None = None) -> tuple[list[Any], list[int] | None]:
+    """The present values of ``column`` (in units of 1/``factor`` if given) in rows ``start:stop`` except
+    ``drop`` (rows of the range not yet available), and their row indexes (None: every row of the range)."""
+    values = lists.columns[column] if factor is None else lists.units(column, factor)
     nulls = lists.nulls[column]
     if nulls is None and drop is None:
         return values[start:stop], None
@@ -465,6 +483,33 @@ def _aggregate(agg: str, items: list[Any], dtype: str, lists: TailLists, start: 
     raise StateError(f"unknown aggregation {agg!r}")
 
 
+def _sql_double(n: int) -> float:
+    """An integer as SQL's ``CAST(x AS DOUBLE)`` gives it for DuckDB's HUGEINT (the type of ``SUM(BIGINT)``),
+    bit for bit: DuckDB adds the rounded low and high 64-bit halves (exact below 2^53, correctly rounded below
+    2^64, one more rounding beyond), and for the negative numbers above -2^64 computes ``-(2^64 - 1 - low) - 1``."""
+    high, low = divmod(n, 1 << 64)
+    if high == -1:
+        return -float(0xFFFF_FFFF_FFFF_FFFF - low) - 1.0
+    return float(low) + float(high) * 18446744073709551616.0
+
+
+def _exact(agg: str, units: list[int], factor: int) -> float | None:
+    """sum, mean or std of values given in units of 1/``factor``, computed as the compiled SQL computes them
+    (``trellis.compile.offline._exact_finish``): exact integer sums, then the same roundings in the same order."""
+    n = len(units)
+    if agg == "sum":
+        return _sql_double(sum(units)) / factor if n else 0.0
+    if agg == "mean":
+        return _sql_double(sum(units)) / float(n * factor) if n else None
+    if agg == "std":
+        if n < 2:
+            return None
+        s = sum(units)
+        q = sum(u * u for u in units)
+        return math.sqrt(_sql_double(n * q - s * s) / float(n * (n - 1))) / factor
+    raise StateError(f"aggregation {agg!r} is not computed exactly")
+
+
 def evaluate(spec: GroupSpec, tail: Tail, t_us: int) -> dict[str, Any]:
     """Every feature of the group as of ``t_us`` (µs since the epoch), under the section-3 rule.
 
@@ -492,17 +537,19 @@ def evaluate(spec: GroupSpec, tail: Tail, t_us: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     present: list[tuple[list[Any], list[int] | None] | None] = [None] * n_pairs
     fsum = math.fsum
-    for name, agg, column, w, pair, dtype in features:
+    for name, agg, column, w, pair, dtype, factor in features:
         start, stop, drop = windows[w]
         if column is None:
             out[name] = stop - start - (len(drop) if drop else 0)
             continue
         values = present[pair]
         if values is None:
-            values = present[pair] = _present(lists, column, start, stop, drop)
+            values = present[pair] = _present(lists, column, start, stop, drop, factor)
         items = values[0]
         # The common aggregations inline (a function call per feature is a good part of the cost).
-        if agg == "mean":
+        if factor is not None:
+            out[name] = _exact(agg, items, factor)
+        elif agg == "mean":
             out[name] = fsum(items) / len(items) if items else None
         elif agg == "max":
             out[name] = max(items) if items else None

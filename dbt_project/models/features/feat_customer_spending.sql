@@ -2,143 +2,214 @@
 {{ config(materialized='table', post_hook='{{ export_feature_table() }}') }}
 
 SELECT
-  "t2"."customer_id",
-  "t2"."feature_ts",
-  "t2"."transaction_id",
-  "t2"."tx_count_1d",
-  "t2"."tx_count_7d",
-  "t2"."tx_count_30d",
-  "t2"."avg_amount_1d",
-  "t2"."avg_amount_7d",
-  "t2"."avg_amount_30d",
-  "t2"."std_amount_7d",
-  "t2"."std_amount_30d",
-  "t2"."max_amount_1d",
-  "t2"."max_amount_7d",
-  "t2"."max_amount_30d",
-  "t2"."distinct_terminals_1d",
-  "t2"."distinct_terminals_7d",
-  "t2"."distinct_terminals_30d"
+  "t3"."customer_id",
+  "t3"."feature_ts",
+  "t3"."transaction_id",
+  "t3"."tx_count_1d",
+  "t3"."tx_count_7d",
+  "t3"."tx_count_30d",
+  "t3"."avg_amount_1d",
+  "t3"."avg_amount_7d",
+  "t3"."avg_amount_30d",
+  "t3"."std_amount_7d",
+  "t3"."std_amount_30d",
+  "t3"."max_amount_1d",
+  "t3"."max_amount_7d",
+  "t3"."max_amount_30d",
+  "t3"."distinct_terminals_1d",
+  "t3"."distinct_terminals_7d",
+  "t3"."distinct_terminals_30d"
 FROM (
   SELECT
-    "t1"."transaction_id",
-    "t1"."tx_datetime",
-    "t1"."customer_id",
-    "t1"."terminal_id",
-    "t1"."device_id",
-    "t1"."tx_amount",
-    "t1"."__ts",
-    "t1"."__in_one",
-    "t1"."__in_tx_amount",
-    "t1"."__in_terminal_id",
-    "t1"."feature_ts",
-    "t1"."__is_spine",
-    "t1"."__us",
+    "t2"."transaction_id",
+    "t2"."tx_datetime",
+    "t2"."customer_id",
+    "t2"."terminal_id",
+    "t2"."device_id",
+    "t2"."tx_amount",
+    "t2"."__ts",
+    "t2"."__in_one",
+    "t2"."__in_tx_amount_e2",
+    "t2"."__in_tx_amount",
+    "t2"."__in_terminal_id",
+    "t2"."feature_ts",
+    "t2"."__is_spine",
+    "t2"."__us",
+    "t2"."__x__in_tx_amount_e2_86400000000_1_n",
+    "t2"."__x__in_tx_amount_e2_86400000000_1_s",
+    "t2"."__x__in_tx_amount_e2_604800000000_1_n",
+    "t2"."__x__in_tx_amount_e2_604800000000_1_s",
+    "t2"."__x__in_tx_amount_e2_2592000000000_1_n",
+    "t2"."__x__in_tx_amount_e2_2592000000000_1_s",
+    "t2"."__x__in_tx_amount_e2_604800000000_1_q",
+    "t2"."__x__in_tx_amount_e2_2592000000000_1_q",
     COALESCE(
-      COUNT("t1"."__in_one") OVER (
-        PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__us" ASC
+      COUNT("t2"."__in_one") OVER (
+        PARTITION BY "t2"."customer_id"
+        ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
     ) AS "tx_count_1d",
     COALESCE(
-      COUNT("t1"."__in_one") OVER (
-        PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__us" ASC
+      COUNT("t2"."__in_one") OVER (
+        PARTITION BY "t2"."customer_id"
+        ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
     ) AS "tx_count_7d",
     COALESCE(
-      COUNT("t1"."__in_one") OVER (
-        PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__us" ASC
+      COUNT("t2"."__in_one") OVER (
+        PARTITION BY "t2"."customer_id"
+        ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 2592000000000 preceding AND 1 preceding
       ),
       0
     ) AS "tx_count_30d",
-    AVG("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
-      RANGE BETWEEN 86400000000 preceding AND 1 preceding
-    ) AS "avg_amount_1d",
-    AVG("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
-      RANGE BETWEEN 604800000000 preceding AND 1 preceding
-    ) AS "avg_amount_7d",
-    AVG("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
-      RANGE BETWEEN 2592000000000 preceding AND 1 preceding
-    ) AS "avg_amount_30d",
-    STDDEV_SAMP("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
-      RANGE BETWEEN 604800000000 preceding AND 1 preceding
-    ) AS "std_amount_7d",
-    STDDEV_SAMP("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
-      RANGE BETWEEN 2592000000000 preceding AND 1 preceding
-    ) AS "std_amount_30d",
-    MAX("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
+    CAST("t2"."__x__in_tx_amount_e2_86400000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_86400000000_1_n" * 100, 0) AS DOUBLE) AS "avg_amount_1d",
+    CAST("t2"."__x__in_tx_amount_e2_604800000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_604800000000_1_n" * 100, 0) AS DOUBLE) AS "avg_amount_7d",
+    CAST("t2"."__x__in_tx_amount_e2_2592000000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_2592000000000_1_n" * 100, 0) AS DOUBLE) AS "avg_amount_30d",
+    CASE
+      WHEN "t2"."__x__in_tx_amount_e2_604800000000_1_n" >= 2
+      THEN SQRT(
+        CAST((
+          "t2"."__x__in_tx_amount_e2_604800000000_1_n" * "t2"."__x__in_tx_amount_e2_604800000000_1_q"
+        ) - (
+          "t2"."__x__in_tx_amount_e2_604800000000_1_s" * "t2"."__x__in_tx_amount_e2_604800000000_1_s"
+        ) AS DOUBLE) / CAST("t2"."__x__in_tx_amount_e2_604800000000_1_n" * (
+          "t2"."__x__in_tx_amount_e2_604800000000_1_n" - 1
+        ) AS DOUBLE)
+      ) / 100
+      ELSE CAST(NULL AS DOUBLE)
+    END AS "std_amount_7d",
+    CASE
+      WHEN "t2"."__x__in_tx_amount_e2_2592000000000_1_n" >= 2
+      THEN SQRT(
+        CAST((
+          "t2"."__x__in_tx_amount_e2_2592000000000_1_n" * "t2"."__x__in_tx_amount_e2_2592000000000_1_q"
+        ) - (
+          "t2"."__x__in_tx_amount_e2_2592000000000_1_s" * "t2"."__x__in_tx_amount_e2_2592000000000_1_s"
+        ) AS DOUBLE) / CAST("t2"."__x__in_tx_amount_e2_2592000000000_1_n" * (
+          "t2"."__x__in_tx_amount_e2_2592000000000_1_n" - 1
+        ) AS DOUBLE)
+      ) / 100
+      ELSE CAST(NULL AS DOUBLE)
+    END AS "std_amount_30d",
+    MAX("t2"."__in_tx_amount") OVER (
+      PARTITION BY "t2"."customer_id"
+      ORDER BY "t2"."__us" ASC
       RANGE BETWEEN 86400000000 preceding AND 1 preceding
     ) AS "max_amount_1d",
-    MAX("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
+    MAX("t2"."__in_tx_amount") OVER (
+      PARTITION BY "t2"."customer_id"
+      ORDER BY "t2"."__us" ASC
       RANGE BETWEEN 604800000000 preceding AND 1 preceding
     ) AS "max_amount_7d",
-    MAX("t1"."__in_tx_amount") OVER (
-      PARTITION BY "t1"."customer_id"
-      ORDER BY "t1"."__us" ASC
+    MAX("t2"."__in_tx_amount") OVER (
+      PARTITION BY "t2"."customer_id"
+      ORDER BY "t2"."__us" ASC
       RANGE BETWEEN 2592000000000 preceding AND 1 preceding
     ) AS "max_amount_30d",
     COALESCE(
-      COUNT(DISTINCT "t1"."__in_terminal_id") OVER (
-        PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__us" ASC
+      COUNT(DISTINCT "t2"."__in_terminal_id") OVER (
+        PARTITION BY "t2"."customer_id"
+        ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_terminals_1d",
     COALESCE(
-      COUNT(DISTINCT "t1"."__in_terminal_id") OVER (
-        PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__us" ASC
+      COUNT(DISTINCT "t2"."__in_terminal_id") OVER (
+        PARTITION BY "t2"."customer_id"
+        ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_terminals_7d",
     COALESCE(
-      COUNT(DISTINCT "t1"."__in_terminal_id") OVER (
-        PARTITION BY "t1"."customer_id"
-        ORDER BY "t1"."__us" ASC
+      COUNT(DISTINCT "t2"."__in_terminal_id") OVER (
+        PARTITION BY "t2"."customer_id"
+        ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 2592000000000 preceding AND 1 preceding
       ),
       0
     ) AS "distinct_terminals_30d"
   FROM (
     SELECT
-      "t0"."transaction_id",
-      "t0"."tx_datetime",
-      "t0"."customer_id",
-      "t0"."terminal_id",
-      "t0"."device_id",
-      "t0"."tx_amount",
-      "t0"."tx_datetime" AS "__ts",
-      1 AS "__in_one",
-      "t0"."tx_amount" AS "__in_tx_amount",
-      "t0"."terminal_id" AS "__in_terminal_id",
-      "t0"."tx_datetime" AS "feature_ts",
-      TRUE AS "__is_spine",
-      DATE_DIFF('MICROSECOND', MAKE_TIMESTAMP(1970, 1, 1, 0, 0, 0.0), "t0"."tx_datetime") AS "__us"
-    FROM {{ ref('stg_transactions') }} AS "t0"
-  ) AS "t1"
-) AS "t2"
+      "t1"."transaction_id",
+      "t1"."tx_datetime",
+      "t1"."customer_id",
+      "t1"."terminal_id",
+      "t1"."device_id",
+      "t1"."tx_amount",
+      "t1"."__ts",
+      "t1"."__in_one",
+      "t1"."__in_tx_amount_e2",
+      "t1"."__in_tx_amount",
+      "t1"."__in_terminal_id",
+      "t1"."feature_ts",
+      "t1"."__is_spine",
+      "t1"."__us",
+      COUNT("t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 86400000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_86400000000_1_n",
+      SUM("t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 86400000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_86400000000_1_s",
+      COUNT("t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 604800000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_604800000000_1_n",
+      SUM("t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 604800000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_604800000000_1_s",
+      COUNT("t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 2592000000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_2592000000000_1_n",
+      SUM("t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 2592000000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_2592000000000_1_s",
+      SUM("t1"."__in_tx_amount_e2" * "t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 604800000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_604800000000_1_q",
+      SUM("t1"."__in_tx_amount_e2" * "t1"."__in_tx_amount_e2") OVER (
+        PARTITION BY "t1"."customer_id"
+        ORDER BY "t1"."__us" ASC
+        RANGE BETWEEN 2592000000000 preceding AND 1 preceding
+      ) AS "__x__in_tx_amount_e2_2592000000000_1_q"
+    FROM (
+      SELECT
+        "t0"."transaction_id",
+        "t0"."tx_datetime",
+        "t0"."customer_id",
+        "t0"."terminal_id",
+        "t0"."device_id",
+        "t0"."tx_amount",
+        "t0"."tx_datetime" AS "__ts",
+        1 AS "__in_one",
+        CAST(ROUND("t0"."tx_amount" * 100, 0) AS BIGINT) AS "__in_tx_amount_e2",
+        "t0"."tx_amount" AS "__in_tx_amount",
+        "t0"."terminal_id" AS "__in_terminal_id",
+        "t0"."tx_datetime" AS "feature_ts",
+        TRUE AS "__is_spine",
+        DATE_DIFF('MICROSECOND', MAKE_TIMESTAMP(1970, 1, 1, 0, 0, 0.0), "t0"."tx_datetime") AS "__us"
+      FROM {{ ref('stg_transactions') }} AS "t0"
+    ) AS "t1"
+  ) AS "t2"
+) AS "t3"
 WHERE
-  "t2"."__is_spine"
+  "t3"."__is_spine"
