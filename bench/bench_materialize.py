@@ -1,6 +1,7 @@
 """Benchmark online materialization: Trellis' ``trellis.online.materialize`` vs ``feast materialize``.
 
 Usage: .venv/bin/python bench/bench_materialize.py [--scale 5] [--days 60] [--rebuild] [--repeat 3]
+       [--skip-state] [--skip-feast]
 
 Setting (everything real, nothing mocked): a project built once into ``bench/.work/materialize-s<scale>-
 d<days>/`` (reused unless ``--rebuild``): a copy of ``definitions/``, ``dbt_project/`` and
@@ -33,12 +34,16 @@ Checks (exit status 1 when one fails): after every run, the ``<group>`` tables' 
 storage class), sorted, are digested (SHA-256); every run of every path must give the same digests, and the
 stores of the last ``trellis_values`` and ``feast`` runs are compared row by row in SQLite (``EXCEPT`` both
 ways, on every column): identical or the script fails.
+
+``--skip-feast`` (quick A/B of Trellis variants): Feast is not run; the digests and the store of the last Feast
+run on this build (kept in the build directory) are the reference, and its median time gives the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -280,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the project")
     parser.add_argument("--repeat", type=int, default=3, help="runs per path; medians reported")
     parser.add_argument("--skip-state", action="store_true", help="leave out the trellis_values_state path")
+    parser.add_argument("--skip-feast", action="store_true",
+                        help="do not run feast: compare with the last feast run on this build (digests, store, time)")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -306,22 +313,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"transactions={transactions} groups={','.join(groups)} "
           f"feature_table_rows={','.join(f'{g}:{n}' for g, n in feature_rows.items())}")
 
-    paths = [p for p in PATHS if not (args.skip_state and p == "trellis_values_state")]
+    paths = [p for p in PATHS if not (args.skip_state and p == "trellis_values_state")
+             and not (args.skip_feast and p == "feast")]
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
-    kept = {p: target / f"store_after_{p}.db" for p in paths}
+    kept = {p: target / f"store_after_{p}.db" for p in PATHS}
+    saved_feast = target / "feast_reference.json"  # digests and times of the last feast run on this build
+    if args.skip_feast:
+        if not saved_feast.exists() or not kept["feast"].exists():
+            raise SystemExit(f"--skip-feast: no feast run on {target} yet (run once without it)")
+        runs["feast"] = json.loads(saved_feast.read_text())["runs"]
     try:
         for round_ in range(args.repeat):
             for path in paths:
+                load = os.getloadavg()[0]
                 result = in_fresh_process(run_path, path, str(project), str(pristine), groups, str(kept[path]))
+                result["load"] = (load, os.getloadavg()[0])
                 runs[path].append(result)
                 per_view = " ".join(f"{v}:{d['entities']}/{d['values']}" for v, d in result["digests"].items())
                 print(f"run path={path} round={round_ + 1} seconds={result['seconds']:.2f} "
                       f"cpu_s={result['cpu']:.2f} entity_rows={result['entity_rows']} "
-                      f"state_rows={result['state_rows']} "
+                      f"state_rows={result['state_rows']} load={result['load'][0]:.2f}-{result['load'][1]:.2f} "
                       f"rows_per_s={(result['entity_rows'] + result['state_rows']) / result['seconds']:,.0f} "
                       f"entities/values={per_view}", flush=True)
     finally:
         reset_store(project, pristine)  # leave the build as built
+    if not args.skip_feast:
+        saved_feast.write_text(json.dumps({"runs": runs["feast"]}))
 
     failed = False
     reference = runs["feast"][0]["digests"]
@@ -350,15 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     ratio = (summary["feast"]["rows"] / summary["feast"]["seconds"]) / (
         summary["trellis_values"]["rows"] / summary["trellis_values"]["seconds"])
     speedup = 1 / ratio
-    per_round = [f["seconds"] / t["seconds"] for t, f in zip(runs["trellis_values"], runs["feast"], strict=True)]
+    per_round = [f["seconds"] / t["seconds"] for t, f in zip(runs["trellis_values"], runs["feast"], strict=False)]
 
     print()
     print("=" * 110)
     print(f"SUMMARY  scale {args.scale:g}, {args.days} days, {transactions} transactions; medians of "
           f"{args.repeat} interleaved runs, each in a fresh process; rows = entity rows of the <group> views "
           f"(+ state rows)")
+    if args.skip_feast:
+        print(f"feast NOT RUN: its figures are the last feast run on this build "
+              f"(seconds {summary['feast']['all']}; load {', '.join(f'{a:.2f}-{b:.2f}' for a, b in (r.get('load', (0, 0)) for r in runs['feast']))})")
     print(f"{'path':<24}{'seconds':>9}{'cpu_s':>9}{'rows':>10}{'values':>11}{'rows/s':>11}{'feast_s/x':>11}")
-    for path in paths:
+    for path in runs:
         s = summary[path]
         print(f"{path:<24}{s['seconds']:>9.2f}{s['cpu']:>9.2f}{s['rows']:>10}{s['values']:>11}"
               f"{s['rows'] / s['seconds']:>11,.0f}{summary['feast']['seconds'] / s['seconds']:>11.2f}")

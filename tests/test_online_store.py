@@ -43,6 +43,7 @@ from trellis.online.service import OnlineFeatures
 from trellis.online.state import STATE_FIELD, group_spec, state_view, to_us
 from trellis.online.store import (
     OnlineStore,
+    Packed,
     StoreUnavailable,
     ViewBatch,
     decode_bytes_value,
@@ -53,6 +54,8 @@ from trellis.online.store import (
     feast_event_ts,
     key_encoder,
     key_order,
+    pack_keys,
+    pack_values,
     value_text,
     value_texts,
 )
@@ -276,6 +279,138 @@ def test_decode_bytes_value_rejects_other_types() -> None:
         decode_bytes_value(encode_values("float64", [1.0])[0])
 
 
+def test_packed_is_the_list_of_its_items() -> None:
+    items = [b"", b"\x00", b"abc", b"\x00\x00", b"xy\x00"]  # trailing zero bytes are data, not padding
+    packed = Packed.of(items)
+    assert packed.tolist() == items == list(packed) and len(packed) == 5 and packed == items
+    assert packed[2] == b"abc" and packed[1:3] == items[1:3]
+    assert packed.take(np.array([4, 0, 2])).tolist() == [items[4], items[0], items[2]]
+    assert Packed.of([]).tolist() == [] and Packed.of([b"", b""]).tolist() == [b"", b""]
+    keys = pack_keys("customer_id", "int64", [3, -1])
+    assert isinstance(keys, Packed) and keys.tolist() == encode_keys("customer_id", "int64", [3, -1])
+    assert pack_values("int64", np.array([1, -5]), np.array([True, False])).tolist() == [b"", *encode_values(
+        "int64", [-5])]
+
+
+def bare_store(directory: Path) -> OnlineStore:
+    """An OnlineStore on a SQLite file with no Feast registry (the bulk write creates Feast's tables)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "feature_store.yaml").write_text(yaml.safe_dump(
+        {"project": "t", "online_store": {"type": "sqlite", "path": str(directory / "online.db")}}))
+    return OnlineStore(directory)
+
+
+def reference_rows(batch: ViewBatch) -> list[tuple]:
+    """What ``write`` must leave for a batch, built row by row in Python: Feast's columns and storage classes."""
+    seconds = feast_event_seconds(batch.event_us).tolist()
+    return sorted((key, name, bytes(batch.values[name][i]), batch.texts[name][i], None, seconds[i], None, "blob",
+                   "null" if batch.texts[name][i] is None else "text", "integer")
+                  for i, key in enumerate(batch.keys) for name in batch.values)
+
+
+def stored_rows(store: OnlineStore, view: str) -> list[tuple]:
+    con = sqlite3.connect(store.path)
+    try:
+        return con.execute(f'select {COLUMNS}, typeof(value), typeof(value_text), typeof(event_ts) from '
+                           f'"{store.table(view)}" order by entity_key, feature_name').fetchall()
+    finally:
+        con.close()
+
+
+def mixed_batch(keys: list[str], seed: int) -> ViewBatch:
+    """String keys (in no order), every value type, nulls, negative varints, NUL and non-ASCII texts."""
+    rng = np.random.default_rng(seed)
+    n = len(keys)
+    strings = [None, "", "a\x00b", "\x00", "é😀\n\"\\", "x" * 300, "plain"]
+    ints = rng.integers(-(2**63), 2**63 - 1, n)
+    ints[:: 3] = rng.integers(-3, 300, len(ints[:: 3]))
+    columns = {
+        "f": ("float64", [None if i % 5 == 0 else float(x) for i, x in enumerate(rng.normal(size=n) * 1e6)]),
+        "i": ("int64", [None if i % 7 == 0 else int(x) for i, x in enumerate(ints)]),
+        "j": ("int32", [int(x) for x in rng.integers(-(2**31), 2**31 - 1, n)]),
+        "b": ("bool", [None if i % 4 == 0 else bool(i % 3) for i in range(n)]),
+        "s": ("string", [strings[i % len(strings)] for i in range(n)]),
+        "y": ("bytes", [None if i % 6 == 0 else bytes(rng.integers(0, 256, i % 40, dtype=np.uint8)) for i in range(n)]),
+    }
+    encoded = encode_keys("merchant", "string", keys)
+    when = rng.integers(-(10**15), 2 * 10**15, n)  # microseconds, before 1970 too
+    return ViewBatch(encoded, when, {c: encode_values(t, v) for c, (t, v) in columns.items()},
+                     {c: value_texts(t, v) for c, (t, v) in columns.items()})
+
+
+def test_bulk_write_equals_a_row_by_row_reference(tmp_path: Path) -> None:
+    """``write`` hands SQLite a few buffers and a JSON array per view; the rows it leaves equal Feast's rows built
+    one by one: every column and storage class, unsorted and string keys, NUL characters in texts (a side
+    table: SQLite's JSON cannot carry them), both views in one transaction; the upsert path too."""
+    store = bare_store(tmp_path / "bulk")
+    first = mixed_batch([f"k{i:03d}-{'é' * (i % 3)}" for i in range(200, 0, -1)], seed=1)
+    other = ViewBatch.from_rows([(encode_key("id", i), {"v": encode_values("float64", [i / 3])[0]},
+                                  datetime(2024, 1, 1) + timedelta(seconds=i)) for i in range(50)])
+    assert store.write({"mixed": first, "other": other}, replace=["mixed", "other"]) == 200 * 6 + 50
+    assert stored_rows(store, "mixed") == reference_rows(first)
+    assert stored_rows(store, "other") == reference_rows(other)
+    # Upsert (no replace): the rows of the new batch win, the others stay; the _ek index is kept.
+    update = mixed_batch([f"k{i:03d}-{'é' * (i % 3)}" for i in range(150, 250)], seed=2)
+    assert store.write([("mixed", update)]) == 100 * 6  # (view, batch) pairs: the lazy form
+    kept = [r for r in reference_rows(first) if r[0] not in set(update.keys)]
+    assert stored_rows(store, "mixed") == sorted(kept + reference_rows(update))
+    con = sqlite3.connect(store.path)
+    names = {r[0] for r in con.execute("select name from sqlite_master where type = 'index'")}
+    con.close()
+    assert {"t_mixed_ek", "t_other_ek"} <= names
+    with pytest.raises(ValueError, match="twice"):
+        store.write({"other": ViewBatch([b"a", b"a"], np.zeros(2, dtype=np.int64), {"v": [b"", b""]},
+                                        {"v": [None, None]})})
+    assert stored_rows(store, "other") == reference_rows(other)  # the failed write left nothing
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=12), min_size=1, max_size=40, unique=True),
+       *(st.lists(st.one_of(st.none(), values), min_size=40, max_size=40)
+         for values in (st.floats(allow_nan=True, allow_infinity=True), INT64, TEXT)))
+def test_bulk_write_equals_the_reference_for_any_batch(keys: list[bytes], floats: list, ints: list,
+                                                       texts: list) -> None:
+    import tempfile
+
+    n = len(keys)
+    columns = {"a": ("float64", floats[:n]), "b": ("int64", ints[:n]), "c": ("string", texts[:n])}
+    batch = ViewBatch(keys, np.arange(n, dtype=np.int64) * 1_234_567, {
+        c: encode_values(t, v) for c, (t, v) in columns.items()}, {c: value_texts(t, v) for c, (t, v) in columns.items()})
+    with tempfile.TemporaryDirectory() as directory:
+        store = bare_store(Path(directory))
+        store.write({"v": batch}, replace=["v"])
+        assert stored_rows(store, "v") == reference_rows(batch)
+
+
+def test_ahead_hands_over_items_errors_and_stops_the_producer() -> None:
+    from trellis.online.materialize import _ahead
+
+    with _ahead(lambda put: [put(i) for i in range(5)]) as items:
+        assert list(items) == [0, 1, 2, 3, 4]
+
+    def failing(put: Any) -> None:
+        put(1)
+        raise KeyError("producer failed")
+
+    with pytest.raises(KeyError, match="producer failed"), _ahead(failing) as items:
+        list(items)
+
+    produced = []
+
+    def endless(put: Any) -> None:
+        for i in range(10**9):
+            produced.append(i)
+            put(i)
+
+    with pytest.raises(RuntimeError), _ahead(endless) as items:  # the consumer fails: the producer is stopped
+        next(items)
+        raise RuntimeError("writer failed")
+    assert not any(t.name == "trellis-materialize" for t in threading.enumerate())
+    count = len(produced)
+    time.sleep(0.05)
+    assert len(produced) == count
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Shared set-up: a copy of the pipeline's project with its own warehouse and a Feast repo applied under a
 # unique project name (so Redis keys are ours alone).
@@ -428,37 +563,35 @@ MATERIALIZER = textwrap.dedent("""
     from trellis.spec import load_project
 
     root, warehouse, store_dir, as_of, kill_at = sys.argv[1:]
-    batches, seen = [], [0]  # rows of each executemany, and of all of them so far
+    ticks, inserts = [0], []  # progress-handler calls (every 1000 SQLite VM steps); the tick each view's insert began
 
     def kill(where):
         print("killing", where, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def tick():
+        # SIGKILL at tick `kill_at`: inside a statement of the write transaction (earlier views replaced).
+        ticks[0] += 1
+        if str(ticks[0]) == kill_at:
+            kill(f"at tick {kill_at}")
+        return 0
+
     class Connection(sqlite3.Connection):
-        # Every row the store hands SQLite, counted: SIGKILL at row `kill_at` (inside the write transaction:
-        # earlier views already replaced), or just before the commit.
-        def executemany(self, sql, rows):
-            batches.append(0)
-
-            def counted():
-                for row in rows:
-                    seen[0] += 1
-                    batches[-1] += 1
-                    if str(seen[0]) == kill_at:
-                        kill(f"at row {kill_at}")
-                    yield row
-
-            return super().executemany(sql, counted())
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.set_progress_handler(tick, 1000)
 
         def execute(self, sql, *args):
             if sql == "commit" and kill_at == "commit":
                 kill("at commit")
+            if sql.startswith('insert into "'):
+                inserts.append(ticks[0])
             return super().execute(sql, *args)
 
     sqlite3.connect = functools.partial(sqlite3.connect, factory=Connection)
     con = duckdb.connect(warehouse, read_only=True)
     materialize(con, load_project(root), OnlineStore(store_dir), as_of=datetime.fromisoformat(as_of))
-    print(json.dumps(batches), flush=True)
+    print(json.dumps({"ticks": ticks[0], "inserts": inserts}), flush=True)
 """)
 
 
@@ -502,18 +635,19 @@ def test_killed_materialization_leaves_the_previous_version(applied: Applied, tm
     alone = scratch_store(applied.repo, tmp_path / "b_alone")
     done = run_materializer(applied, changed, alone.repo, as_of_b)  # B on its own, to compare with
     assert done.returncode == 0, done.stderr[-3000:]
-    batches = json.loads(done.stdout.strip().splitlines()[-1])  # rows per executemany: names, rows, ...
+    counts = json.loads(done.stdout.strip().splitlines()[-1])  # progress ticks in all; where each view began
+    ticks, inserts = counts["ticks"], counts["inserts"]
     version_b = dump(alone.path, tables)
     assert all(version_b[t] != version_a[t] for t in tables), "version B must differ from A in every view"
-    assert len(batches) == 2 * len(tables)
+    assert len(inserts) == len(tables) and ticks > inserts[-1] + 3
 
     uncommitted = 0  # bytes of the dead transaction SQLite had already spilled to the WAL
-    # The first row; the middle of the first view's rows; 3 rows into the third view (two views already
-    # replaced); the last row; the commit.
-    for kill_at in (1, batches[0] + batches[1] // 2, sum(batches[:4]) + 3, sum(batches), "commit"):
+    # Inside the first statement; the middle of the first view's insert; 3 ticks into the third view's insert
+    # (two views already replaced); the last tick; the commit.
+    for kill_at in (1, inserts[0] + (inserts[1] - inserts[0]) // 2, inserts[2] + 3, ticks, "commit"):
         crashed = run_materializer(applied, changed, store.repo, as_of_b, kill_at)
         assert crashed.returncode == -signal.SIGKILL, (kill_at, crashed.stdout, crashed.stderr[-2000:])
-        assert f"killing at {'commit' if kill_at == 'commit' else f'row {kill_at}'}" in crashed.stdout
+        assert f"killing at {'commit' if kill_at == 'commit' else f'tick {kill_at}'}" in crashed.stdout
         wal = store.path.with_name(store.path.name + "-wal")
         uncommitted = max(uncommitted, wal.stat().st_size if wal.exists() else 0)
         # The store opens (SQLite rolls the dead transaction back) and holds exactly version A.
@@ -585,17 +719,17 @@ def test_readers_during_a_slow_write_see_all_old_or_all_new(applied: Applied, tm
     errors: list[BaseException] = []
 
     class SlowConnection(sqlite3.Connection):
-        """SQLite takes the rows of the bulk write slowly (inside its transaction)."""
+        """SQLite runs the inserts of the bulk write slowly (inside its transaction)."""
 
-        def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-            def slow() -> Iterator:
-                started.set()
-                for i, row in enumerate(rows):
-                    if i % 100 == 0:
-                        time.sleep(0.02)
-                    yield row
-
-            return super().executemany(sql, slow())
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if not sql.startswith('insert into "'):
+                return super().execute(sql, *args)
+            started.set()
+            self.set_progress_handler(lambda: time.sleep(0.02), 2000)
+            try:
+                return super().execute(sql, *args)
+            finally:
+                self.set_progress_handler(None, 0)
 
     monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=SlowConnection))
 

@@ -15,7 +15,12 @@ leaves the previous version (SQLite rolls the transaction back).
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,10 +46,12 @@ from trellis.online.state import (
 )
 from trellis.online.store import (
     OnlineStore,
+    Packed,
     ViewBatch,
     encode_keys,
-    encode_values,
     key_order,
+    pack_keys,
+    pack_values,
     value_texts,
 )
 from trellis.spec import Project
@@ -158,24 +165,98 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
                 as_of: datetime | None = None, exports: Path | None = None,
                 groups: list[str] | None = None, state: bool = True) -> MaterializeReport:
     """Write every online group's values and state (see the module docstring); returns what was written.
-    ``state=False`` writes only the ``<group>`` views (what ``feast materialize`` of them writes)."""
+    ``state=False`` writes only the ``<group>`` views (what ``feast materialize`` of them writes).
+
+    A producer thread reads and encodes the groups (DuckDB releases the GIL while it queries) while this
+    thread writes the ones already encoded into the store's one transaction (SQLite releases it too), smallest
+    group first so the writer starts early; after the first group DuckDB leaves the writer a core. The
+    transaction (the store's write lock: Feast's own writers wait 5 s for it) begins with the first batch, so
+    with the state views, whose tails take longer to build than to write, the writer waits for all of them."""
     started = time.perf_counter()
     groups = groups or [g.name for g in project.feature_groups.values() if g.online]
     as_of = as_of or _cutoff(con, project, groups)
     report = MaterializeReport(as_of=as_of)
-    batches: dict[str, ViewBatch] = {}
-    for name in groups:
-        t0 = time.perf_counter()
-        values = latest_values(con, project, name)
-        batches[name] = value_batch(project, name, values)
-        entities, state_rows = 0, 0
-        if state:
-            batches[state_view(name)], state_rows = _state_batch(con, project, name, as_of, exports)
-            entities = len(batches[state_view(name)])
-        report.groups.append(GroupReport(name, entities, values.num_rows, state_rows, time.perf_counter() - t0))
-    report.values_written = store.write(batches, replace=list(batches))
+    views = [view for name in groups for view in ((name, state_view(name)) if state else (name,))]
+    done: dict[str, GroupReport] = {}
+
+    threads = int(con.execute("select current_setting('threads')").fetchone()[0])
+    # Once the writer has a batch it needs a core of its own: DuckDB's other threads would take it (SQLite writes
+    # ran 2-3x slower beside a 2-thread DuckDB query on 2 cores).
+    leave = max(1, min(threads, _cores() - 1))
+
+    def produce(put: Callable[[tuple[str, ViewBatch]], None]) -> None:
+        for i, name in enumerate(sorted(groups, key=lambda g: len(project.features(project.feature_groups[g])))):
+            if i == 1 and leave < threads:
+                con.execute(f"set threads = {leave}")
+            t0 = time.perf_counter()
+            values = latest_values(con, project, name)
+            put((name, value_batch(project, name, values).prepare()))
+            entities, state_rows = 0, 0
+            if state:
+                batch, state_rows = _state_batch(con, project, name, as_of, exports)
+                put((state_view(name), batch.prepare()))
+                entities = len(batch)
+            done[name] = GroupReport(name, entities, values.num_rows, state_rows, time.perf_counter() - t0)
+
+    try:
+        with _ahead(produce) as batches:
+            if state:  # the tails take longer to build than to write: hold the write lock only while writing
+                batches = list(batches)
+            report.values_written = store.write(batches, replace=views)
+    finally:
+        con.execute(f"set threads = {threads}")
+    report.groups = [done[name] for name in groups]
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _Stop(Exception):
+    """The consumer of ``_ahead`` stopped early (its write failed): the producer ends."""
+
+
+@contextmanager
+def _ahead(produce: Callable[[Callable[[Any], None]], None]) -> Iterator[Iterator[Any]]:
+    """Run ``produce(put)`` in a thread; the items it puts come out of the yielded iterator in order (its
+    exception re-raised there). On exit the producer is stopped at its next ``put`` and waited for, so nothing
+    uses the caller's DuckDB connection afterwards."""
+    items: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> None:
+        if stop.is_set():
+            raise _Stop
+        items.put(item)
+
+    def run() -> None:
+        try:
+            produce(put)
+            items.put(end)
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            items.put(exc)
+
+    def consume() -> Iterator[Any]:
+        while (item := items.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=run, name="trellis-materialize", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _state_batch(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: datetime,
@@ -203,27 +284,28 @@ def value_batch(project: Project, group: str, values: pa.Table) -> ViewBatch:
 
 def _batch(join_key: str, key_type: str, keys: pa.ChunkedArray | list[Any], event_us: np.ndarray,
            columns: dict[str, tuple[str, Any, np.ndarray | None]]) -> ViewBatch:
-    """Encode a view's columns ({feature: (logical type, values, null mask)}) in the byte order of the keys."""
+    """Encode a view's columns ({feature: (logical type, values, null mask)}) in the byte order of the keys:
+    keys and values as ``Packed`` buffers (numbers through numpy), texts as lists."""
     if key_type in ("int64", "int32"):
         numbers = keys.to_numpy() if isinstance(keys, pa.ChunkedArray) else np.asarray(keys, dtype=np.int64)
         order = key_order(key_type, numbers)
-        encoded = encode_keys(join_key, key_type, numbers[order])
+        encoded = pack_keys(join_key, key_type, numbers[order])
     else:
         raw = keys.to_pylist() if isinstance(keys, pa.ChunkedArray) else list(keys)
-        encoded_all = encode_keys(join_key, key_type, raw)
-        order = np.array(sorted(range(len(raw)), key=encoded_all.__getitem__), dtype=np.int64)
-        encoded = [encoded_all[i] for i in order.tolist()]
+        listed = encode_keys(join_key, key_type, raw)
+        order = np.array(sorted(range(len(raw)), key=listed.__getitem__), dtype=np.int64)
+        encoded = Packed.of([listed[i] for i in order.tolist()])
     taken = {}
     for name, (logical, data, null) in columns.items():
         data = data[order] if isinstance(data, np.ndarray) else [data[i] for i in order.tolist()]
         taken[name] = (logical, data, None if null is None else null[order])
     return ViewBatch(encoded, event_us[order],
-                     {n: encode_values(t, d, null) for n, (t, d, null) in taken.items()},
+                     {n: pack_values(t, d, null) for n, (t, d, null) in taken.items()},
                      {n: value_texts(t, d, null) for n, (t, d, null) in taken.items()})
 
 
 def _column(table: pa.Table, name: str, logical: str) -> tuple[Any, np.ndarray | None]:
-    """A feature column for ``encode_values``: numbers as numpy with a null mask (floats: NaN), else a list."""
+    """A feature column for ``pack_values``: numbers as numpy with a null mask (floats: NaN), else a list."""
     column = table.column(name)
     if logical == "float64":
         return column.cast(pa.float64()).to_numpy(zero_copy_only=False), None

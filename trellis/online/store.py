@@ -30,6 +30,7 @@ materialize`` and push sources use.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import struct
 import threading
@@ -37,7 +38,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
+from functools import cached_property
+from itertools import chain, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +96,19 @@ def key_encoder(join_key: str, key_type: str = "int64"):
 
 def encode_keys(join_key: str, key_type: str, values: Sequence[Any] | np.ndarray) -> list[bytes]:
     """``key_encoder`` over a column; integer keys are packed with numpy (one buffer, then sliced)."""
+    return pack_keys(join_key, key_type, values).tolist()
+
+
+def pack_keys(join_key: str, key_type: str, values: Sequence[Any] | np.ndarray) -> Packed:
+    """``encode_keys`` as one ``Packed`` buffer (integer keys: one numpy matrix, no object per key)."""
     if _KEY_TYPES[key_type] == _STRING:
         encode = key_encoder(join_key, key_type)
-        return [encode(v) for v in values]
+        return Packed.of([encode(v) for v in values])
     width = 8 if key_type == "int64" else 4
     prefix = np.frombuffer(key_encoder(join_key, key_type)(0)[:-width], dtype=np.uint8)
     numbers = np.asarray(values, dtype=f"<i{width}")
-    return _rows_of(np.hstack([np.broadcast_to(prefix, (len(numbers), len(prefix))),
-                               numbers.view(np.uint8).reshape(-1, width)]))
+    matrix = np.hstack([np.broadcast_to(prefix, (len(numbers), len(prefix))), numbers.view(np.uint8).reshape(-1, width)])
+    return Packed(matrix, np.full(len(numbers), matrix.shape[1], dtype=np.int64))
 
 
 def key_order(key_type: str, values: np.ndarray) -> np.ndarray:
@@ -115,8 +122,59 @@ def key_order(key_type: str, values: np.ndarray) -> np.ndarray:
 def _rows_of(matrix: np.ndarray) -> list[bytes]:
     """One bytes object per row of a C-contiguous uint8 matrix."""
     width = matrix.shape[1]
+    if width == 0:
+        return [b""] * len(matrix)
     buffer = np.ascontiguousarray(matrix).tobytes()
     return [buffer[i:i + width] for i in range(0, len(buffer), width)]
+
+
+class Packed(Sequence[bytes]):
+    """A column of byte strings in one buffer: item ``i`` is ``data[i, :length[i]]`` (``data`` an (n, width)
+    uint8 matrix, zero-padded). What the bulk write hands SQLite as a few large parameters, without one Python
+    object per value; indexing and ``tolist`` give the bytes."""
+
+    __slots__ = ("data", "length")
+
+    def __init__(self, data: np.ndarray, length: np.ndarray):
+        self.data = np.ascontiguousarray(data, dtype=np.uint8)
+        self.length = np.asarray(length, dtype=np.int64)
+        if self.data.ndim != 2 or len(self.data) != len(self.length):
+            raise ValueError("Packed: data must be an (n, width) matrix with one length per row")
+
+    @classmethod
+    def of(cls, items: Sequence[bytes]) -> Packed:
+        lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+        width = int(lengths.max(initial=0))
+        buffer = bytearray(b"".join(item.ljust(width, b"\0") for item in items))
+        return cls(np.frombuffer(buffer, dtype=np.uint8).reshape(len(items), width), lengths)
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self.tolist()[i]
+        return self.data[i, :self.length[i]].tobytes()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Packed | list | tuple):
+            return self.tolist() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Packed({self.tolist()!r})"
+
+    def tolist(self) -> list[bytes]:
+        rows = _rows_of(self.data)
+        width = self.data.shape[1]
+        if (self.length == width).all():
+            return rows
+        return [row if n == width else row[:n] for row, n in zip(rows, self.length.tolist(), strict=True)]
+
+    def take(self, order: np.ndarray) -> Packed:
+        return Packed(self.data[order], self.length[order])
 
 
 def _null_mask(values: Sequence[Any] | np.ndarray) -> np.ndarray:
@@ -129,29 +187,31 @@ def _null_mask(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     return np.array([v is None or (isinstance(v, float) and v != v) for v in values], dtype=bool)
 
 
-def _varints(tag: int, numbers: np.ndarray) -> list[bytes]:
+def _varints(tag: int, numbers: np.ndarray) -> Packed:
     """``tag`` + the protobuf varint of each int64 (negative numbers: ten bytes, two's complement)."""
     unsigned = numbers.astype(np.int64).view(np.uint64)
-    out: list[bytes] = [b""] * len(unsigned)
     length = np.ones(len(unsigned), dtype=np.int64)
     for shift in range(7, 64, 7):
         length += (unsigned >> np.uint64(shift)) > 0
-    for size in np.unique(length).tolist():
-        where = np.flatnonzero(length == size)
-        chunk = unsigned[where]
-        matrix = np.empty((len(where), size + 1), dtype=np.uint8)
-        matrix[:, 0] = tag
-        for j in range(size):
-            byte = (chunk >> np.uint64(7 * j)) & np.uint64(0x7F)
-            matrix[:, j + 1] = byte | np.uint64(0x80) if j < size - 1 else byte
-        for i, encoded in zip(where.tolist(), _rows_of(matrix), strict=True):
-            out[i] = encoded
-    return out
+    size = int(length.max(initial=1))
+    matrix = np.zeros((len(unsigned), size + 1), dtype=np.uint8)
+    matrix[:, 0] = tag
+    for j in range(size):
+        byte = ((unsigned >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
+        byte[length > j + 1] |= 0x80
+        byte[length <= j] = 0
+        matrix[:, j + 1] = byte
+    return Packed(matrix, length + 1)
 
 
 def encode_values(logical: str, values: Sequence[Any] | np.ndarray, null: np.ndarray | None = None) -> list[bytes]:
     """Serialised ``feast.types.Value`` for a column of one logical type; None, NaN and the rows ``null`` marks
     become Feast's null (an empty message), as ``feast materialize`` writes them. Numbers go through numpy."""
+    return pack_values(logical, values, null).tolist()
+
+
+def pack_values(logical: str, values: Sequence[Any] | np.ndarray, null: np.ndarray | None = None) -> Packed:
+    """``encode_values`` as one ``Packed`` buffer (numbers: numpy matrices, no object per value)."""
     if logical not in _VALUE_TAGS:
         raise ValueError(f"no Feast value encoding for logical type {logical!r}")
     tag = _VALUE_TAGS[logical]
@@ -163,21 +223,25 @@ def encode_values(logical: str, values: Sequence[Any] | np.ndarray, null: np.nda
             else:
                 data = v if isinstance(v, bytes) else str(v).encode()
                 out.append(bytes((tag,)) + _varint(len(data)) + data)
+        packed = Packed.of(out)
     else:
         numbers, null = _numbers(logical, values, null)
         if logical == "float64":
             matrix = np.empty((len(numbers), 9), dtype=np.uint8)
             matrix[:, 0] = tag
             matrix[:, 1:] = numbers.view(np.uint8).reshape(-1, 8)
-            out = _rows_of(matrix)
+            packed = Packed(matrix, np.full(len(numbers), 9, dtype=np.int64))
         elif logical == "bool":
-            out = [b"8\x01" if v else b"8\x00" for v in numbers.tolist()]
+            matrix = np.empty((len(numbers), 2), dtype=np.uint8)
+            matrix[:, 0] = tag
+            matrix[:, 1] = numbers.astype(bool)
+            packed = Packed(matrix, np.full(len(numbers), 2, dtype=np.int64))
         else:
-            out = _varints(tag, numbers)
-    if null is not None:
-        for i in np.flatnonzero(null).tolist():
-            out[i] = b""
-    return out
+            packed = _varints(tag, numbers)
+    if null is not None:  # Feast's null: an empty message
+        packed.data[null] = 0
+        packed.length[null] = 0
+    return packed
 
 
 def value_texts(logical: str, values: Sequence[Any] | np.ndarray, null: np.ndarray | None = None) -> list[str | None]:
@@ -287,6 +351,10 @@ def feast_event_seconds(event_us: np.ndarray) -> np.ndarray:
     return np.array([feast_event_ts(_EPOCH + timedelta(microseconds=u)) for u in event_us.tolist()], dtype=np.int64)
 
 
+def _as_batch(batch: ViewBatch | Iterable[Row]) -> ViewBatch:
+    return batch if isinstance(batch, ViewBatch) else ViewBatch.from_rows(batch)
+
+
 def _epoch_us(value: datetime) -> int:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
@@ -325,10 +393,97 @@ class ViewBatch:
 
     def rows(self) -> Iterator[Row]:
         """The batch as ``Row``s (event times as naive-UTC datetimes), for Feast's ``online_write_batch``."""
-        names = list(self.values)
-        for i, key in enumerate(self.keys):
-            yield (key, {name: self.values[name][i] for name in names},
+        columns = {name: _as_list(column) for name, column in self.values.items()}
+        for i, key in enumerate(_as_list(self.keys)):
+            yield (key, {name: column[i] for name, column in columns.items()},
                    _EPOCH + timedelta(microseconds=int(self.event_us[i])))
+
+    def prepare(self) -> ViewBatch:
+        """Build now what a SQLite write binds (``_SqliteRows``), e.g. in a producer thread while the writer is
+        busy with another view; a write calls it anyway. Returns the batch."""
+        self._sqlite  # noqa: B018 - computed and cached
+        return self
+
+    @cached_property
+    def _sqlite(self) -> _SqliteRows:
+        return _SqliteRows.of(self)
+
+
+def _as_list(column: Sequence[Any]) -> list[Any]:
+    return column.tolist() if isinstance(column, Packed) else list(column)
+
+
+def _digits(numbers: np.ndarray) -> tuple[bytes, int, int]:
+    """Integers as fixed-width decimal ASCII, after subtracting the smallest: (buffer, width, smallest). SQL reads
+    number ``i`` back with ``cast(substr(buffer, i * width + 1, width) as integer) + smallest``."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    low = int(numbers.min(initial=0))
+    shifted = numbers.view(np.uint64) - np.uint64(low & (2**64 - 1))  # wraps to the (non-negative) difference
+    width = len(str(int(shifted.max(initial=0))))
+    powers = np.uint64(10) ** np.arange(width - 1, -1, -1, dtype=np.uint64)
+    return ((shifted[:, None] // powers) % np.uint64(10) + np.uint64(48)).astype(np.uint8).tobytes(), width, low
+
+
+@dataclass(frozen=True)
+class _SqliteRows:
+    """A view's rows as the few parameters of one ``INSERT ... SELECT``: SQLite iterates the JSON array of the
+    value texts (one element per (entity, feature), in primary-key order) and slices every other column out of
+    fixed-width buffers by the element's index: no Python object and no bound parameter per value."""
+
+    entities: int
+    names: list[str]
+    select: str  # Feast's columns: entity_key, feature_name, value, value_text, event_ts, created_ts
+    params: dict[str, Any]
+    nul_texts: list[tuple[int, str]]  # texts with a NUL character (JSON cannot carry them), by element index
+
+    @classmethod
+    def of(cls, batch: ViewBatch) -> _SqliteRows:
+        names = sorted(batch.values)
+        keys = batch.keys if isinstance(batch.keys, Packed) else Packed.of(list(batch.keys))
+        values = [batch.values[n] if isinstance(batch.values[n], Packed) else Packed.of(list(batch.values[n]))
+                  for n in names]
+        texts = [batch.texts[n] for n in names]
+        seconds = feast_event_seconds(batch.event_us)
+        listed = keys.tolist()
+        if any(a >= b for a, b in pairwise(listed)):
+            order = sorted(range(len(listed)), key=listed.__getitem__)
+            if any(listed[a] == listed[b] for a, b in pairwise(order)):
+                raise ValueError("an entity key occurs twice in one batch")
+            keys, seconds = keys.take(np.array(order)), seconds[order]
+            values = [v.take(np.array(order)) for v in values]
+            texts = [[t[i] for i in order] for t in texts]
+        n, f = len(keys), len(names)
+        params: dict[str, Any] = {}
+
+        def read(name: str, numbers: np.ndarray, index: str) -> str:  # an integer column (SQL literal if constant)
+            if len(numbers) and (numbers == numbers[0]).all():
+                return str(int(numbers[0]))
+            params[name], width, low = _digits(numbers)  # a blob cast to integer is read as text
+            return f"(cast(substr(:{name}, {index} * {width} + 1, {width}) as integer){f' + {low}' if low else ''})"
+
+        entity = f"(j.key / {f})"
+        params["keys"] = keys.data.tobytes()
+        key = f"substr(:keys, {entity} * {keys.data.shape[1]} + 1, {read('key_len', keys.length, entity)})"
+        width = max([1, *(v.data.shape[1] for v in values)])
+        matrix = np.zeros((n, f, width), dtype=np.uint8)
+        for i, v in enumerate(values):
+            matrix[:, i, :v.data.shape[1]] = v.data
+        params["values"] = matrix.tobytes()
+        lengths = np.stack([v.length for v in values], axis=1).reshape(-1) if f else np.zeros(0, dtype=np.int64)
+        value = f"substr(:values, j.key * {width} + 1, {read('value_len', lengths, 'j.key')})"
+        flat = list(chain.from_iterable(zip(*texts, strict=True)))
+        params["texts"] = json.dumps(flat, ensure_ascii=False)
+        nul_texts = []
+        if "\\u0000" in params["texts"]:  # SQLite's JSON ends a string at \u0000: these go through a side table
+            nul_texts = [(i, t) for i, t in enumerate(flat) if t is not None and "\0" in t]
+            for i, _ in nul_texts:
+                flat[i] = None
+            params["texts"] = json.dumps(flat, ensure_ascii=False)
+        text = "j.value" if not nul_texts else \
+            "coalesce(j.value, (select t from temp.trellis_texts where k = j.key))"
+        select = (f"select {key}, n.name, {value}, {text}, {read('seconds', seconds, entity)}, NULL "
+                  f"from json_each(:texts) j cross join temp.trellis_names n on n.i = j.key % {f}")
+        return cls(n, names, select, params, nul_texts)
 
 
 class OnlineStore:
@@ -434,13 +589,16 @@ class OnlineStore:
             out[i] = value
         return out
 
-    def write(self, batches: Mapping[str, ViewBatch | Iterable[Row]], *, replace: Iterable[str] = ()) -> int:
+    def write(self, batches: Mapping[str, ViewBatch | Iterable[Row]] | Iterable[tuple[str, ViewBatch | Iterable[Row]]],
+              *, replace: Iterable[str] = ()) -> int:
         """Write rows of several views at once; ``replace`` views are emptied first (a full refresh).
-        SQLite: one transaction, so readers never see part of it. Returns the number of values written."""
-        batches = {view: batch if isinstance(batch, ViewBatch) else ViewBatch.from_rows(batch)
-                   for view, batch in batches.items()}
+        ``batches``: a mapping of views to batches, or ``(view, batch)`` pairs, which may still be in the making
+        (a generator): SQLite writes each as it comes. SQLite: one transaction, so readers never see part of
+        it; it begins with the first batch. Returns the number of values written."""
+        pairs = batches.items() if isinstance(batches, Mapping) else batches
         replace = set(replace)
         if self.kind != "sqlite":
+            batches = {view: _as_batch(batch) for view, batch in pairs}
             with self._write_lock:
                 self._feast_clear([view for view in batches if view in replace])
                 return self._feast_write({view: batch.rows() for view, batch in batches.items()})
@@ -454,9 +612,13 @@ class OnlineStore:
                 # this connection only) instead of spilling and re-reading them mid-transaction.
                 conn.execute("pragma cache_size=-65536")
                 conn.execute("pragma temp_store=memory")  # the staging tables below
-                conn.execute("begin immediate")
-                for view, batch in batches.items():
+                for view, batch in pairs:
+                    batch = _as_batch(batch).prepare()
+                    if not conn.in_transaction:
+                        conn.execute("begin immediate")
                     written += self._write_view(conn, self.table(view), batch, view in replace)
+                if not conn.in_transaction:
+                    conn.execute("begin immediate")
                 conn.execute("commit")
             except BaseException:
                 if conn.in_transaction:
@@ -468,9 +630,9 @@ class OnlineStore:
 
     @staticmethod
     def _write_view(conn: sqlite3.Connection, table: str, batch: ViewBatch, replace: bool) -> int:
-        """One view into its table inside the caller's transaction. The rows are staged one per entity (one
-        bound parameter per value and text, not four per value), then turned into Feast's one row per
-        (entity_key, feature_name) by SQLite itself, in that order, so every index grows at its end."""
+        """One view into its table inside the caller's transaction: one ``INSERT ... SELECT`` over the batch's
+        ``_SqliteRows`` (a handful of bound buffers), which SQLite turns into Feast's one row per (entity_key,
+        feature_name), in that order, so every index grows at its end."""
         conn.execute(
             f'create table if not exists "{table}" (entity_key BLOB, feature_name TEXT, value BLOB, '
             f'value_text TEXT, vector_value BLOB, event_ts timestamp, created_ts timestamp, '
@@ -482,39 +644,24 @@ class OnlineStore:
             conn.execute(f'delete from "{table}"')
             if found:  # rebuilt after the inserts (as Feast's DDL had it): one sorted pass, not one per row
                 conn.execute(f'drop index "{table}_ek"')
-        names = sorted(batch.values)
-        keys = batch.keys
-        if len(keys) and names:
-            seconds = feast_event_seconds(batch.event_us).tolist()
-            columns = [c for name in names for c in (batch.values[name], batch.texts[name])]
-            if any(a >= b for a, b in pairwise(keys)):
-                order = sorted(range(len(keys)), key=keys.__getitem__)
-                if any(keys[a] == keys[b] for a, b in pairwise(order)):
-                    raise ValueError(f"{table}: an entity key occurs twice in one batch")
-                keys, seconds = [keys[i] for i in order], [seconds[i] for i in order]
-                columns = [[c[i] for i in order] for c in columns]
+        rows = batch._sqlite
+        if rows.entities and rows.names:
             conn.execute("create temp table trellis_names (i INTEGER PRIMARY KEY, name TEXT)")
-            conn.executemany("insert into temp.trellis_names values (?, ?)", enumerate(names))
-            staged = ", ".join(f"v{i} BLOB, t{i} TEXT" for i in range(len(names)))
-            conn.execute(f"create temp table trellis_rows (k BLOB, ts INTEGER, {staged})")
-            # bytearray, not bytes: Python's sqlite3 binds bytearray directly but looks up an adapter for every
-            # bytes object (an attribute lookup that fails), which costs more than the copy.
-            columns = [map(bytearray, c) if i % 2 == 0 else c for i, c in enumerate(columns)]
-            conn.executemany(f"insert into temp.trellis_rows values (?, ?{', ?, ?' * len(names)})",
-                             zip(map(bytearray, keys), seconds, *columns, strict=True))
-            pick = lambda column: "case n.i " + " ".join(  # noqa: E731
-                f"when {i} then s.{column}{i}" for i in range(len(names))) + " end"
+            conn.executemany("insert into temp.trellis_names values (?, ?)", enumerate(rows.names))
+            if rows.nul_texts:
+                conn.execute("create temp table trellis_texts (k INTEGER PRIMARY KEY, t TEXT)")
+                conn.executemany("insert into temp.trellis_texts values (?, ?)", rows.nul_texts)
             conn.execute(  # the columns and the upsert Feast's online_write_batch uses (vector_value untouched)
                 f'insert into "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
-                f"select s.k, n.name, {pick('v')}, {pick('t')}, s.ts, NULL "
-                f"from temp.trellis_rows s cross join temp.trellis_names n where true order by s.rowid, n.i "
-                f"on conflict(entity_key, feature_name) do update set value = excluded.value, "
-                f"value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts")
-            conn.execute("drop table temp.trellis_rows")
+                f"{rows.select} where true on conflict(entity_key, feature_name) do update set "
+                f"value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+                f"created_ts = excluded.created_ts", rows.params)
+            if rows.nul_texts:
+                conn.execute("drop table temp.trellis_texts")
             conn.execute("drop table temp.trellis_names")
         if replace or not found:
             conn.execute(index_sql)
-        return len(keys) * len(names)
+        return rows.entities * len(rows.names)
 
     # -- Feast's interface ---------------------------------------------------------------------------------
 
@@ -585,6 +732,7 @@ class OnlineStore:
 
 __all__ = [
     "OnlineStore",
+    "Packed",
     "StoreUnavailable",
     "ViewBatch",
     "decode_bytes_value",
@@ -595,6 +743,8 @@ __all__ = [
     "feast_event_ts",
     "key_encoder",
     "key_order",
+    "pack_keys",
+    "pack_values",
     "value_text",
     "value_texts",
 ]
