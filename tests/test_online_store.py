@@ -499,7 +499,10 @@ def test_materialize_writes_the_rows_feast_materialize_writes(applied: Applied, 
         # An as_of inside the data, with microseconds (Feast keeps whole seconds of the event time).
         as_of = newest_event(con) - timedelta(days=3, microseconds=-654_321)
         trellis_store = scratch_store(applied.repo, tmp_path / "trellis")
+        threads = con.sql("select current_setting('threads')").fetchone()
         report = materialize(con, applied.project, trellis_store, as_of=as_of, exports=applied.repo / "data")
+        assert con.sql("select current_setting('threads')").fetchone() == threads  # restored after the run
+        assert [g.group for g in report.groups] == applied.groups
         spans = [con.sql(f"select min(feature_ts), max(feature_ts) from features.feat_{g}").fetchone()
                  for g in applied.groups]
         exported = {g: (tails(con, applied.project, g, as_of)) for g in applied.groups}

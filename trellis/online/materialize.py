@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,12 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
     """Write every online group's values and state (see the module docstring); returns what was written.
     ``state=False`` writes only the ``<group>`` views (what ``feast materialize`` of them writes).
 
-    A producer thread reads and encodes the groups (DuckDB releases the GIL while it queries) while this
-    thread writes the ones already encoded into the store's one transaction (SQLite releases it too), smallest
-    group first so the writer starts early; after the first group DuckDB leaves the writer a core. The
-    transaction (the store's write lock: Feast's own writers wait 5 s for it) begins with the first batch, so
-    with the state views, whose tails take longer to build than to write, the writer waits for all of them."""
+    A producer thread reads and encodes the groups (DuckDB releases the GIL while it queries, on a cursor of
+    ``con``) while this thread writes the ones already encoded into the store's one transaction (SQLite
+    releases it too). This thread reads and encodes the smallest group itself meanwhile, so the writer starts
+    early, and DuckDB runs one thread per query: each thread has a core. The transaction (the store's write
+    lock: Feast's own writers wait 5 s for it) begins with the first batch, so with the state views, whose
+    tails take longer to build than to write, the writer waits for all of them."""
     started = time.perf_counter()
     groups = groups or [g.name for g in project.feature_groups.values() if g.online]
     as_of = as_of or _cutoff(con, project, groups)
@@ -180,26 +182,36 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
     done: dict[str, GroupReport] = {}
 
     threads = int(con.execute("select current_setting('threads')").fetchone()[0])
-    # Once the writer has a batch it needs a core of its own: DuckDB's other threads would take it (SQLite writes
-    # ran 2-3x slower beside a 2-thread DuckDB query on 2 cores).
+    # Two queries at once, then the writer beside the producer's query: DuckDB's other threads would take the
+    # writer's core (SQLite writes ran 2-3x slower beside a 2-thread DuckDB query on 2 cores).
     leave = max(1, min(threads, _cores() - 1))
 
-    def produce(put: Callable[[tuple[str, ViewBatch]], None]) -> None:
-        for i, name in enumerate(sorted(groups, key=lambda g: len(project.features(project.feature_groups[g])))):
-            if i == 1 and leave < threads:
-                con.execute(f"set threads = {leave}")
-            t0 = time.perf_counter()
-            values = latest_values(con, project, name)
-            put((name, value_batch(project, name, values).prepare()))
-            entities, state_rows = 0, 0
-            if state:
-                batch, state_rows = _state_batch(con, project, name, as_of, exports)
-                put((state_view(name), batch.prepare()))
-                entities = len(batch)
-            done[name] = GroupReport(name, entities, values.num_rows, state_rows, time.perf_counter() - t0)
+    order = sorted(groups, key=lambda g: len(project.features(project.feature_groups[g])))
 
+    def group(db: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, ViewBatch]]:
+        t0 = time.perf_counter()
+        values = latest_values(db, project, name)
+        out = [(name, value_batch(project, name, values).prepare())]
+        entities, state_rows = 0, 0
+        if state:
+            batch, state_rows = _state_batch(db, project, name, as_of, exports)
+            out.append((state_view(name), batch.prepare()))
+            entities = len(batch)
+        done[name] = GroupReport(name, entities, values.num_rows, state_rows, time.perf_counter() - t0)
+        return out
+
+    def produce(put: Callable[[tuple[str, ViewBatch]], None]) -> None:
+        with con.cursor() as db:
+            for name in order[1:]:
+                for item in group(db, name):
+                    put(item)
+
+    if leave < threads:
+        con.execute(f"set threads = {leave}")
     try:
         with _ahead(produce) as batches:
+            first = group(con, order[0]) if order else []
+            batches = chain(first, batches)
             if state:  # the tails take longer to build than to write: hold the write lock only while writing
                 batches = list(batches)
             report.values_written = store.write(batches, replace=views)
