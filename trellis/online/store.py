@@ -14,9 +14,10 @@ Two backends behind one class:
 * ``sqlite`` (the default, ``feature_store.yaml`` ``online_store.type: sqlite``): reads and bulk writes go
   straight to Feast's table layout; a bulk write is **one transaction** over every view it touches, so a
   reader sees the previous complete version or the new one, never half of it (WAL mode: readers are not
-  blocked while it runs), and a crash rolls back. A bulk write takes column-wise ``ViewBatch``es: it stages
-  one row per entity and lets SQLite unpivot them into Feast's rows in primary-key order; a full refresh
-  drops the redundant ``<table>_ek`` index and rebuilds it from Feast's own DDL after the inserts;
+  blocked while it runs), and a crash rolls back. A bulk write takes column-wise ``ViewBatch``es (keys and
+  values as ``Packed`` buffers) and hands SQLite a few buffers and a JSON array per view, from which one
+  ``INSERT ... SELECT`` makes Feast's rows in primary-key order; a full refresh drops the redundant
+  ``<table>_ek`` index and rebuilds it from Feast's own DDL after the inserts;
 * anything else Feast supports (Redis, ...): reads and writes go through Feast's own ``OnlineStore``
   interface (``online_read`` / ``online_write_batch``). On Redis a full refresh (``replace``) first empties
   the replaced views (Feast's ``delete_table``): Feast's Redis store skips every row whose event time is not
@@ -611,7 +612,7 @@ class OnlineStore:
                 # A bulk write touches every page of the tables and their indexes: keep them cached (64 MiB for
                 # this connection only) instead of spilling and re-reading them mid-transaction.
                 conn.execute("pragma cache_size=-65536")
-                conn.execute("pragma temp_store=memory")  # the staging tables below
+                conn.execute("pragma temp_store=memory")  # the names tables below
                 for view, batch in pairs:
                     batch = _as_batch(batch).prepare()
                     if not conn.in_transaction:
