@@ -19,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from pit_reference import mismatches, reference
+from pit_reference import HOUR, Event, mismatches, reference
 from test_online_state import online_values
 from test_point_in_time import (
     ENTITY,
@@ -140,6 +140,25 @@ def test_the_sql_gives_the_same_bits_whatever_the_summation_order(exact_projects
             a, b = first[name].to_numpy(), other[name].to_numpy()
             same = (a == b) | (np.isnan(a) & np.isnan(b))
             assert same.all(), f"{label}: {name} differs in {int((~same).sum())} rows"
+
+
+def test_large_amounts_do_not_overflow(exact_projects) -> None:
+    """Amounts of tens of millions (their squares in cents pass BIGINT): the SQL squares in DECIMAL(38, 0),
+    and offline and online still agree bit for bit."""
+    project = exact_projects("events")
+    group = project.feature_groups["account_activity"]
+    sql = to_sql(GroupCompiler(project, group).point_in_time(spine=SPINE), RELATIONS)
+    amounts = [45_000_000.01, 38_123_456.78, 99_999_999.99, 0.01, 31_000_000.5]
+    events = [Event(key=1, ts=i * HOUR, available_at=i * HOUR,
+                    values={"amount": a, "qty": 1, "merchant": "m0", "flag": 0}) for i, a in enumerate(amounts)]
+    spine = [(0, 1, 10 * HOUR), (1, 1, 3 * HOUR + 1)]
+    offline = by_row(run_sql(sql, {"events": event_table(events, with_available_at=False),
+                                   "spine_tbl": spine_table(spine, "spine_id", "feature_ts")}), "spine_id")
+    online = online_values(project, events, spine, seed=1)
+    assert offline[0]["std_amount_d0s_all"] is not None
+    for row_id, values in online.items():
+        for name, value in values.items():
+            assert bits(value) == bits(offline[row_id][name]), (row_id, name, value, offline[row_id][name])
 
 
 def test_the_python_formulas_are_the_sql_formulas() -> None:

@@ -152,7 +152,8 @@ class GroupCompiler:
         if agg in ("sum", "mean"):
             return {"n": n, "s": over(value.sum())}
         if agg == "std" and feature.scale is not None:  # exact integer sums of the values and their squares
-            return {"n": n, "s": over(value.sum()), "q": over((value * value).sum())}
+            wide = value.cast("decimal(38, 0)")  # a square can pass BIGINT (3.04e9 units: $30M in cents)
+            return {"n": n, "s": over(value.sum()), "q": over((wide * wide).sum())}
         if agg == "std":
             return {"n": n, "m": over(value.mean()), "var": over(value.var(how="sample"))}
         if agg in ("min", "max"):

@@ -181,12 +181,16 @@ FROM (
         ORDER BY "t1"."__us" ASC
         RANGE BETWEEN 2592000000000 preceding AND 1 preceding
       ) AS "__x__in_tx_amount_e2_2592000000000_1_s",
-      SUM("t1"."__in_tx_amount_e2" * "t1"."__in_tx_amount_e2") OVER (
+      SUM(
+        CAST("t1"."__in_tx_amount_e2" AS DECIMAL(38, 0)) * CAST("t1"."__in_tx_amount_e2" AS DECIMAL(38, 0))
+      ) OVER (
         PARTITION BY "t1"."customer_id"
         ORDER BY "t1"."__us" ASC
         RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ) AS "__x__in_tx_amount_e2_604800000000_1_q",
-      SUM("t1"."__in_tx_amount_e2" * "t1"."__in_tx_amount_e2") OVER (
+      SUM(
+        CAST("t1"."__in_tx_amount_e2" AS DECIMAL(38, 0)) * CAST("t1"."__in_tx_amount_e2" AS DECIMAL(38, 0))
+      ) OVER (
         PARTITION BY "t1"."customer_id"
         ORDER BY "t1"."__us" ASC
         RANGE BETWEEN 2592000000000 preceding AND 1 preceding
