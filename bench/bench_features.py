@@ -132,13 +132,17 @@ def compiled_sql(project_root: Path) -> dict[str, str]:
 
 
 def baseline_definitions(target: Path) -> Path:
-    """A copy of definitions/ whose feature groups hold only the handbook's baseline features."""
+    """A copy of definitions/ whose feature groups hold only the handbook's baseline features (models are left
+    out: they name groups and features the copy no longer has)."""
     import yaml
 
     source = ROOT / "definitions"
     shutil.copytree(source, target / "definitions")
     for path in (target / "definitions").rglob("*.y*ml"):
         doc = yaml.safe_load(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "model":
+            path.unlink()
+            continue
         if isinstance(doc, dict) and doc.get("kind") in ("feature_group", "request_features"):
             if doc.get("kind") == "request_features" or doc["name"] not in BASELINE:
                 path.unlink()
