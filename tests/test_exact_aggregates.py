@@ -35,6 +35,7 @@ from test_point_in_time import (
     run_sql,
     scenarios,
     spine_table,
+    write_project,
 )
 
 from trellis.compile.offline import GroupCompiler, to_sql
@@ -62,11 +63,7 @@ def exact_projects(tmp_path_factory: pytest.TempPathFactory):
     def project(source: str):
         if source not in cache:
             group = group_definition(source, False, None, EXACT[0])
-            root = tmp_path_factory.mktemp("exact")
-            (root / "definitions").mkdir()
-            (root / "definitions" / "project.yaml").write_text(
-                yaml.safe_dump([ENTITY, *scaled_sources(), group], sort_keys=False))
-            cache[source] = load_project(root)
+            cache[source] = write_project(tmp_path_factory.mktemp("exact"), group, sources=scaled_sources())
         return cache[source]
 
     return project

@@ -125,10 +125,11 @@ def by_row(rows: list[dict[str, Any]], id_column: str) -> dict[Any, dict[str, An
     return out
 
 
-def write_project(root: Path, group: dict[str, Any], extra: Sequence[dict[str, Any]] = ()) -> Project:
+def write_project(root: Path, group: dict[str, Any], extra: Sequence[dict[str, Any]] = (),
+                  sources: Sequence[dict[str, Any]] = SOURCES) -> Project:
     folder = root / "definitions"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "project.yaml").write_text(yaml.safe_dump([ENTITY, *SOURCES, *extra, group], sort_keys=False))
+    (folder / "project.yaml").write_text(yaml.safe_dump([ENTITY, *sources, *extra, group], sort_keys=False))
     return load_project(root)
 
 

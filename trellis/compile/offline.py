@@ -313,8 +313,6 @@ class GroupCompiler:
     def _direct(self, feature: Feature, value: ir.Value, event_ts: ir.Value, w) -> ir.Value:
         """A feature's final value from one window (no partial state to merge)."""
         agg = feature.agg
-        if feature.scale is not None:
-            return self._finish(feature, self._partials(feature, value, event_ts, w))
         if agg == "mean":
             out = value.mean().over(w)
         elif agg == "std":

@@ -47,9 +47,7 @@ from trellis.online.state import (
 )
 from trellis.online.store import (
     OnlineStore,
-    Packed,
     ViewBatch,
-    encode_keys,
     key_order,
     pack_keys,
     pack_values,
@@ -304,9 +302,10 @@ def _batch(join_key: str, key_type: str, keys: pa.ChunkedArray | list[Any], even
         encoded = pack_keys(join_key, key_type, numbers[order])
     else:
         raw = keys.to_pylist() if isinstance(keys, pa.ChunkedArray) else list(keys)
-        listed = encode_keys(join_key, key_type, raw)
+        packed = pack_keys(join_key, key_type, raw)
+        listed = packed.tolist()
         order = np.array(sorted(range(len(raw)), key=listed.__getitem__), dtype=np.int64)
-        encoded = Packed.of([listed[i] for i in order.tolist()])
+        encoded = packed.take(order)
     taken = {}
     for name, (logical, data, null) in columns.items():
         data = data[order] if isinstance(data, np.ndarray) else [data[i] for i in order.tolist()]
