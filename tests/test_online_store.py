@@ -42,6 +42,7 @@ from trellis.online.parity import scratch_store
 from trellis.online.service import OnlineFeatures
 from trellis.online.state import STATE_FIELD, group_spec, state_view, to_us
 from trellis.online.store import (
+    PAGE_SIZE,
     OnlineStore,
     Packed,
     StoreUnavailable,
@@ -541,8 +542,8 @@ def test_materialize_writes_the_rows_feast_materialize_writes(applied: Applied, 
         assert {r[5] for r in rows} == {feast_event_ts(as_of)}
         assert len(rows) == len(exported[g][0])
 
-    # Over Feast's own rows in the store `feast apply` made (a full refresh deletes them and rebuilds the _ek
-    # index): the same rows again, and the tables and indexes still exactly as Feast created them.
+    # Over Feast's own rows in the store `feast apply` made (a full refresh deletes them and writes its own,
+    # keeping the _ek index up to date): the same rows again, tables and indexes still exactly as Feast made them.
     con = applied.connect()
     try:
         materialize(con, applied.project, applied_store, as_of=as_of)
@@ -550,6 +551,38 @@ def test_materialize_writes_the_rows_feast_materialize_writes(applied: Applied, 
         con.close()
     assert dump(applied_store.path, tables) == feasts
     assert schema(applied_store.path) == applied_schema
+
+
+def test_a_store_trellis_creates_has_large_pages_wal_and_feasts_tables(applied: Applied, tmp_path: Path) -> None:
+    """``OnlineStore.create`` before ``feast apply`` (the online/feast_registry asset): PAGE_SIZE pages, WAL
+    mode, the schema Feast makes in a store of its own, and a materialization writes the same rows as into a
+    4 KiB store."""
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(applied.repo, repo, ignore=shutil.ignore_patterns("online_store.db*", "__pycache__"))
+    store = OnlineStore(repo)
+    assert store.create() and not store.create()  # once only: an existing store is left as it is
+    done = subprocess.run([feast_cli(), "-c", str(repo), "apply"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    try:
+        assert con.execute("pragma page_size").fetchone()[0] == PAGE_SIZE
+        assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
+    assert schema(store.path) == schema(OnlineStore(applied.repo).path)
+    reference = scratch_store(applied.repo, tmp_path / "reference")
+    con = applied.connect()
+    try:
+        as_of = newest_event(con) - timedelta(days=2)
+        materialize(con, applied.project, store, as_of=as_of)
+        materialize(con, applied.project, reference, as_of=as_of)
+    finally:
+        con.close()
+    tables = [store.table(v) for v in applied.views]
+    rows = dump(store.path, tables)
+    assert rows == dump(reference.path, tables)
+    key, feature, value = rows[tables[0]][0][:3]
+    assert store.read_values(applied.views[0], [key], feature) == [value]  # through a mapped reader connection
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from trellis.online.store import OnlineStore
 def feast_registry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     feast = Path(sys.executable).parent / "feast"
     repo = paths().feature_repo
+    if OnlineStore(repo).create():
+        context.log.info("created the online store with its page size and WAL mode; feast apply adds the tables")
     done = subprocess.run([str(feast), "-c", str(repo), "apply"], capture_output=True, text=True, check=False)
     context.log.info(done.stdout)
     if done.returncode != 0:
