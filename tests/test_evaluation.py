@@ -25,15 +25,13 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from test_modeling import AS_OF, CONFIG, PLAN, REPO
-from test_training import _warehouse
+from test_modeling import PLAN, small_world
 
 from trellis import evaluation, registry
 from trellis.evaluation import BASELINE, METRICS, MODEL, EvaluationError
 from trellis.modeling import TrainedModel, card_precision_at_k, register, time_split, train_catboost
-from trellis.simulate import simulate
 from trellis.spec import BacktestPlan, load_project
-from trellis.training import PARQUET_OPTIONS, build_training_set, read_training_set
+from trellis.training import PARQUET_OPTIONS, read_training_set
 
 NAME = "card_fraud"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,13 +39,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    project = load_project(REPO)
-    root = tmp_path_factory.mktemp("evaluation")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
-    training_set = build_training_set(con, project, NAME, AS_OF, root / "sets")
-    # The test project's model: the declared definition with fewer iterations (the data is small).
-    model = project.models[NAME].model_copy(
-        update={"split": PLAN, "catboost": {**project.models[NAME].catboost, "iterations": 120}})
+    world = small_world(tmp_path_factory.mktemp("evaluation"), iterations=120, name=NAME)
+    project, root, con, training_set, model = world.project, world.root, world.con, world.training_set, world.model
     frame = evaluation.attach_spine_columns(con, project, model, read_training_set(training_set.path), ["tx_amount"])
     amounts = con.sql("select transaction_id, tx_amount from validated.transactions").df()
     trained = train_catboost(frame, model, training_set.feature_columns)

@@ -24,19 +24,26 @@ AS_OF = datetime(2018, 5, 21)  # the simulation starts 2018-04-01; all 50 days a
 PLAN = SplitPlan(train_days=21, validation_days=7, gap_days=3, test_days=10)
 
 
+def small_world(root: Path, iterations: int, name: str = "card_fraud") -> SimpleNamespace:
+    """The setting the model tests share: the repo's project, a warehouse of CONFIG's simulated data in ``root``
+    (``con``, open: the caller closes it), the model's training set as of AS_OF and its definition with PLAN's
+    split and ``iterations`` trees (the data is small)."""
+    project = load_project(REPO)
+    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
+    training_set = build_training_set(con, project, name, AS_OF, root / "sets")
+    definition = project.models[name]
+    model = definition.model_copy(
+        update={"split": PLAN, "catboost": {**definition.catboost, "iterations": iterations}})
+    return SimpleNamespace(project=project, root=root, con=con, training_set=training_set, model=model)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    project = load_project(REPO)
-    root = tmp_path_factory.mktemp("modeling")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
-    training_set = build_training_set(con, project, "card_fraud", AS_OF, root / "sets")
-    con.close()
-    model = project.models["card_fraud"].model_copy(
-        update={"split": PLAN, "catboost": {**project.models["card_fraud"].catboost, "iterations": 120}})
-    frame = read_training_set(training_set.path)
-    trained = train_catboost(frame, model, training_set.feature_columns)
-    return SimpleNamespace(project=project, root=root, training_set=training_set, frame=frame, model=model,
-                           trained=trained)
+    world = small_world(tmp_path_factory.mktemp("modeling"), iterations=120)
+    world.con.close()
+    world.frame = read_training_set(world.training_set.path)
+    world.trained = train_catboost(world.frame, world.model, world.training_set.feature_columns)
+    return world
 
 
 def test_time_split_boundaries():

@@ -9,30 +9,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_modeling import AS_OF, CONFIG, PLAN, REPO
-from test_training import _warehouse
+from test_modeling import small_world
 
 from trellis import registry
 from trellis.cli import main
 from trellis.evaluation import held_out, log_to_mlflow
 from trellis.modeling import evaluate, register, time_split, train_catboost
 from trellis.paths import ProjectPaths
-from trellis.simulate import simulate
-from trellis.spec import load_project
-from trellis.training import build_training_set, read_training_set
+from trellis.training import read_training_set
 
 NAME = "card_fraud"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    project = load_project(REPO)
-    root = tmp_path_factory.mktemp("registry")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
-    training_set = build_training_set(con, project, NAME, AS_OF, root / "sets")
-    con.close()
-    model = project.models[NAME].model_copy(
-        update={"split": PLAN, "catboost": {**project.models[NAME].catboost, "iterations": 60}})
+    world = small_world(tmp_path_factory.mktemp("registry"), iterations=60, name=NAME)
+    world.con.close()
+    project, training_set, model = world.project, world.training_set, world.model
     frame = read_training_set(training_set.path)
     columns = training_set.feature_columns
     good = train_catboost(frame, model, columns)

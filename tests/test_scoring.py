@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from catboost import CatBoostClassifier, Pool
-from test_modeling import AS_OF, CONFIG, PLAN, REPO
-from test_training import _mixed, _warehouse
+from test_modeling import AS_OF, small_world
+from test_training import _mixed
 
 from trellis.explain import ExplainerError, ObliviousExplainer
 from trellis.modeling import prepare_features, register, train_catboost
@@ -29,9 +29,7 @@ from trellis.scoring import (
     score_frame,
     scoring_frame,
 )
-from trellis.simulate import simulate
-from trellis.spec import load_project
-from trellis.training import build_training_set, read_training_set
+from trellis.training import read_training_set
 
 MODEL = "card_fraud"
 DAY = date(2018, 5, 17)  # four days before AS_OF: some labels of the day are known by then, some are not
@@ -39,12 +37,8 @@ DAY = date(2018, 5, 17)  # four days before AS_OF: some labels of the day are kn
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    project = load_project(REPO)
-    root = tmp_path_factory.mktemp("scoring")
-    con = _warehouse(root / "w.duckdb", project, simulate(CONFIG))
-    training_set = build_training_set(con, project, MODEL, AS_OF, root / "sets")
-    model = project.models[MODEL].model_copy(
-        update={"split": PLAN, "catboost": {**project.models[MODEL].catboost, "iterations": 60}})
+    world = small_world(tmp_path_factory.mktemp("scoring"), iterations=60, name=MODEL)
+    project, con, training_set, model = world.project, world.con, world.training_set, world.model
     training = read_training_set(training_set.path)
     trained = train_catboost(training, model, training_set.feature_columns)
     frame = scoring_frame(con, project, MODEL, DAY)
