@@ -940,6 +940,64 @@ def test_redis_serves_the_same_values_as_sqlite(applied: Applied, redis_store: O
     assert all_vectors(redis_online, keys, times) == materialized
 
 
+def test_readers_during_a_redis_refresh_see_all_old_or_all_new(applied: Applied, redis_store: OnlineStore) -> None:
+    """A full refresh on Redis is one MULTI/EXEC transaction: a reader's snapshot (itself one transaction) of
+    sampled entities' fields in every view is the old version or the new one, never a mix or a gap."""
+    import redis
+    from feast.infra.key_encoding_utils import deserialize_entity_key
+    from feast.infra.online_stores.helpers import _mmh3, _redis_key
+
+    project = applied.project
+    con = applied.connect()
+    try:
+        newest = newest_event(con)
+        materialize(con, project, redis_store, as_of=newest - timedelta(days=6))
+        sample = {g: tails(con, project, g, newest - timedelta(days=6))[0][::7][:40] for g in applied.groups}
+    finally:
+        con.close()
+    online = OnlineFeatures(project, redis_store)
+    wanted = []  # (Redis key, fields): each sampled entity's event time in its group's two views, and one value
+    for g, keys in sample.items():
+        first = project.features(project.feature_groups[g])[0].name
+        fields = [f"_ts:{g}".encode(), f"_ts:{state_view(g)}".encode(), _mmh3(f"{g}:{first}")]
+        for key in keys:
+            proto = deserialize_entity_key(online.encoders[g](key), 3)
+            wanted.append((_redis_key(applied.feast_project, proto, entity_key_serialization_version=3), fields))
+    host, port = REDIS.split(":")
+    client = redis.Redis(host=host, port=int(port))
+
+    def snapshot() -> tuple:
+        with client.pipeline(transaction=True) as pipe:
+            for key, fields in wanted:
+                pipe.hmget(key, fields)
+            return tuple(tuple(v) for v in pipe.execute())
+
+    old = snapshot()
+    started, finished = threading.Event(), threading.Event()
+    seen: list[tuple[tuple, bool]] = []
+
+    def read() -> None:
+        while not finished.is_set():
+            seen.append((snapshot(), started.is_set()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    con = applied.connect()
+    try:
+        started.set()
+        materialize(con, project, redis_store, as_of=newest - timedelta(days=1))
+    finally:
+        finished.set()
+        reader.join()
+        con.close()
+    new = snapshot()
+    client.close()
+    assert old != new and all(v is not None for entity in old + new for v in entity)
+    during = [s for s, was in seen if was]
+    assert len(during) >= 5, len(during)
+    assert {s for s, _ in seen} <= {old, new}, "a reader saw a refresh half done"
+
+
 def test_unreachable_redis_is_unavailable(applied: Applied, tmp_path: Path) -> None:
     """Nothing listens on port 1: readiness (ping), reads and writes all say so (StoreUnavailable, which the
     service answers with 503), none pretends to work."""

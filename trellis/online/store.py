@@ -18,11 +18,14 @@ Two backends behind one class:
   values as ``Packed`` buffers) and hands SQLite a few buffers and a JSON array per view, from which one
   ``INSERT ... SELECT`` makes Feast's rows in primary-key order;
 * anything else Feast supports (Redis, ...): reads and writes go through Feast's own ``OnlineStore``
-  interface (``online_read`` / ``online_write_batch``). On Redis a full refresh (``replace``) first empties
-  the replaced views (Feast's ``delete_table``): Feast's Redis store skips every row whose event time is not
-  newer than the one it holds, so rewriting a state as of the same (or an earlier) cutoff, or after
-  ingestion stamped it with the clock, would otherwise keep the old values. Not atomic: readers may see an
-  entity missing (its declared defaults) while the refresh runs.
+  interface (``online_read`` / ``online_write_batch``). A full refresh (``replace``) must first empty the
+  replaced views: Feast's Redis store skips every row whose event time is not newer than the one it holds, so
+  rewriting a state as of the same (or an earlier) cutoff, or after ingestion stamped it with the clock, would
+  otherwise keep the old values. On a single Redis (or Sentinel's master) the emptying and every new row go in
+  **one MULTI/EXEC transaction**, in Feast's own layout (its key, field and timestamp helpers), so a reader
+  sees the old version or the new one. On Redis Cluster (a transaction cannot span its slots) and Feast's other
+  stores the views are emptied (``delete_table``) and then written: not atomic, a reader may see an entity
+  missing (its declared defaults) while the refresh runs.
 
 Ingestion (small writes) always goes through Feast's ``online_write_batch``, the interface ``feast
 materialize`` and push sources use.
@@ -627,9 +630,14 @@ class OnlineStore:
         replace = set(replace)
         if self.kind != "sqlite":
             batches = {view: _as_batch(batch) for view, batch in pairs}
+            replaced = {view: batch for view, batch in batches.items() if view in replace}
             with self._write_lock:
-                self._feast_clear([view for view in batches if view in replace])
-                return self._feast_write({view: batch.rows() for view, batch in batches.items()})
+                written = self._redis_refresh(replaced) if replaced else 0
+                if written is None:
+                    self._feast_clear(list(replaced))
+                    written = self._feast_write({view: batch.rows() for view, batch in replaced.items()})
+                return written + self._feast_write({view: batch.rows() for view, batch in batches.items()
+                                                    if view not in replace})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         with self._write_lock:
@@ -750,6 +758,58 @@ class OnlineStore:
                 online.delete_table(store.config, self._view(view))
         except Exception as exc:
             raise StoreUnavailable(f"online store ({self.kind}), views {', '.join(views)}: {exc}") from None
+
+    def _redis_refresh(self, batches: Mapping[str, ViewBatch]) -> int | None:
+        """Replace ``batches``' views on Feast's Redis store in one MULTI/EXEC transaction: every field of those
+        views goes (Feast's ``delete_table``: its fields and ``_ts:<view>`` on every key of the project; a hash
+        left empty disappears) and every row comes in, written as Feast's ``online_write_batch`` writes it.
+        Returns the number of values written; None when the store is not a single Redis (Redis Cluster, other
+        stores), where the caller empties and writes non-atomically."""
+        store = self._feature_store()
+        online = store._get_provider().online_store
+        from feast.infra.online_stores.redis import RedisOnlineStore, RedisType, _versioned_fv_name
+
+        config = store.config
+        if not isinstance(online, RedisOnlineStore) or config.online_store.redis_type == RedisType.redis_cluster:
+            return None
+        from feast.infra.key_encoding_utils import deserialize_entity_key
+        from feast.infra.online_stores.helpers import _mmh3, _redis_key, _redis_key_prefix
+        from feast.utils import make_tzaware
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        version, ttl = config.entity_key_serialization_version, config.online_store.key_ttl_seconds
+        suffix = config.project.encode("utf8")
+        try:
+            client = online._get_client(config.online_store)
+            views = {view: self._view(view) for view in batches}
+            names = {view: _versioned_fv_name(fv, config) for view, fv in views.items()}
+            held: dict[bytes, list[bytes]] = {}  # fields of the replaced views, by Redis key, as they are now
+            for view, fv in views.items():
+                fields = [_mmh3(f"{names[view]}:{f.name}") for f in fv.features]
+                fields.append(f"_ts:{names[view]}".encode())
+                for key in client.scan_iter(_redis_key_prefix(fv.join_keys) + b"*" + suffix, count=1000):
+                    held.setdefault(key, []).extend(fields)
+            written = 0
+            with client.pipeline(transaction=True) as pipe:
+                for key, fields in held.items():
+                    pipe.hdel(key, *fields)
+                for view, batch in batches.items():
+                    ts_field = f"_ts:{names[view]}"
+                    for key_bytes, values, when in batch.rows():
+                        key = _redis_key(config.project, deserialize_entity_key(key_bytes, version),
+                                         entity_key_serialization_version=version)
+                        stamp = Timestamp()
+                        stamp.FromDatetime(make_tzaware(when))
+                        mapping: dict[Any, bytes] = {ts_field: stamp.SerializeToString()}
+                        mapping.update((_mmh3(f"{names[view]}:{name}"), bytes(value)) for name, value in values.items())
+                        pipe.hset(key, mapping=mapping)
+                        if ttl:
+                            pipe.expire(key, ttl)
+                        written += len(values)
+                pipe.execute()
+        except Exception as exc:
+            raise StoreUnavailable(f"online store ({self.kind}), views {', '.join(batches)}: {exc}") from None
+        return written
 
     def write_through_feast(self, batches: Mapping[str, Iterable[Row]]) -> int:
         """Small writes (ingestion) through Feast's ``online_write_batch``, whatever the backend."""
