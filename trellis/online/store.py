@@ -671,7 +671,7 @@ class OnlineStore:
         ``_SqliteRows`` (a handful of bound buffers), which SQLite turns into Feast's one row per (entity_key,
         feature_name), in that order, so the table and both its indexes grow at their ends (Feast's redundant
         ``<table>_ek`` index included: kept up to date this way it costs less than a rebuild after the inserts).
-        A table or index missing (a store Feast has not set up) is created with Feast's DDL."""
+        A table or index missing (a store Feast has not set up) is created with Feast's columns and indexes."""
         conn.execute(
             f'create table if not exists "{table}" (entity_key BLOB, feature_name TEXT, value BLOB, '
             f'value_text TEXT, vector_value BLOB, event_ts timestamp, created_ts timestamp, '
@@ -764,7 +764,9 @@ class OnlineStore:
         views goes (Feast's ``delete_table``: its fields and ``_ts:<view>`` on every key of the project; a hash
         left empty disappears) and every row comes in, written as Feast's ``online_write_batch`` writes it.
         Returns the number of values written; None when the store is not a single Redis (Redis Cluster, other
-        stores), where the caller empties and writes non-atomically."""
+        stores), where the caller empties and writes non-atomically. The keys to empty are scanned just before
+        the transaction: an entity another process writes in between, and the new version lacks, keeps what
+        that process wrote (it is newer than the refresh)."""
         store = self._feature_store()
         online = store._get_provider().online_store
         from feast.infra.online_stores.redis import RedisOnlineStore, RedisType, _versioned_fv_name
