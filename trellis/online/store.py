@@ -785,16 +785,18 @@ class OnlineStore:
             client = online._get_client(config.online_store)
             views = {view: self._view(view) for view in batches}
             names = {view: _versioned_fv_name(fv, config) for view, fv in views.items()}
-            held: dict[bytes, list[bytes]] = {}  # fields of the replaced views, by Redis key, as they are now
+            # The fields of the replaced views by entity-key prefix: a group's values and its state share their
+            # entity, so each prefix's keys are scanned once for both.
+            fields: dict[bytes, list[bytes]] = {}
             for view, fv in views.items():
-                fields = [_mmh3(f"{names[view]}:{f.name}") for f in fv.features]
-                fields.append(f"_ts:{names[view]}".encode())
-                for key in client.scan_iter(_redis_key_prefix(fv.join_keys) + b"*" + suffix, count=1000):
-                    held.setdefault(key, []).extend(fields)
+                fields.setdefault(_redis_key_prefix(fv.join_keys), []).extend(
+                    [*(_mmh3(f"{names[view]}:{f.name}") for f in fv.features), f"_ts:{names[view]}".encode()])
+            held = [(key, wanted) for prefix, wanted in fields.items()  # every key holding them now
+                    for key in client.scan_iter(prefix + b"*" + suffix, count=1000)]
             written = 0
             with client.pipeline(transaction=True) as pipe:
-                for key, fields in held.items():
-                    pipe.hdel(key, *fields)
+                for key, wanted in held:
+                    pipe.hdel(key, *wanted)
                 for view, batch in batches.items():
                     ts_field = f"_ts:{names[view]}"
                     for key_bytes, values, when in batch.rows():
