@@ -32,6 +32,7 @@ _SPINE_FLAG = "__is_spine"
 _ROW_ID = "__spine_row"
 _PLACEHOLDER = "__trellis_{}__"
 _MICROS = "__us"  # event time as integer microseconds since the epoch: the window order key
+_ORDER = "__order"  # a row's rank in (event time, available_at, primary key) order: last/first break ties by it
 _EPOCH = ibis.timestamp("1970-01-01 00:00:00")
 
 
@@ -69,6 +70,7 @@ class GroupCompiler:
         self.key = project.key_column(group)
         self.features: list[Feature] = project.features(group)
         self.late_possible = self.source.available_at is not None
+        self.ranks_rows = any(f.agg in ("last", "first") for f in self.features)
 
     # -- inputs ------------------------------------------------------------------------------------
     def _value(self, src: ir.Table, feature: Feature) -> ir.Value:
@@ -93,6 +95,18 @@ class GroupCompiler:
         assert self.source.available_at is not None
         event_time = src[self.source.event_time].cast("timestamp")
         return src[self.source.available_at].cast("timestamp").fill_null(event_time)
+
+    def _tie_order(self, src: ir.Table) -> ir.IntegerValue:
+        """Each row's rank per entity in (event time, available_at, primary key) order, the order the online
+        tail keeps: ``last``/``first`` pick by it, so rows tied in time give the same row on every path (range
+        window, late-row join, their merge) and engine. One rank over the whole source, so both paths compare
+        the same numbers."""
+        order = [src[self.source.event_time].cast("timestamp")]
+        if self.source.available_at is not None:
+            order.append(self._available_at(src))
+        if self.source.primary_key is not None:
+            order.append(src[self.source.primary_key])
+        return ibis.row_number().over(group_by=src[self.key], order_by=order)
 
     def _on_time(self, src: ir.Table, delay: timedelta) -> ir.BooleanValue:
         return self._available_at(src) <= src[self.source.event_time] + _interval(delay)
@@ -137,13 +151,13 @@ class GroupCompiler:
         return ibis.window(group_by=table[self.key], order_by=table[_MICROS], range=(lower, upper))
 
     @staticmethod
-    def _partials(feature: Feature, value: ir.Value, event_ts: ir.Value, w,
+    def _partials(feature: Feature, value: ir.Value, order: ir.Value | None, w,
                   counter: ir.Value | None = None) -> dict[str, ir.Value]:
         """Mergeable partial state of one feature over a window (or a grouped relation when w is None).
-        ``counter``, when given, counts the same rows as ``value`` (see ``_count_feature``)."""
+        ``order`` is the rank ``last``/``first`` pick by (``_tie_order``; only they read it); ``counter``,
+        when given, counts the same rows as ``value`` (see ``_count_feature``)."""
         over = (lambda e: e.over(w)) if w is not None else (lambda e: e)
         n = over((value if counter is None else counter).count())
-        ts = ibis.ifelse(value.notnull(), event_ts, ibis.null("timestamp"))
         agg = feature.agg
         if agg == "count":
             return {"n": over(value.count())}
@@ -159,9 +173,11 @@ class GroupCompiler:
         if agg in ("min", "max"):
             return {"v": over(value.min() if agg == "min" else value.max())}
         if agg in ("last", "first"):
-            pick = value.argmax(ts) if agg == "last" else value.argmin(ts)
-            stamp = ts.max() if agg == "last" else ts.min()
-            return {"v": over(pick), "t": over(stamp)}
+            assert order is not None, "last/first need the tie order"
+            rank = ibis.ifelse(value.notnull(), order, ibis.null(order.type()))
+            pick = value.argmax(rank) if agg == "last" else value.argmin(rank)
+            edge = rank.max() if agg == "last" else rank.min()
+            return {"v": over(pick), "r": over(edge)}
         raise ValueError(f"unknown aggregation {agg!r}")
 
     @staticmethod
@@ -213,8 +229,9 @@ class GroupCompiler:
             pick = ibis.least if agg == "min" else ibis.greatest
             return {"v": pick(a["v"].fill_null(b["v"]), b["v"].fill_null(a["v"]))}
         if agg in ("last", "first"):
-            b_wins = b["t"].notnull() & (a["t"].isnull() | ((b["t"] > a["t"]) if agg == "last" else (b["t"] < a["t"])))
-            return {"v": ibis.ifelse(b_wins, b["v"], a["v"]), "t": ibis.ifelse(b_wins, b["t"], a["t"])}
+            # Ranks are distinct (one per source row), so a tie in time is settled here as in the window.
+            b_wins = b["r"].notnull() & (a["r"].isnull() | ((b["r"] > a["r"]) if agg == "last" else (b["r"] < a["r"])))
+            return {"v": ibis.ifelse(b_wins, b["v"], a["v"]), "r": ibis.ifelse(b_wins, b["r"], a["r"])}
         raise ValueError(f"aggregation {agg!r} cannot merge partial results")
 
     # -- public builders ---------------------------------------------------------------------------
@@ -233,6 +250,8 @@ class GroupCompiler:
         With no spine, the group's own spine source is used; when that is the source itself, features are
         computed in one windowed pass over it."""
         src = source_table(self.source) if src is None else src
+        if self.ranks_rows:
+            src = src.mutate(**{_ORDER: self._tie_order(src)})
         default_spine = spine is None
         self_spine = default_spine and self.project.spine_of(self.group).name == self.source.name
         spine = self.spine_from_source() if spine is None else spine
@@ -240,6 +259,8 @@ class GroupCompiler:
         primary_key = self.project.spine_of(self.group).primary_key if default_spine else None
 
         inputs = self._inputs(src, late=False)
+        if self.ranks_rows:  # carried like an input: null on the union's spine rows
+            inputs[_ORDER] = src[_ORDER]
         events = src.mutate(__ts=src[self.source.event_time].cast("timestamp"), **inputs)
         if self_spine:
             spine_rows = events.mutate(**{FEATURE_TS: events["__ts"], _SPINE_FLAG: ibis.literal(True)})
@@ -265,6 +286,7 @@ class GroupCompiler:
             )
             timeline = spine_rows.union(event_rows)
         timeline = timeline.mutate(**{_MICROS: timeline["__ts"].delta(_EPOCH, unit="microsecond")})
+        order = timeline[_ORDER] if self.ranks_rows else None
         keep = [self.key, FEATURE_TS, *passthrough]
 
         if not self.late_possible:
@@ -277,7 +299,7 @@ class GroupCompiler:
                 b = bounds(feature.window, feature.delay, self.group.include_current)
                 frame = f"{'all' if b.lower is None else _micros(b.lower)}_{_micros(b.upper)}"
                 name = self._input_name(feature, late=False)
-                parts = self._partials(feature, timeline[name], timeline["__ts"], self._window(timeline, b))
+                parts = self._partials(feature, timeline[name], None, self._window(timeline, b))
                 exact[feature.name] = {k: f"__x{name}_{frame}_{k}" for k in parts}
                 sums.update({exact[feature.name][k]: v for k, v in parts.items()})
             timeline = timeline.mutate(**sums) if sums else timeline
@@ -288,7 +310,7 @@ class GroupCompiler:
                     continue
                 w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
                 value = timeline[self._input_name(feature, late=False)]
-                finals[feature.name] = self._direct(feature, value, timeline["__ts"], w)
+                finals[feature.name] = self._direct(feature, value, order, w)
             return timeline.mutate(**finals).filter(timeline[_SPINE_FLAG]).select(*keep, *finals)
 
         partial_cols: dict[str, ir.Value] = {}
@@ -297,7 +319,7 @@ class GroupCompiler:
                 continue  # not mergeable: computed whole by the join below (it has no on-time input)
             w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
             value = timeline[self._input_name(feature, late=False)]
-            for k, v in self._partials(feature, value, timeline["__ts"], w, self._counter(timeline, feature)).items():
+            for k, v in self._partials(feature, value, order, w, self._counter(timeline, feature)).items():
                 partial_cols[f"__p_{feature.name}_{k}"] = v
         windowed = timeline.mutate(**partial_cols).filter(timeline[_SPINE_FLAG])
         late = self._late_partials(spine_rows.filter(spine_rows[_SPINE_FLAG]), src)
@@ -310,7 +332,7 @@ class GroupCompiler:
             out[feature.name] = self._finish(feature, self._merge(feature, a, b))
         return joined.select(*keep, **out)
 
-    def _direct(self, feature: Feature, value: ir.Value, event_ts: ir.Value, w) -> ir.Value:
+    def _direct(self, feature: Feature, value: ir.Value, order: ir.Value | None, w) -> ir.Value:
         """A feature's final value from one window (no partial state to merge)."""
         agg = feature.agg
         if agg == "mean":
@@ -320,7 +342,7 @@ class GroupCompiler:
         elif agg == "sum":
             out = value.sum().over(w).fill_null(0)
         else:
-            return self._finish(feature, self._partials(feature, value, event_ts, w))
+            return self._finish(feature, self._partials(feature, value, order, w))
         return out.cast(mapping(feature.dtype).ibis)
 
     def _count_feature(self, feature: Feature) -> Feature | None:
@@ -369,7 +391,8 @@ class GroupCompiler:
             value = masked(pairs[self._input_name(feature, late=True)])
             counter = self._counter(pairs, feature, late=True)
             counter = None if counter is None else masked(counter)
-            for k, v in self._partials(feature, value, pairs["__lts"], None, counter).items():
+            order = pairs[_ORDER] if self.ranks_rows else None
+            for k, v in self._partials(feature, value, order, None, counter).items():
                 aggregates[f"__l_{feature.name}_{k}"] = v
         return pairs.group_by(_ROW_ID).aggregate(**aggregates)
 

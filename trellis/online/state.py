@@ -471,15 +471,11 @@ def _aggregate(agg: str, items: list[Any], dtype: str, lists: TailLists, start: 
         return min(items)
     if agg == "max":
         return max(items)
-    if agg == "first":  # the earliest row; rows are in time order
+    # Rows are in (event time, available_at, primary key) order, the order the offline SQL ranks rows by.
+    if agg == "first":
         return items[0]
-    if agg == "last":  # the first row of the latest event time (ties keep row order, as offline)
-        events = lists.events
-        j = n - 1
-        newest = events[start + j if rows is None else rows[j]]
-        while j and events[start + j - 1 if rows is None else rows[j - 1]] == newest:
-            j -= 1
-        return items[j]
+    if agg == "last":
+        return items[-1]
     raise StateError(f"unknown aggregation {agg!r}")
 
 
