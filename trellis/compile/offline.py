@@ -108,6 +108,9 @@ class GroupCompiler:
             order.append(src[self.source.primary_key])
         return ibis.row_number().over(group_by=src[self.key], order_by=order)
 
+    def _order(self, table: ir.Table) -> ir.IntegerValue | None:
+        return table[_ORDER] if self.ranks_rows else None
+
     def _on_time(self, src: ir.Table, delay: timedelta) -> ir.BooleanValue:
         return self._available_at(src) <= src[self.source.event_time] + _interval(delay)
 
@@ -286,7 +289,6 @@ class GroupCompiler:
             )
             timeline = spine_rows.union(event_rows)
         timeline = timeline.mutate(**{_MICROS: timeline["__ts"].delta(_EPOCH, unit="microsecond")})
-        order = timeline[_ORDER] if self.ranks_rows else None
         keep = [self.key, FEATURE_TS, *passthrough]
 
         if not self.late_possible:
@@ -310,7 +312,7 @@ class GroupCompiler:
                     continue
                 w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
                 value = timeline[self._input_name(feature, late=False)]
-                finals[feature.name] = self._direct(feature, value, order, w)
+                finals[feature.name] = self._direct(feature, value, self._order(timeline), w)
             return timeline.mutate(**finals).filter(timeline[_SPINE_FLAG]).select(*keep, *finals)
 
         partial_cols: dict[str, ir.Value] = {}
@@ -319,6 +321,7 @@ class GroupCompiler:
                 continue  # not mergeable: computed whole by the join below (it has no on-time input)
             w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
             value = timeline[self._input_name(feature, late=False)]
+            order = self._order(timeline)
             for k, v in self._partials(feature, value, order, w, self._counter(timeline, feature)).items():
                 partial_cols[f"__p_{feature.name}_{k}"] = v
         windowed = timeline.mutate(**partial_cols).filter(timeline[_SPINE_FLAG])
@@ -391,7 +394,7 @@ class GroupCompiler:
             value = masked(pairs[self._input_name(feature, late=True)])
             counter = self._counter(pairs, feature, late=True)
             counter = None if counter is None else masked(counter)
-            order = pairs[_ORDER] if self.ranks_rows else None
+            order = self._order(pairs)
             for k, v in self._partials(feature, value, order, None, counter).items():
                 aggregates[f"__l_{feature.name}_{k}"] = v
         return pairs.group_by(_ROW_ID).aggregate(**aggregates)
