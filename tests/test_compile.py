@@ -100,3 +100,97 @@ def test_lineage_traces_each_feature_to_its_source_columns():
         model.lineage["avg_amount_30d"])
     assert "transactions.terminal_id" in model.lineage["distinct_terminals_7d"]
     assert "transactions.tx_amount" not in model.lineage["tx_count_7d"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every aggregation's type, as each target declares it and as the engine returns it
+
+_TYPED_COLUMNS = {"event_id": "int64", "account_id": "int64", "ts": "timestamp", "i32": "int32", "i64": "int64",
+                  "f64": "float64", "flag": "bool", "name": "string", "seen": "timestamp", "cents": "float64"}
+# label -> (column or expr, text): every column type, a column with a scale (exact sums), and expressions of
+# each result type (the README's walkthrough sums a `case ... then 1 else 0`).
+_AGG_INPUTS = {
+    "i32": ("column", "i32"), "i64": ("column", "i64"), "f64": ("column", "f64"), "bool": ("column", "flag"),
+    "string": ("column", "name"), "timestamp": ("column", "seen"), "scaled": ("column", "cents"),
+    "int_expr": ("expr", "case when hour(ts) < 6 then 1 else 0 end"), "int32_expr": ("expr", "i32 + 1"),
+    "float_expr": ("expr", "f64 * 2"), "bool_expr": ("expr", "i64 > 1"),
+}
+_ALL_AGGS = ("count", "sum", "mean", "min", "max", "std", "count_distinct", "last", "first")
+
+
+def _typed_project(root: Path, late: bool):
+    """One group with every valid aggregation x input over a source with every type (nullable columns); with
+    ``late``, the source has available_at, so the values go through the late-row merge as well."""
+    from test_point_in_time import write_project
+
+    nullable = {"checks": {"not_null": False}}
+    columns = {n: {"type": t, **({} if n in ("event_id", "account_id", "ts") else nullable)}
+               for n, t in _TYPED_COLUMNS.items()}
+    columns["cents"]["scale"] = 2
+    source = {"kind": "source", "name": "typed", "table": "typed", "event_time": "ts", "primary_key": "event_id",
+              "columns": columns}
+    if late:
+        source["available_at"] = "avail"
+        columns["avail"] = {"type": "timestamp"}
+    features = [{"name": f"{agg}_{label}", "agg": agg, kind: text, "windows": ["1d"]}
+                for label, (kind, text) in _AGG_INPUTS.items() for agg in _ALL_AGGS
+                if not (agg in ("sum", "mean", "std") and label in ("bool", "string", "timestamp"))]
+    group = {"kind": "feature_group", "name": "typed_features", "entity": "account", "source": "typed",
+             "features": features}
+    return write_project(root, group, sources=[source])
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["windows", "windows_and_late_rows"])
+def test_every_aggregation_returns_its_declared_type(tmp_path: Path, late: bool):
+    """Each aggregation over each input type, compiled and run on DuckDB: the column type DuckDB returns is the
+    dbt contract's, and the Parquet file exported for Feast's offline store holds the Feast view's type. Ibis
+    drops a cast to the type it infers, and DuckDB returns others: SUM of an integer is HUGEINT (the contract
+    says BIGINT, and `dbt build` fails), MIN of an int32 expression INTEGER."""
+    import feast.types
+    import pyarrow.parquet as pq
+    from feast.type_map import pa_to_feast_value_type
+
+    from trellis.types import mapping
+
+    project = _typed_project(tmp_path, late)
+    model = FeatureModel(project, project.feature_groups["typed_features"])
+    features = model.compiler.features
+    assert len(features) == len(_AGG_INPUTS) * len(_ALL_AGGS) - 9  # no sum, mean, std of bool, string, time
+    sql = model.sql({"typed": "typed"})
+    con = duckdb.connect()
+    con.execute(f"""create table typed as select range as event_id, range % 3 as account_id,
+        timestamp '2024-01-01' + to_hours(range) as ts, range::integer as i32, range::bigint * 1000 as i64,
+        case when range % 5 = 0 then null else range / 3.0 end as f64, range % 2 = 0 as flag,
+        'n' || range as name, timestamp '2024-01-01' + to_minutes(range) as seen, round(range / 7.0, 2) as cents
+        {", ts + to_hours(range % 4 * 20) as avail" if late else ""} from range(60)""")
+    relation = con.sql(sql)
+    returned = dict(zip(relation.columns, (str(t) for t in relation.types), strict=True))
+    wrong = {f.name: f"contract {mapping(f.dtype).duckdb}, DuckDB {returned[f.name]}" for f in features
+             if returned[f.name] != mapping(f.dtype).duckdb}
+    assert not wrong, wrong
+    assert relation.filter("sum_int_expr_1d > 0").count("*").fetchone()[0] > 0  # real values, not all empty
+
+    con.execute(f"copy ({sql}) to '{tmp_path / 'typed.parquet'}' (format parquet)")  # export_feature_table
+    parquet = pq.read_schema(tmp_path / "typed.parquet")
+    wrong = {f.name: f"Feast view {mapping(f.dtype).feast}, Parquet {parquet.field(f.name).type}" for f in features
+             if pa_to_feast_value_type(str(parquet.field(f.name).type))
+             != getattr(feast.types, mapping(f.dtype).feast).to_value_type()}
+    assert not wrong, wrong
+
+
+@pytest.mark.xfail(strict=True, reason="trellis/contracts.py feature_schema declares nullable int64/int32/bool "
+                   "features with numpy dtypes, which cannot hold an empty window's null (needs pandas' Int64/Int32/"
+                   "boolean, as training._pandas_dtype uses); contracts.py is outside this change")
+def test_feature_table_contract_accepts_every_aggregation_type(tmp_path: Path):
+    """The Pandera contract of a feature table (the blocking asset check) on the table DuckDB builds, read the
+    way the check reads it (``.df()``), including empty windows (nulls) of every type."""
+    from trellis.contracts import feature_schema
+
+    project = _typed_project(tmp_path, late=False)
+    sql = FeatureModel(project, project.feature_groups["typed_features"]).sql({"typed": "typed"})
+    con = duckdb.connect()
+    con.execute("""create table typed as select range as event_id, range % 3 as account_id,
+        timestamp '2024-01-01' + to_hours(range * 30) as ts, range::integer as i32, range::bigint as i64,
+        range / 3.0 as f64, range % 2 = 0 as flag, 'n' || range as name, timestamp '2024-01-01' as seen,
+        round(range / 7.0, 2) as cents from range(12)""")
+    feature_schema(project, "typed_features").validate(con.sql(sql).df(), lazy=True)

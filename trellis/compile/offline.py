@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 import ibis
 import ibis.config
+import ibis.expr.operations as ops
 import ibis.expr.types as ir
 
 from trellis import expr as sqlexpr
@@ -201,7 +202,7 @@ class GroupCompiler:
             out = p["v"].fill_null(0)
         else:
             out = p["v"]
-        return out.cast(mapping(feature.dtype).ibis)
+        return as_declared(out, feature.dtype)
 
     @staticmethod
     def _merge(feature: Feature, a: dict[str, ir.Value], b: dict[str, ir.Value]) -> dict[str, ir.Value]:
@@ -346,7 +347,7 @@ class GroupCompiler:
             out = value.sum().over(w).fill_null(0)
         else:
             return self._finish(feature, self._partials(feature, value, order, w))
-        return out.cast(mapping(feature.dtype).ibis)
+        return as_declared(out, feature.dtype)
 
     def _count_feature(self, feature: Feature) -> Feature | None:
         """The row-count input this feature's count may share: when its column can never be null and no
@@ -404,6 +405,14 @@ class GroupCompiler:
         src = source_table(self.source) if src is None else src
         spine = src.select(self.key).distinct().mutate(**{FEATURE_TS: ibis.literal(as_of, type="timestamp")})
         return self.point_in_time(spine=spine, src=src)
+
+
+def as_declared(value: ir.Value, logical: str) -> ir.Value:
+    """``value`` cast to a feature's declared type, the cast always written in the SQL. Ibis leaves out a cast to
+    the type it infers, and engines return other types than it infers: DuckDB's SUM of integers is HUGEINT (Ibis
+    says int64), MIN of an int32 expression INTEGER (the definition declares int64). The cast makes every engine
+    return the type the dbt contract, the Pandera schema and the Feast view declare."""
+    return ops.Cast(value, to=mapping(logical).ibis).to_expr()
 
 
 def _exact_finish(agg: str, p: dict[str, ir.Value], factor: int) -> ir.Value:

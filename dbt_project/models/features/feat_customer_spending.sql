@@ -43,34 +43,34 @@ FROM (
     "t2"."__x__in_tx_amount_e2_2592000000000_1_s",
     "t2"."__x__in_tx_amount_e2_604800000000_1_q",
     "t2"."__x__in_tx_amount_e2_2592000000000_1_q",
-    COALESCE(
+    CAST(COALESCE(
       COUNT("t2"."__in_one") OVER (
         PARTITION BY "t2"."customer_id"
         ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
-    ) AS "tx_count_1d",
-    COALESCE(
+    ) AS BIGINT) AS "tx_count_1d",
+    CAST(COALESCE(
       COUNT("t2"."__in_one") OVER (
         PARTITION BY "t2"."customer_id"
         ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
-    ) AS "tx_count_7d",
-    COALESCE(
+    ) AS BIGINT) AS "tx_count_7d",
+    CAST(COALESCE(
       COUNT("t2"."__in_one") OVER (
         PARTITION BY "t2"."customer_id"
         ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 2592000000000 preceding AND 1 preceding
       ),
       0
-    ) AS "tx_count_30d",
-    CAST("t2"."__x__in_tx_amount_e2_86400000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_86400000000_1_n" * 100, 0) AS DOUBLE) AS "avg_amount_1d",
-    CAST("t2"."__x__in_tx_amount_e2_604800000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_604800000000_1_n" * 100, 0) AS DOUBLE) AS "avg_amount_7d",
-    CAST("t2"."__x__in_tx_amount_e2_2592000000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_2592000000000_1_n" * 100, 0) AS DOUBLE) AS "avg_amount_30d",
-    CASE
+    ) AS BIGINT) AS "tx_count_30d",
+    CAST(CAST("t2"."__x__in_tx_amount_e2_86400000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_86400000000_1_n" * 100, 0) AS DOUBLE) AS DOUBLE) AS "avg_amount_1d",
+    CAST(CAST("t2"."__x__in_tx_amount_e2_604800000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_604800000000_1_n" * 100, 0) AS DOUBLE) AS DOUBLE) AS "avg_amount_7d",
+    CAST(CAST("t2"."__x__in_tx_amount_e2_2592000000000_1_s" AS DOUBLE) / CAST(NULLIF("t2"."__x__in_tx_amount_e2_2592000000000_1_n" * 100, 0) AS DOUBLE) AS DOUBLE) AS "avg_amount_30d",
+    CAST(CASE
       WHEN "t2"."__x__in_tx_amount_e2_604800000000_1_n" >= 2
       THEN SQRT(
         CAST((
@@ -82,8 +82,8 @@ FROM (
         ) AS DOUBLE)
       ) / 100
       ELSE CAST(NULL AS DOUBLE)
-    END AS "std_amount_7d",
-    CASE
+    END AS DOUBLE) AS "std_amount_7d",
+    CAST(CASE
       WHEN "t2"."__x__in_tx_amount_e2_2592000000000_1_n" >= 2
       THEN SQRT(
         CAST((
@@ -95,46 +95,46 @@ FROM (
         ) AS DOUBLE)
       ) / 100
       ELSE CAST(NULL AS DOUBLE)
-    END AS "std_amount_30d",
-    MAX("t2"."__in_tx_amount") OVER (
+    END AS DOUBLE) AS "std_amount_30d",
+    CAST(MAX("t2"."__in_tx_amount") OVER (
       PARTITION BY "t2"."customer_id"
       ORDER BY "t2"."__us" ASC
       RANGE BETWEEN 86400000000 preceding AND 1 preceding
-    ) AS "max_amount_1d",
-    MAX("t2"."__in_tx_amount") OVER (
+    ) AS DOUBLE) AS "max_amount_1d",
+    CAST(MAX("t2"."__in_tx_amount") OVER (
       PARTITION BY "t2"."customer_id"
       ORDER BY "t2"."__us" ASC
       RANGE BETWEEN 604800000000 preceding AND 1 preceding
-    ) AS "max_amount_7d",
-    MAX("t2"."__in_tx_amount") OVER (
+    ) AS DOUBLE) AS "max_amount_7d",
+    CAST(MAX("t2"."__in_tx_amount") OVER (
       PARTITION BY "t2"."customer_id"
       ORDER BY "t2"."__us" ASC
       RANGE BETWEEN 2592000000000 preceding AND 1 preceding
-    ) AS "max_amount_30d",
-    COALESCE(
+    ) AS DOUBLE) AS "max_amount_30d",
+    CAST(COALESCE(
       COUNT(DISTINCT "t2"."__in_terminal_id") OVER (
         PARTITION BY "t2"."customer_id"
         ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
-    ) AS "distinct_terminals_1d",
-    COALESCE(
+    ) AS BIGINT) AS "distinct_terminals_1d",
+    CAST(COALESCE(
       COUNT(DISTINCT "t2"."__in_terminal_id") OVER (
         PARTITION BY "t2"."customer_id"
         ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
-    ) AS "distinct_terminals_7d",
-    COALESCE(
+    ) AS BIGINT) AS "distinct_terminals_7d",
+    CAST(COALESCE(
       COUNT(DISTINCT "t2"."__in_terminal_id") OVER (
         PARTITION BY "t2"."customer_id"
         ORDER BY "t2"."__us" ASC
         RANGE BETWEEN 2592000000000 preceding AND 1 preceding
       ),
       0
-    ) AS "distinct_terminals_30d"
+    ) AS BIGINT) AS "distinct_terminals_30d"
   FROM (
     SELECT
       "t1"."transaction_id",

@@ -22,30 +22,30 @@ FROM (
     "t1"."feature_ts",
     "t1"."__is_spine",
     "t1"."__us",
-    COALESCE(
+    CAST(COALESCE(
       COUNT(DISTINCT "t1"."__in_customer_id") OVER (
         PARTITION BY "t1"."device_id"
         ORDER BY "t1"."__us" ASC
         RANGE BETWEEN 86400000000 preceding AND 1 preceding
       ),
       0
-    ) AS "distinct_customers_1d",
-    COALESCE(
+    ) AS BIGINT) AS "distinct_customers_1d",
+    CAST(COALESCE(
       COUNT(DISTINCT "t1"."__in_customer_id") OVER (
         PARTITION BY "t1"."device_id"
         ORDER BY "t1"."__us" ASC
         RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
-    ) AS "distinct_customers_7d",
-    COALESCE(
+    ) AS BIGINT) AS "distinct_customers_7d",
+    CAST(COALESCE(
       COUNT("t1"."__in_one") OVER (
         PARTITION BY "t1"."device_id"
         ORDER BY "t1"."__us" ASC
         RANGE BETWEEN 604800000000 preceding AND 1 preceding
       ),
       0
-    ) AS "tx_count_7d"
+    ) AS BIGINT) AS "tx_count_7d"
   FROM (
     SELECT
       "t0"."transaction_id",

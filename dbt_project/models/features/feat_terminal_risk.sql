@@ -5,13 +5,13 @@ SELECT
   "t14"."terminal_id",
   "t14"."feature_ts",
   "t14"."transaction_id",
-  COALESCE(COALESCE("t14"."__p_tx_count_1d_n", 0) + COALESCE("t16"."__l_tx_count_1d_n", 0), 0) AS "tx_count_1d",
-  COALESCE(COALESCE("t14"."__p_tx_count_7d_n", 0) + COALESCE("t16"."__l_tx_count_7d_n", 0), 0) AS "tx_count_7d",
-  COALESCE(
+  CAST(COALESCE(COALESCE("t14"."__p_tx_count_1d_n", 0) + COALESCE("t16"."__l_tx_count_1d_n", 0), 0) AS BIGINT) AS "tx_count_1d",
+  CAST(COALESCE(COALESCE("t14"."__p_tx_count_7d_n", 0) + COALESCE("t16"."__l_tx_count_7d_n", 0), 0) AS BIGINT) AS "tx_count_7d",
+  CAST(COALESCE(
     COALESCE("t14"."__p_tx_count_30d_n", 0) + COALESCE("t16"."__l_tx_count_30d_n", 0),
     0
-  ) AS "tx_count_30d",
-  CASE
+  ) AS BIGINT) AS "tx_count_30d",
+  CAST(CASE
     WHEN (
       COALESCE("t14"."__p_fraud_risk_1d_n", 0) + COALESCE("t16"."__l_fraud_risk_1d_n", 0)
     ) > 0
@@ -20,8 +20,8 @@ SELECT
   END / NULLIF(
     COALESCE("t14"."__p_fraud_risk_1d_n", 0) + COALESCE("t16"."__l_fraud_risk_1d_n", 0),
     0
-  ) AS "fraud_risk_1d",
-  CASE
+  ) AS DOUBLE) AS "fraud_risk_1d",
+  CAST(CASE
     WHEN (
       COALESCE("t14"."__p_fraud_risk_7d_n", 0) + COALESCE("t16"."__l_fraud_risk_7d_n", 0)
     ) > 0
@@ -30,8 +30,8 @@ SELECT
   END / NULLIF(
     COALESCE("t14"."__p_fraud_risk_7d_n", 0) + COALESCE("t16"."__l_fraud_risk_7d_n", 0),
     0
-  ) AS "fraud_risk_7d",
-  CASE
+  ) AS DOUBLE) AS "fraud_risk_7d",
+  CAST(CASE
     WHEN (
       COALESCE("t14"."__p_fraud_risk_30d_n", 0) + COALESCE("t16"."__l_fraud_risk_30d_n", 0)
     ) > 0
@@ -40,7 +40,7 @@ SELECT
   END / NULLIF(
     COALESCE("t14"."__p_fraud_risk_30d_n", 0) + COALESCE("t16"."__l_fraud_risk_30d_n", 0),
     0
-  ) AS "fraud_risk_30d"
+  ) AS DOUBLE) AS "fraud_risk_30d"
 FROM (
   SELECT
     *
