@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test lint compile check serve dagster bench clean
+.PHONY: install demo test test-fast lint compile check serve dagster bench clean
 
 # --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (these machines set it) nothing would ever write the
 # .pyc files, and every process (tests spawn dbt, Dagster and Feast) would compile its imports from source.
@@ -26,6 +26,12 @@ demo: install
 test: install
 	mkdir -p $(DAGSTER_HOME)
 	$(PY) -m pytest
+
+# The quick loop (under a minute): everything but the tests marked slow (the pipeline, CatBoost training,
+# property tests over DuckDB). `make test` and CI still run every test.
+test-fast: install
+	mkdir -p $(DAGSTER_HOME)
+	$(PY) -m pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -83,3 +83,15 @@ def served(pipeline, tmp_path: Path):
     uri = f"sqlite:///{root / 'data' / 'mlflow.db'}"
     settings = Settings(project=root, model="card_fraud", mlflow_uri=uri, alias_poll_seconds=0)
     return root, settings, paths
+
+
+# --- The slow marker --------------------------------------------------------------------------------------------
+# `pytest -m "not slow"` (make test-fast) is the quick loop. A test that needs the session pipeline, directly or
+# through another fixture (served, applied, ...), costs the 1-5 minute build, so it is marked here from its
+# fixture closure rather than by hand in each module; tests that are slow for other reasons carry the mark in
+# their module. tryfirst: before pytest's own -m deselection reads the marks.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "pipeline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

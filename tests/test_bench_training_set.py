@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the training-set benchmark against Feast
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from trellis.cli import main
 
 
+@pytest.mark.slow
 def test_validate_and_compile_check_on_a_copy(project_copy: Path):
     runner = CliRunner()
     result = runner.invoke(main, ["validate", "--project", str(project_copy)])
@@ -32,6 +34,7 @@ def test_validate_reports_file_line_and_field(project_copy: Path):
     assert "did you mean 'tx_fraud'" in result.output
 
 
+@pytest.mark.slow
 def test_compile_check_fails_on_stale_output(project_copy: Path):
     path = project_copy / "definitions/features/device_sharing.yaml"
     path.write_text(path.read_text().replace("windows: [1d, 7d]", "windows: [1d, 7d, 30d]"))
@@ -77,6 +80,7 @@ def test_installed_entry_point_runs():
     assert done.returncode == 0 and "compile" in done.stdout
 
 
+@pytest.mark.slow
 def test_readme_add_a_feature_walkthrough_works(project_copy: Path):
     """The README's five-minute walkthrough, run as written."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -16,18 +16,21 @@ from trellis.spec import load_project
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_checked_in_generated_files_are_current():
     """The checked-in dbt models and Feast repo are the golden files: any change in compiler output shows
     as a reviewed diff of them, and this fails until `trellis compile` is run and the result committed."""
     assert compiler.stale(load_project(REPO)) == []
 
 
+@pytest.mark.slow
 def test_every_generated_file_has_a_do_not_edit_header():
     for rel, content in compiler.generate(load_project(REPO)).items():
         assert compiler.MARKER in content.splitlines()[0], rel
         assert "Do not edit" in content.splitlines()[0], rel
 
 
+@pytest.mark.slow
 def test_a_definition_change_makes_output_stale_until_recompiled(project_copy: Path):
     path = project_copy / "definitions/features/customer_spending.yaml"
     path.write_text(path.read_text().replace("windows: [1d, 7d, 30d]", "windows: [1d, 7d, 14d, 30d]", 1))
@@ -41,6 +44,7 @@ def test_a_definition_change_makes_output_stale_until_recompiled(project_copy: P
     assert "tx_count_14d" in (project_copy / "dbt_project/models/features/feat_customer_spending.sql").read_text()
 
 
+@pytest.mark.slow
 def test_removed_group_leaves_no_orphaned_model(project_copy: Path):
     (project_copy / "definitions/features/device_sharing.yaml").unlink()
     model = project_copy / "definitions/models/card_fraud.yaml"
@@ -140,6 +144,7 @@ def _typed_project(root: Path, late: bool):
     return write_project(root, group, sources=[source])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("late", [False, True], ids=["windows", "windows_and_late_rows"])
 def test_every_aggregation_returns_its_declared_type(tmp_path: Path, late: bool):
     """Each aggregation over each input type, compiled and run on DuckDB: the column type DuckDB returns is the
@@ -178,6 +183,7 @@ def test_every_aggregation_returns_its_declared_type(tmp_path: Path, late: bool)
     assert not wrong, wrong
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="trellis/contracts.py feature_schema declares nullable int64/int32/bool "
                    "features with numpy dtypes, which cannot hold an empty window's null (needs pandas' Int64/Int32/"
                    "boolean, as training._pandas_dtype uses); contracts.py is outside this change")

@@ -33,6 +33,8 @@ from trellis.modeling import TrainedModel, card_precision_at_k, register, time_s
 from trellis.spec import BacktestPlan, load_project
 from trellis.training import PARQUET_OPTIONS, read_training_set
 
+pytestmark = pytest.mark.slow  # trains, evaluates and backtests CatBoost models
+
 NAME = "card_fraud"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

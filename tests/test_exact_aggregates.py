@@ -73,6 +73,7 @@ def bits(value: Any) -> Any:
     return None if value is None else struct.pack("<d", value) if isinstance(value, float) else value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["events", "labels"], ids=["windows", "windows_and_late_rows"])
 @PROPERTY
 @given(data=scenarios(), seed=st.integers(0, 2**16))
@@ -95,6 +96,7 @@ def test_offline_and_online_give_the_same_bits(exact_projects, source: str, data
             assert bits(value) == bits(offline[row_id][name]), (row_id, name, value, offline[row_id][name])
 
 
+@pytest.mark.slow
 def test_the_sql_gives_the_same_bits_whatever_the_summation_order(exact_projects) -> None:
     """One busy account (a few thousand rows, so DuckDB's windows use segment trees), computed by the default
     window mode, frame by frame (``debug_window_mode = 'separate'``), on 1 and 2 threads, and with the rows

@@ -18,6 +18,8 @@ from trellis.simulate import SimulationConfig, simulate
 from trellis.spec import SplitPlan, load_project
 from trellis.training import build_training_set, read_training_set
 
+pytestmark = pytest.mark.slow  # trains CatBoost models on the small world
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = SimulationConfig(n_customers=200, n_terminals=400, n_days=50, label_delay="uniform")
 AS_OF = datetime(2018, 5, 21)  # the simulation starts 2018-04-01; all 50 days are before the cutoff

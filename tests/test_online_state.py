@@ -60,6 +60,7 @@ def online_values(project, events: list[Event], spine, seed: int) -> dict[Any, d
     return {row_id: evaluate(spec, tails.get(key, Tail.empty(spec)), BASE_US + t) for row_id, key, t in spine}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filtered", [False, True], ids=["all_rows", "filtered"])
 @pytest.mark.parametrize("source", ["events", "labels"])
 @pytest.mark.parametrize("include_current", [False, True], ids=["exclusive", "include_current"])

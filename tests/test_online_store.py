@@ -251,6 +251,7 @@ def test_string_values_equal_feasts(values: list[str | None]) -> None:
     assert_texts_equal_feasts("string", values)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(moments=st.lists(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)), max_size=20))
 @example(moments=[datetime(1970, 1, 1), datetime(1969, 12, 31, 23, 59, 59, 500_000), datetime(1970, 1, 1, 0, 0, 0, 1),

@@ -341,6 +341,7 @@ def test_window_edges_by_hand(compiled: Callable[..., str], include_current: boo
 # Compiled SQL == brute force
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filtered", [False, True], ids=["all_rows", "filtered"])
 @pytest.mark.parametrize("source", ["events", "labels"])
 @pytest.mark.parametrize("include_current", [False, True], ids=["exclusive", "include_current"])
@@ -354,6 +355,7 @@ def test_custom_spine_matches_reference(compiled: Callable[..., str], include_cu
     check_against_reference(sql, events, spine, source, "custom", include_current, filtered, FULL[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["self", "visits"])
 @pytest.mark.parametrize("source", ["events", "labels"])
 @pytest.mark.parametrize("include_current", [False, True], ids=["exclusive", "include_current"])
@@ -371,6 +373,7 @@ def test_default_spine_matches_reference(compiled: Callable[..., str], include_c
 # No leakage, latest state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("include_current", [False, True], ids=["exclusive", "include_current"])
 @settings(PROPERTY, max_examples=6)
 @given(data=scenarios(), choice=st.data())
@@ -404,6 +407,7 @@ def test_rows_not_yet_available_never_leak(compiled: Callable[..., str], include
             assert not changed, f"spine row {row_id} (t={t}) saw rows known only later: {changed[:10]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["events", "labels"])
 @settings(PROPERTY, max_examples=5)
 @given(data=scenarios(max_spine=2), include_current=st.booleans(), filtered=st.booleans())
@@ -445,6 +449,7 @@ def simulated_transactions() -> pa.Table:
     return simulate(SimulationConfig(n_customers=200, n_terminals=400, n_days=40))["transactions"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("include_current", "closed"), [(True, "right"), (False, "left")])
 def test_customer_windows_match_pandas_rolling(tmp_path: Path, simulated_transactions: pa.Table,
                                                include_current: bool, closed: str) -> None:

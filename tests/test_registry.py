@@ -18,6 +18,8 @@ from trellis.modeling import evaluate, register, time_split, train_catboost
 from trellis.paths import ProjectPaths
 from trellis.training import read_training_set
 
+pytestmark = pytest.mark.slow  # every test builds and registers CatBoost models on the small world (about 10 s each)
+
 NAME = "card_fraud"
 
 

@@ -453,6 +453,7 @@ rows = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
@@ -583,6 +584,7 @@ UNARY = [
 ]
 
 
+@pytest.mark.slow
 def test_check_false_accepts_exactly_what_check_accepts():
     texts = [t.format(a=a, b=b) for t in TEMPLATES for a in OPERANDS for b in OPERANDS]
     texts += [t.format(a=a) for t in UNARY for a in OPERANDS]

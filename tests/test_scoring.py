@@ -31,6 +31,8 @@ from trellis.scoring import (
 )
 from trellis.training import read_training_set
 
+pytestmark = pytest.mark.slow  # trains and registers CatBoost models on the small world
+
 MODEL = "card_fraud"
 DAY = date(2018, 5, 17)  # four days before AS_OF: some labels of the day are known by then, some are not
 

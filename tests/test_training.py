@@ -40,6 +40,8 @@ from trellis.training import (
     validate,
 )
 
+pytestmark = pytest.mark.slow  # builds training sets over simulated warehouses (the ties test alone takes 10-20 s)
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = SimulationConfig(n_customers=150, n_terminals=300, n_days=40, label_delay="uniform")
 T = datetime(2018, 4, 29, 13, 37, 0)  # day 28 of 40, mid-afternoon
