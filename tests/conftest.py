@@ -3,10 +3,13 @@ working tree's warehouse or Feast registry."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hypothesis import Phase, settings
@@ -95,3 +98,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "pipeline" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+# --- Services the tests name, and nothing written into the user's home -----------------------------------------
+CI_ENV = "CI"
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run (CI=true, as GitHub Actions, GitLab and .ci/run set it)."""
+    return os.environ.get(CI_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def service_missing(name: str, address: str, problem: object, start: str) -> NoReturn:
+    """A test needs the service ``name`` at ``address`` and cannot reach it. Under CI that is a failure: a run
+    that silently skips its Redis tests would be green without having tested Redis (.ci/run starts the services
+    it needs). Locally a skip, saying how to get the service."""
+    message = f"{name} is not reachable at {address} ({problem}); start one with `{start}`, or run .ci/run"
+    if in_ci():
+        pytest.fail(f"{message}. {CI_ENV}=true: a missing service fails the run instead of skipping", pytrace=False)
+    pytest.skip(message)
+
+
+# Caches the code under test would keep in the user's home go to a scratch directory of this run instead:
+# rendered training-set SQL (trellis.training.SQL_CACHE_ENV, default ~/.cache/trellis/sql; spelled out here because
+# importing trellis.training pulls in Ibis, ~3 s) and matplotlib's config and font cache (~/.config/matplotlib,
+# ~/.cache/matplotlib). Set at import, before any test module imports matplotlib, and inherited by subprocesses.
+SCRATCH_HOME = Path(tempfile.mkdtemp(prefix="trellis-tests-"))
+atexit.register(shutil.rmtree, SCRATCH_HOME, ignore_errors=True)
+os.environ["TRELLIS_SQL_CACHE"] = str(SCRATCH_HOME / "sql_cache")
+os.environ["MPLCONFIGDIR"] = str(SCRATCH_HOME / "matplotlib")

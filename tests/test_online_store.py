@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import service_missing
 from hypothesis import example, given, settings
 
 from trellis.online.materialize import materialize, tails
@@ -834,18 +835,46 @@ def redis_repo(applied: Applied, directory: Path, connection: str) -> Path:
     return directory
 
 
+def redis_client(address: str = REDIS) -> Any:
+    """A client of the Redis at ``address``; if none answers, a failure under CI and a skip otherwise
+    (conftest.service_missing)."""
+    import redis
+
+    host, port = address.rsplit(":", 1)
+    client = redis.Redis(host=host, port=int(port), socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        client.close()
+        service_missing("Redis", address, exc, start=f"redis-server --port {port} --save ''")
+    return client
+
+
+def test_a_missing_redis_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens on port 1: with CI=true the Redis tests fail (naming the address and how to start one)
+    rather than pass as skipped; without CI they skip with the same reason."""
+
+    def outcome() -> tuple[type, str]:  # caught here: a skip escaping this test would hide the bug it guards
+        try:
+            redis_client("127.0.0.1:1")
+        except (pytest.fail.Exception, pytest.skip.Exception) as exc:
+            return type(exc), str(exc)
+        raise AssertionError("connected to a Redis on port 1")
+
+    monkeypatch.setenv("CI", "true")
+    kind, message = outcome()
+    assert kind is pytest.fail.Exception, message
+    assert "Redis is not reachable at 127.0.0.1:1" in message and "redis-server --port 1" in message
+    monkeypatch.delenv("CI")
+    kind, message = outcome()
+    assert kind is pytest.skip.Exception and "Redis is not reachable at 127.0.0.1:1" in message, message
+
+
 @pytest.fixture
 def redis_store(applied: Applied, tmp_path: Path) -> Iterator[OnlineStore]:
     """OnlineStore on Feast's Redis store at REDIS. The Feast project name is unique to this run, so every key
     written ends with it; only those keys are deleted afterwards."""
-    import redis
-
-    host, port = REDIS.split(":")
-    client = redis.Redis(host=host, port=int(port))
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS}")
+    client = redis_client(REDIS)
     directory = redis_repo(applied, tmp_path / "redis_repo", REDIS)
     ours = b"*" + applied.feast_project.encode()
 
