@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -45,6 +46,74 @@ def test_bad_rows_are_quarantined_with_reasons_and_counts_add_up(warehouse, proj
     assert "less_than_or_equal_to(100000" in reasons[5]
     accepted = warehouse.sql("select count(*) from validated.transactions where transaction_id in (3,4,5)")
     assert accepted.fetchone()[0] == 0
+
+
+NOW = datetime(2026, 1, 1)  # where max_future counts from in these tests
+
+
+@pytest.mark.parametrize(("update", "reason"), [
+    ("set transaction_id = -1", "transaction_id: greater_than_or_equal_to(0.0) (got -1)"),
+    ("set terminal_id = null", "terminal_id: not_nullable (got null)"),
+    ("set tx_amount = 12.345", "tx_amount: a multiple of 0.01 (scale 2) (got 12.345)"),
+    ("set tx_amount = -5", "tx_amount: greater_than_or_equal_to(0.0) (got -5.0)"),
+    ("set tx_datetime = '0001-01-01'",
+     "tx_datetime: before not_before 2000-01-01 00:00:00 (got 0001-01-01 00:00:00)"),
+    ("set tx_datetime = '1900-01-01'",
+     "tx_datetime: before not_before 2000-01-01 00:00:00 (got 1900-01-01 00:00:00)"),
+    ("set tx_datetime = '2030-01-01'",
+     "tx_datetime: more than max_future 5m past the clock (after 2026-01-01 00:05:00) (got 2030-01-01 00:00:00)"),
+])
+def test_an_implausible_transaction_is_quarantined_naming_column_and_value(warehouse, project_copy, update,
+                                                                           reason):
+    """The API's rules (tests/test_strict_input.py) hold at ingestion: ids in range and present, amounts on
+    the grid, times within the source's not_before / max_future."""
+    project = load_project(project_copy)
+    warehouse.execute(f"update raw.transactions {update} where transaction_id = 7")
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    quarantined = warehouse.sql("select _reason from quarantine.transactions").fetchall()
+    assert quarantined == [(reason,)]
+    assert result.rows_quarantined == 1 and result.rows_in == result.rows_accepted + 1
+
+
+def test_a_label_available_before_its_event_is_quarantined_naming_both(warehouse, project_copy):
+    project = load_project(project_copy)
+    warehouse.execute("update raw.fraud_labels set available_at = tx_datetime - interval 1 hour "
+                      "where transaction_id = 7")
+    warehouse.execute("update raw.fraud_labels set available_at = tx_datetime where transaction_id = 8")  # allowed
+    happened = warehouse.sql("select tx_datetime from raw.fraud_labels where transaction_id = 7").fetchone()[0]
+    result = ingest(warehouse, project, project.sources["fraud_labels"], now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.fraud_labels").fetchall() == [
+        (7, f"available_at: before tx_datetime (got available_at={happened.replace(hour=happened.hour - 1)}, "
+            f"tx_datetime={happened})")]
+    assert result.reasons == {"available_at: before tx_datetime": 1}
+
+
+@pytest.mark.parametrize("sql_type", ["boolean", "varchar"])
+def test_a_typed_column_that_is_not_a_number_refuses_the_table(warehouse, project_copy, sql_type):
+    """A BOOLEAN or VARCHAR column where the definition declares a number would be coerced (true -> 1.0,
+    '812.15' -> 812.15): the table does not match its definition, as a JSON true or "812.15" is a 422."""
+    project = load_project(project_copy)
+    warehouse.execute(f"alter table raw.transactions alter tx_amount type {sql_type} "
+                      f"using {'tx_amount > 50' if sql_type == 'boolean' else 'tx_amount'}")
+    with pytest.raises(ContractViolation, match=f"tx_amount is {sql_type.upper()}, the definition declares float64"):
+        ingest(warehouse, project, project.sources["transactions"], now=NOW)
+
+
+def test_csv_values_that_do_not_read_as_their_type_are_quarantined(warehouse, project_copy):
+    """A CSV is text: 'true' in an amount column or 1.5 in an id column is a quarantined row, never 1.0 or 1."""
+    warehouse.execute("create table raw.bad as select * from raw.transactions")
+    warehouse.execute("alter table raw.bad alter tx_amount type varchar")
+    warehouse.execute("alter table raw.bad alter terminal_id type double")
+    warehouse.execute("update raw.bad set tx_amount = 'true' where transaction_id = 3")
+    warehouse.execute("update raw.bad set terminal_id = 1.5 where transaction_id = 4")
+    warehouse.execute(f"copy raw.bad to '{project_copy / 'tx.csv'}' (format csv)")
+    path = project_copy / "definitions/sources/transactions.yaml"
+    path.write_text(path.read_text().replace("table: raw.transactions", "path: tx.csv"))
+    project = load_project(project_copy)
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
+        (3, "tx_amount: not a number (got true)"), (4, "terminal_id: not an integer (got 1.5)")]
+    assert result.rows_quarantined == 2
 
 
 def test_on_violation_fail_stops_the_run(warehouse, project_copy):

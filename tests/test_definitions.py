@@ -188,13 +188,13 @@ def test_unknown_top_level_field(root):
 
 
 def test_unknown_field_without_a_close_name_lists_the_allowed_ones(root):
-    edit(root, TRANSACTIONS, "  device_id: {type: int64}", "  device_id: {type: int64, nullable: true}")
+    edit(root, TRANSACTIONS, "  device_id: {type: int64,", "  device_id: {type: int64, nullable: true,")
     expect(only_problem(root), TRANSACTIONS, line_of(root, TRANSACTIONS, "device_id"), "columns.device_id.nullable",
            "unknown field 'nullable'", "allowed fields: type, description, pii, scale, checks")
 
 
 def test_scale_on_a_column_that_is_not_float64(root):
-    edit(root, TRANSACTIONS, "  device_id: {type: int64}", "  device_id: {type: int64, scale: 2}")
+    edit(root, TRANSACTIONS, "  device_id: {type: int64,", "  device_id: {type: int64, scale: 2,")
     expect(only_problem(root), TRANSACTIONS, line_of(root, TRANSACTIONS, "device_id"), "columns.device_id",
            "scale 2 is for float64 columns; this column is int64")
 
@@ -217,7 +217,7 @@ def test_unknown_aggregation(root, wrong, hint):
 
 
 def test_unknown_column_type(root):
-    edit(root, TRANSACTIONS, "device_id: {type: int64}", "device_id: {type: integer}")
+    edit(root, TRANSACTIONS, "device_id: {type: int64,", "device_id: {type: integer,")
     expect(only_problem(root), TRANSACTIONS, line_of(root, TRANSACTIONS, "device_id"), "columns.device_id.type",
            "unknown type 'integer'", "(did you mean 'int64'?)", "expected one of int64, int32, float64")
 
@@ -334,7 +334,7 @@ def test_entity_key_type_mismatch(root):
 
 
 def test_key_type_mismatch_in_the_spine(root):
-    edit(root, TRANSACTIONS, "terminal_id: {type: int64}", "terminal_id: {type: string}")
+    edit(root, TRANSACTIONS, "terminal_id: {type: int64, checks: {ge: 0}}", "terminal_id: {type: string}")
     expect(only_problem(root), TERMINALS, line_of(root, TERMINALS, "entity: terminal"), "entity",
            "spine column transactions.terminal_id is string", "entity 'terminal' has key_type int64")
 
@@ -361,7 +361,8 @@ def test_unknown_column_in_an_order_statistic_is_a_problem_not_a_crash(root):
     [("mean", "tx_datetime", "timestamp"), ("sum", "merchant", "string"), ("std", "merchant", "string")],
 )
 def test_numeric_aggregation_on_a_non_numeric_column(root, agg, column, column_type):
-    edit(root, TRANSACTIONS, "  device_id: {type: int64}\n", "  device_id: {type: int64}\n  merchant: {type: string}\n")
+    edit(root, TRANSACTIONS, "  device_id: {type: int64, checks: {ge: 0}}\n",
+         "  device_id: {type: int64, checks: {ge: 0}}\n  merchant: {type: string}\n")
     edit(root, SPENDING, AVG_AMOUNT, f"  - name: avg_amount\n    agg: {agg}\n    column: {column}\n")
     expect(only_problem(root), SPENDING, line_of(root, SPENDING, f"column: {column}"), "features.1.column",
            f"aggregation {agg!r} needs a numeric column", f"transactions.{column} is {column_type}")

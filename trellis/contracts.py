@@ -3,13 +3,22 @@
 A source row that breaks its contract is never dropped silently: it goes to ``quarantine.<source>`` with
 the reason, and the counts always add up (rows in = rows accepted + rows quarantined). A source that
 declares ``on_violation: fail`` stops the run instead.
+
+The rules are the API's (``serving/schemas.py``): the column types and checks of the definition, timestamps
+within the source's ``not_before`` / ``max_future``, ``available_at`` never before the event time. A typed
+relation (a DuckDB table, Parquet) must hold numbers in its numeric columns: a BOOLEAN or VARCHAR column
+where the definition declares a number is a mismatch of the whole table, as a JSON ``true`` or ``"812.15"``
+is a 422 at the API. A CSV file is text, so there a value that does not read as the declared type is a
+quarantined row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -18,6 +27,8 @@ from trellis.spec import Project, Source
 from trellis.types import mapping, on_scale
 
 QUARANTINE_SCHEMA = "quarantine"
+_NUMERIC = ("int64", "int32", "float64")
+_AVAILABLE_AT_CHECK = "available_at_not_before_event_time"
 
 
 def _checks(col) -> list[pa.Check]:
@@ -35,13 +46,52 @@ def _checks(col) -> list[pa.Check]:
     return checks
 
 
-def source_schema(source: Source) -> pa.DataFrameSchema:
+def _too_early(earliest: datetime) -> str:
+    return f"before not_before {earliest:%Y-%m-%d %H:%M:%S}"
+
+
+def _too_late(source: Source, latest: datetime) -> str:
+    return f"more than max_future {source.max_future} past the clock (after {latest:%Y-%m-%d %H:%M:%S})"
+
+
+def _time_checks(source: Source, now: datetime) -> list[pa.Check]:
+    """The source's plausible time range (``Source.time_bounds``), on each of its timestamp columns."""
+    earliest, latest = source.time_bounds(now)
+    checks = []
+    if earliest is not None:
+        checks.append(pa.Check.ge(pd.Timestamp(earliest), error=_too_early(earliest)))
+    if latest is not None:
+        checks.append(pa.Check.le(pd.Timestamp(latest), error=_too_late(source, latest)))
+    return checks
+
+
+def _available_at_check(source: Source) -> list[pa.Check]:
+    """A row becomes known at or after it happens: ``available_at >= event_time`` (a null is checked by
+    ``not_null``, not here)."""
+    if source.available_at is None or source.available_at == source.event_time:
+        return []
+    known, happened = source.available_at, source.event_time
+
+    def check(frame: pd.DataFrame) -> pd.Series:
+        return (frame[known] >= frame[happened]) | frame[known].isna() | frame[happened].isna()
+
+    return [pa.Check(check, name=_AVAILABLE_AT_CHECK, error=f"{known} before {happened}")]
+
+
+def source_schema(source: Source, now: datetime | None = None) -> pa.DataFrameSchema:
+    """The contract of a source's rows. ``now`` (naive UTC, default the clock) is where ``max_future`` counts
+    from."""
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    timestamps = set(source.timestamp_columns)
     columns = {
-        name: pa.Column(mapping(col.type).pandas, checks=_checks(col), nullable=not col.checks.not_null, coerce=True)
+        name: pa.Column(mapping(col.type).pandas,
+                        checks=_checks(col) + (_time_checks(source, now) if name in timestamps else []),
+                        nullable=not col.checks.not_null, coerce=True)
         for name, col in source.columns.items()
     }
     unique = [source.primary_key] if source.primary_key else None
-    return pa.DataFrameSchema(columns, name=f"source {source.name}", unique=unique, strict="filter")
+    return pa.DataFrameSchema(columns, checks=_available_at_check(source), name=f"source {source.name}",
+                              unique=unique, strict="filter")
 
 
 def feature_schema(project: Project, group_name: str) -> pa.DataFrameSchema:
@@ -69,37 +119,36 @@ class IngestResult:
     reasons: dict[str, int]
 
 
-def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source) -> IngestResult:
+def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
+           now: datetime | None = None) -> IngestResult:
     """Validate a source against its contract; write accepted rows to ``validated.<name>`` and rejected ones
-    (with a ``_reason``) to ``quarantine.<name>``."""
+    (with a ``_reason``) to ``quarantine.<name>``. ``now`` (naive UTC, default the clock) is where the
+    source's ``max_future`` counts from."""
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     relation = source.table if source.table else _file_relation(project, source)
-    frame = con.sql(f"select * from {relation}").df()
-    schema = source_schema(source)
+    raw = con.sql(f"select * from {relation}")
+    _check_types(source, relation, raw)
+    frame = raw.df()
+    schema = source_schema(source, now)
     rows_in = len(frame)
+    read, early = _before_coercion(source, frame, now)
+    candidates = read[~read.index.isin(early.index)]
     try:
-        accepted = schema.validate(frame, lazy=True)
-        rejected = frame.iloc[0:0].assign(_reason=pd.Series(dtype="object"))
+        accepted = schema.validate(candidates, lazy=True)
+        reasons = early
     except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        row_cases = cases[cases["index"].notna()]
-        table_cases = cases[cases["index"].isna()]
-        if not table_cases.empty:  # a missing column or wrong table shape: nothing can be accepted
-            raise ContractViolation(
-                f"source {source.name!r} ({relation}) does not match its definition: "
-                + "; ".join(f"{r.column}: {r.check} ({r.failure_case})" for r in table_cases.itertuples())
-            ) from None
-        reasons = (row_cases.assign(reason=row_cases["column"].astype(str) + ": " + row_cases["check"].astype(str)
-                                    + " (got " + row_cases["failure_case"].astype(str) + ")")
-                   .groupby("index")["reason"].agg("; ".join))
-        bad = frame.index.isin(reasons.index)
-        rejected = frame[bad].assign(_reason=reasons.reindex(frame.index[bad]).to_numpy())
-        accepted = schema.validate(frame[~bad], lazy=True)
-        if source.on_violation == "fail":
-            sample = "; ".join(rejected["_reason"].head(5))
-            raise ContractViolation(
-                f"source {source.name!r}: {len(rejected)} of {rows_in} rows break the contract "
-                f"(on_violation: fail). First: {sample}"
-            ) from None
+        reasons = pd.concat([early, _reasons(exc.failure_cases, candidates, source, relation)])
+        reasons = reasons.groupby(level=0).agg("; ".join)
+        accepted = schema.validate(read[~read.index.isin(reasons.index)], lazy=True)
+    bad = frame.index.isin(reasons.index)
+    rejected = frame[bad].assign(_reason=pd.Series(reasons.reindex(frame.index[bad]).to_numpy(), dtype="object",
+                                                   index=frame.index[bad]))
+    if len(rejected) and source.on_violation == "fail":
+        sample = "; ".join(rejected["_reason"].head(5))
+        raise ContractViolation(
+            f"source {source.name!r}: {len(rejected)} of {rows_in} rows break the contract "
+            f"(on_violation: fail). First: {sample}"
+        ) from None
     for schema_name, table in ((VALIDATED_SCHEMA, accepted), (QUARANTINE_SCHEMA, rejected)):
         con.execute(f"create schema if not exists {schema_name}")
         con.register("__frame", table)
@@ -107,6 +156,95 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source) -> 
         con.unregister("__frame")
     counts = rejected["_reason"].str.split("; ").explode().str.split(" \\(got").str[0].value_counts()
     return IngestResult(source.name, rows_in, len(accepted), len(rejected), {k: int(v) for k, v in counts.items()})
+
+
+def _check_types(source: Source, relation: str, raw: duckdb.DuckDBPyRelation) -> None:
+    """A typed relation whose column is BOOLEAN or VARCHAR where the definition declares a number: coercion
+    would read ``true`` as 1 and ``'812.15'`` as 812.15, so the table does not match its definition."""
+    if source.path is not None and source.path.endswith(".csv"):
+        return  # text: each value is read as the declared type, a row that does not read is quarantined
+    types = dict(zip(raw.columns, (str(t) for t in raw.dtypes), strict=True))
+    wrong = [f"{name} is {types[name]}, the definition declares {col.type}"
+             for name, col in source.columns.items()
+             if col.type in _NUMERIC and types.get(name, "").split("(")[0] in ("BOOLEAN", "VARCHAR")]
+    if wrong:
+        raise ContractViolation(f"source {source.name!r} ({relation}) does not match its definition: "
+                                + "; ".join(wrong))
+
+
+# What pandas (and so Pandera, which coerces timestamps to nanoseconds) can hold.
+_NS_RANGE = (pd.Timestamp.min.as_unit("us"), pd.Timestamp.max.as_unit("us"))
+
+
+def _before_coercion(source: Source, frame: pd.DataFrame, now: datetime) -> tuple[pd.DataFrame, pd.Series]:
+    """``frame`` with text read as numbers where numbers are declared (a CSV column holding one value that is
+    not a number is text), and reasons for the rows the coercion to the contract's types would change or
+    fail on as a whole column: text that is not a number, a fractional number in an integer column (1.5
+    would become 1) and a timestamp outside what nanoseconds can hold (0001-01-01 would fail the whole
+    column). The reasons are indexed like ``frame``, joined by '; '."""
+    earliest, latest = source.time_bounds(now)
+    reasons = []
+    frame = frame.copy()
+    for name, col in source.columns.items():
+        if name not in frame:
+            continue
+        values = frame[name]
+        if col.type in _NUMERIC and values.dtype == object:
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = values.notna() & numbers.isna()
+            reasons.append(f"{name}: not a number (got " + values[bad].astype(str) + ")")
+            values = frame[name] = numbers.where(~bad)
+        if col.type in ("int64", "int32") and pd.api.types.is_float_dtype(values):
+            bad = values.notna() & np.isfinite(values) & (values != np.trunc(values))
+            reasons.append(f"{name}: not an integer (got " + values[bad].astype(str) + ")")
+        elif col.type == "timestamp" and pd.api.types.is_datetime64_dtype(values):
+            bad = values.notna() & ((values < _NS_RANGE[0]) | (values > _NS_RANGE[1]))
+            for i, value in values[bad].items():
+                if earliest is not None and value < earliest:
+                    why = _too_early(earliest)
+                elif latest is not None and value > latest:
+                    why = _too_late(source, latest)
+                else:
+                    why = f"outside {_NS_RANGE[0]:%Y-%m-%d} to {_NS_RANGE[1]:%Y-%m-%d}"
+                reasons.append(pd.Series([f"{name}: {why} (got {value})"], index=[i], dtype="object"))
+    reasons = [r for r in reasons if len(r)]
+    return frame, (pd.concat(reasons).groupby(level=0).agg("; ".join) if reasons else pd.Series(dtype="object"))
+
+
+def _reasons(cases: pd.DataFrame, frame: pd.DataFrame, source: Source, relation: str) -> pd.Series:
+    """One reason per rejected row ("column: check (got value)", joined by '; '), indexed like ``frame``.
+    Raises ContractViolation for a failure of the whole table (a missing column)."""
+    row_cases = cases[cases["index"].notna()]
+    table_cases = cases[cases["index"].isna()]
+    if not table_cases.empty:  # a missing column or wrong table shape: nothing can be accepted
+        raise ContractViolation(
+            f"source {source.name!r} ({relation}) does not match its definition: "
+            + "; ".join(f"{r.column}: {r.check} ({r.failure_case})" for r in table_cases.itertuples())
+        ) from None
+    check = row_cases["check"].astype(str)
+    # A null fails the coercion of an integer column too; 'not_nullable' says what is wrong.
+    row_cases = row_cases[~(check.str.startswith("coerce_dtype(") & row_cases["failure_case"].isna())]
+    check = row_cases["check"].astype(str)
+    # A value that does not read as the column's type fails coercion and then the dtype check: say it once.
+    coerced = set(zip(row_cases.loc[check.str.startswith("coerce_dtype("), "index"],
+                      row_cases.loc[check.str.startswith("coerce_dtype("), "column"], strict=True))
+    keep = [not (c.startswith("dtype(") and (i, col) in coerced)
+            for c, i, col in zip(check, row_cases["index"], row_cases["column"], strict=True)]
+    row_cases = row_cases[keep]
+    got = row_cases["failure_case"].astype(object).where(row_cases["failure_case"].notna(), "null")
+    # A check across columns (available_at vs event time) reports every column of the row: one reason per row.
+    across = row_cases["schema_context"].eq("DataFrameSchema")
+    per_column = row_cases[~across]
+    reasons = [per_column["column"].astype(str) + ": " + per_column["check"].astype(str)
+               + " (got " + got[~across].astype(str) + ")"]
+    reasons[0].index = per_column["index"].to_numpy()
+    rows = pd.Index(row_cases.loc[across, "index"].unique())
+    if len(rows):
+        known, happened = source.available_at, source.event_time
+        reasons.append(pd.Series(
+            [f"{known}: before {happened} (got {known}={frame.at[i, known]}, {happened}={frame.at[i, happened]})"
+             for i in rows], index=rows, dtype="object"))
+    return pd.concat(reasons).groupby(level=0).agg("; ".join)
 
 
 def _file_relation(project: Project, source: Source) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -101,6 +101,36 @@ def _duration_field(what: str, positive: bool) -> Any:
 
 Window = _duration_field("window", positive=True)
 Delay = _duration_field("delay", positive=False)
+MaxFuture = _duration_field("max_future", positive=False)
+
+
+def _instant(value: Any) -> datetime:
+    """A date or timestamp in a definition (``2000-01-01``, ``2000-01-01T06:00:00``, ``...+02:00``) as a naive
+    UTC datetime, the form every timestamp column has in the warehouse and the API. YAML gives an unquoted
+    date as a ``date`` and an unquoted timestamp as a ``datetime``; a quoted one arrives as a string."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"invalid not_before {value!r}: expected a date or timestamp like '2000-01-01' "
+                             f"or '2000-01-01T00:00:00'") from None
+    else:
+        raise ValueError(f"invalid not_before {value!r}: expected a date or timestamp like '2000-01-01'")
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+Instant = Annotated[
+    datetime,
+    PlainValidator(_instant),
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}],
+                    "examples": ["2000-01-01", "2000-01-01T00:00:00Z"]}),
+]
 
 
 class _Strict(BaseModel):
@@ -142,6 +172,16 @@ class Column(_Strict):
 
 
 class Source(_Strict):
+    """A table or file of rows with an event time.
+
+    ``not_before`` and ``max_future`` bound every timestamp column of the source (the event time, ``available_at``
+    and any other), in the ingestion contract (the row is quarantined) and in the API's row models (a 422). They
+    are declared per source, not per column: a source's timestamps lie on one timeline (a row happens, then
+    becomes known), and the rule that ``available_at`` is never before the event time already ties the columns
+    together, so one plausible range per source says everything a per-column pair would, with half the
+    declarations to keep consistent. ``max_future`` is measured from the clock at validation time (ingestion
+    or request)."""
+
     kind: Literal["source"]
     name: Name
     table: str | None = Field(None, description="A DuckDB table, as schema.table.")
@@ -153,12 +193,29 @@ class Source(_Strict):
         json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN, "maxLength": 63}, "minProperties": 1}
     )
     on_violation: Literal["quarantine", "fail"] = "quarantine"
+    not_before: Instant | None = Field(
+        None, description="Earliest plausible value of every timestamp column (a date or timestamp, UTC); an "
+                          "earlier row breaks the contract, e.g. 0001-01-01 from a zeroed field.")
+    max_future: MaxFuture | None = Field(
+        None, description="How far past the clock (at ingestion or request time) a timestamp may be, e.g. '1d'. "
+                          "Unset: ingestion sets no bound and the API uses its own setting.")
     description: str = ""
     owner: str = ""
 
     @property
     def relation(self) -> str:
         return self.table or f"read_file({self.path!r})"
+
+    @property
+    def timestamp_columns(self) -> list[str]:
+        return [name for name, col in self.columns.items() if col.type == "timestamp"]
+
+    def time_bounds(self, now: datetime,
+                    default_max_future: timedelta | None = None) -> tuple[datetime | None, datetime | None]:
+        """(earliest, latest) allowed value of every timestamp column, naive UTC; None: unbounded. ``now`` is
+        naive UTC; the source's ``max_future`` wins over ``default_max_future`` (the API's setting)."""
+        ahead = parse_duration(self.max_future) if self.max_future is not None else default_max_future
+        return self.not_before, (now + ahead if ahead is not None else None)
 
 
 class Aggregation(_Strict):
