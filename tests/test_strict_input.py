@@ -137,3 +137,44 @@ def test_a_bad_scoring_request_is_a_422_on_both_paths(served, field, value, frag
             assert any(field in e["loc"] and fragment in e["msg"] for e in errors_of(response)), response.text
             answers.append(response.json())
     assert answers[0] == answers[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The declarations: validated with file and line, exported in the JSON Schema.
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("not_before", "yesterday", "invalid not_before 'yesterday': expected a date or timestamp"),
+    ("not_before", "2000-13-01", "invalid not_before '2000-13-01'"),
+    ("max_future", "1 day", "invalid max_future '1 day'"),
+    ("max_future", "-5m", "invalid max_future '-5m': must not be negative"),
+])
+def test_a_bad_time_bound_is_reported_with_file_and_line(project_copy, field, value, fragment):
+    from click.testing import CliRunner
+
+    from trellis.cli import main
+
+    path = project_copy / "definitions/sources/transactions.yaml"
+    lines = path.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.startswith(f"{field}:"))
+    lines[line - 1] = f"{field}: {value!r}"
+    path.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["validate", "--project", str(project_copy)])
+    assert result.exit_code != 0
+    assert f"definitions/sources/transactions.yaml:{line}: {field}: {fragment}" in result.output, result.output
+
+
+def test_the_time_bounds_are_in_the_json_schema():
+    import jsonschema
+    from jsonschema.exceptions import best_match
+
+    from trellis.spec import json_schema
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    source = {"kind": "source", "name": "s", "table": "raw.s", "event_time": "t",
+              "columns": {"t": {"type": "timestamp"}}}
+    assert list(validator.iter_errors({**source, "not_before": "2000-01-01", "max_future": "1d"})) == []
+    error = best_match(validator.iter_errors({**source, "max_future": "1 day"}))
+    assert error is not None and list(error.absolute_path) == ["max_future"], error
+    properties = json_schema()["$defs"]["Source"]["properties"]
+    assert {"not_before", "max_future"} <= set(properties)
