@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -114,6 +114,40 @@ def test_csv_values_that_do_not_read_as_their_type_are_quarantined(warehouse, pr
     assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
         (3, "tx_amount: not a number (got true)"), (4, "terminal_id: not an integer (got 1.5)")]
     assert result.rows_quarantined == 2
+
+
+def test_a_duplicated_key_keeps_its_first_copy_and_quarantines_the_extras(warehouse, project_copy):
+    """The first copy by (event time, available_at, position) is accepted; only the extras are quarantined."""
+    project = load_project(project_copy)
+    con = warehouse
+    original = con.sql("select * from raw.transactions where transaction_id = 7").fetchone()
+    # id 7: an exact re-delivery and a copy one hour later, both after the original in the table
+    con.execute("insert into raw.transactions select * from raw.transactions where transaction_id = 7")
+    con.execute("insert into raw.transactions select * replace (tx_datetime + interval 1 hour as tx_datetime) "
+                "from raw.transactions where transaction_id = 7 limit 1")
+    # id 8: a copy one hour *earlier* placed after it in the table: the earlier event time is kept
+    con.execute("insert into raw.transactions select * replace (tx_datetime - interval 1 hour as tx_datetime, "
+                "tx_amount + 1 as tx_amount) from raw.transactions where transaction_id = 8")
+    # id 9: the first copy breaks a check, so the second (valid) copy is kept, not quarantined as a duplicate
+    con.execute("insert into raw.transactions select * from raw.transactions where transaction_id = 9")
+    con.execute("update raw.transactions set tx_amount = -1 where rowid = (select min(rowid) from raw.transactions "
+                "where transaction_id = 9)")
+    rows_in = con.sql("select count(*) from raw.transactions").fetchone()[0]
+    result = ingest(con, project, project.sources["transactions"], now=NOW)
+
+    quarantined = con.sql("select transaction_id, tx_datetime, _reason from quarantine.transactions").fetchall()
+    assert sorted((t, r) for t, _, r in quarantined) == [
+        (7, "duplicate of transaction_id=7"), (7, "duplicate of transaction_id=7"),
+        (8, "duplicate of transaction_id=8"), (9, "tx_amount: greater_than_or_equal_to(0.0) (got -1.0)")]
+    assert original[1] + timedelta(hours=1) in [d for t, d, _ in quarantined if t == 7]
+    kept = con.sql("select * from validated.transactions where transaction_id in (7, 8, 9) order by 1").fetchall()
+    assert [row[0] for row in kept] == [7, 8, 9]
+    assert kept[0] == original
+    raw8 = con.sql("select min(tx_datetime) from raw.transactions where transaction_id = 8").fetchone()[0]
+    assert kept[1][1] == raw8
+    assert result.rows_in == rows_in == result.rows_accepted + result.rows_quarantined
+    assert result.rows_quarantined == 4
+    assert result.reasons == {"duplicate of transaction_id": 3, "tx_amount: greater_than_or_equal_to(0.0)": 1}
 
 
 def test_on_violation_fail_stops_the_run(warehouse, project_copy):

@@ -89,9 +89,10 @@ def source_schema(source: Source, now: datetime | None = None) -> pa.DataFrameSc
                         nullable=not col.checks.not_null, coerce=True)
         for name, col in source.columns.items()
     }
-    unique = [source.primary_key] if source.primary_key else None
+    # The primary key's uniqueness is not a check here: ``ingest`` keeps one copy of a repeated key (see
+    # ``_duplicates``), where Pandera's ``unique`` would reject every copy, the legitimate first one included.
     return pa.DataFrameSchema(columns, checks=_available_at_check(source), name=f"source {source.name}",
-                              unique=unique, strict="filter")
+                              strict="filter")
 
 
 def feature_schema(project: Project, group_name: str) -> pa.DataFrameSchema:
@@ -123,7 +124,12 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
            now: datetime | None = None) -> IngestResult:
     """Validate a source against its contract; write accepted rows to ``validated.<name>`` and rejected ones
     (with a ``_reason``) to ``quarantine.<name>``. ``now`` (naive UTC, default the clock) is where the
-    source's ``max_future`` counts from."""
+    source's ``max_future`` counts from.
+
+    A primary key seen more than once among the rows that pass every check keeps one copy: the first by event
+    time, then ``available_at`` (a null one counts as the event time), then position in the relation (the
+    file's order, the table's scan order). The other copies are quarantined as ``duplicate of <key>=<value>``.
+    A copy that breaks a check is quarantined for that reason and is not the kept copy."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
     relation = source.table if source.table else _file_relation(project, source)
     raw = con.sql(f"select * from {relation}")
@@ -140,6 +146,10 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
         reasons = pd.concat([early, _reasons(exc.failure_cases, candidates, source, relation)])
         reasons = reasons.groupby(level=0).agg("; ".join)
         accepted = schema.validate(read[~read.index.isin(reasons.index)], lazy=True)
+    extras = _duplicates(source, accepted)
+    if len(extras):
+        reasons = pd.concat([reasons, extras])
+        accepted = accepted[~accepted.index.isin(extras.index)]
     bad = frame.index.isin(reasons.index)
     rejected = frame[bad].assign(_reason=pd.Series(reasons.reindex(frame.index[bad]).to_numpy(), dtype="object",
                                                    index=frame.index[bad]))
@@ -154,8 +164,23 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
         con.register("__frame", table)
         con.execute(f"create or replace table {schema_name}.{source.name} as select * from __frame")
         con.unregister("__frame")
-    counts = rejected["_reason"].str.split("; ").explode().str.split(" \\(got").str[0].value_counts()
+    counts = (rejected["_reason"].str.split("; ").explode().str.split(" \\(got").str[0]
+              .str.replace(r"^(duplicate of [^=]+)=.*$", r"\1", regex=True).value_counts())
     return IngestResult(source.name, rows_in, len(accepted), len(rejected), {k: int(v) for k, v in counts.items()})
+
+
+def _duplicates(source: Source, rows: pd.DataFrame) -> pd.Series:
+    """Reasons for the extra copies of a primary key among ``rows`` (valid, coerced, indexed by position in the
+    relation): the first copy by (event time, available_at, position) is kept."""
+    key = source.primary_key
+    if key is None or rows.empty:
+        return pd.Series(dtype="object")
+    happened = rows[source.event_time]
+    known = rows[source.available_at].fillna(happened) if source.available_at else happened
+    order = pd.DataFrame({"key": rows[key], "happened": happened, "known": known, "position": rows.index},
+                         index=rows.index).sort_values(["happened", "known", "position"], kind="stable")
+    extra = order[order["key"].notna() & order["key"].duplicated(keep="first")]
+    return pd.Series([f"duplicate of {key}={value}" for value in extra["key"]], index=extra.index, dtype="object")
 
 
 def _check_types(source: Source, relation: str, raw: duckdb.DuckDBPyRelation) -> None:
