@@ -150,6 +150,72 @@ def test_a_duplicated_key_keeps_its_first_copy_and_quarantines_the_extras(wareho
     assert result.reasons == {"duplicate of transaction_id": 3, "tx_amount: greater_than_or_equal_to(0.0)": 1}
 
 
+def _raw_bad_and_duplicated(con: duckdb.DuckDBPyConnection) -> None:
+    _break_rows(con)
+    con.execute("insert into raw.transactions select * from raw.transactions where transaction_id in (7, 8)")
+
+
+def test_ingest_counts_what_the_tables_hold(warehouse, project_copy):
+    """The counts ingest returns are those of the tables it wrote, and every source row is in exactly one of
+    them: a row lost or written twice on the way to validated.* or quarantine.* breaks this test."""
+    project = load_project(project_copy)
+    _raw_bad_and_duplicated(warehouse)
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+
+    def count(table: str) -> int:
+        return warehouse.sql(f"select count(*) from {table}").fetchone()[0]
+
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (
+        count("raw.transactions"), count("validated.transactions"), count("quarantine.transactions"))
+    assert result.adds_up and result.rows_quarantined == 5
+    assert sum(result.reasons.values()) >= result.rows_quarantined
+    # The same rows, each once: the multiset of keys in = the keys accepted + the keys quarantined.
+    ids = "select transaction_id, count(*) from {} group by 1"
+    written = warehouse.sql("select transaction_id, sum(n) from ("
+                            "select transaction_id, count(*) n from validated.transactions group by 1 union all "
+                            "select transaction_id, count(*) n from quarantine.transactions group by 1) group by 1")
+    assert sorted(written.fetchall()) == sorted(warehouse.sql(ids.format("raw.transactions")).fetchall())
+
+
+@pytest.mark.parametrize("fault", ["drop", "duplicate"])
+def test_rows_add_up_check_fails_when_the_tables_do_not_hold_every_row(warehouse, project_copy, monkeypatch,
+                                                                       fault):
+    """The Dagster check ``rows_add_up`` of ``raw/<source>`` counts what was written, so a writer that loses
+    (or repeats) a row on the way to the table fails it; the honest writer passes it."""
+    import dagster as dg
+
+    import assets.project
+    import trellis.contracts
+    from assets.raw.assets import _source_asset
+    from assets.resources import Warehouse
+
+    _raw_bad_and_duplicated(warehouse)
+    warehouse.close()
+    monkeypatch.setenv("TRELLIS_PROJECT", str(project_copy))
+    assets.project.trellis_project.cache_clear()
+    honest = trellis.contracts._write
+
+    def faulty(con, schema_name, table_name, frame):
+        frame = frame.iloc[1:] if fault == "drop" else pd.concat([frame, frame.head(1)])
+        honest(con, schema_name, table_name, frame)
+
+    def check(writer) -> tuple[bool, dg.AssetCheckEvaluation]:
+        monkeypatch.setattr(trellis.contracts, "_write", writer)
+        result = dg.materialize([_source_asset("transactions")], raise_on_error=False,
+                                resources={"warehouse": Warehouse(path=str(project_copy.parent / "wh.duckdb"))})
+        (evaluation,) = result.get_asset_check_evaluations()
+        return result.success, evaluation
+
+    try:
+        (good_run, good), (bad_run, bad) = check(honest), check(faulty)
+    finally:
+        assets.project.trellis_project.cache_clear()
+    assert good_run and good.passed and good.metadata["rows_in"].value == good.metadata["accepted"].value + 5
+    assert not bad.passed and not bad_run  # blocking: the run fails
+    off = 2 if fault == "drop" else -2  # one row per table: validated and quarantine
+    assert bad.metadata["rows_in"].value == bad.metadata["accepted"].value + bad.metadata["quarantined"].value + off
+
+
 def test_on_violation_fail_stops_the_run(warehouse, project_copy):
     path = project_copy / "definitions/sources/transactions.yaml"
     path.write_text(path.read_text().replace("on_violation: quarantine", "on_violation: fail"))

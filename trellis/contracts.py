@@ -113,11 +113,20 @@ class ContractViolation(Exception):
 
 @dataclass(frozen=True)
 class IngestResult:
+    """What one ingestion wrote, counted in DuckDB after the write (never from the frames that were written):
+    ``rows_in`` rows of the source relation, ``rows_accepted`` of ``validated.<source>``, ``rows_quarantined``
+    of ``quarantine.<source>``, and the quarantined rows per reason. ``adds_up`` is the check that nothing was
+    lost or written twice on the way."""
+
     source: str
     rows_in: int
     rows_accepted: int
     rows_quarantined: int
     reasons: dict[str, int]
+
+    @property
+    def adds_up(self) -> bool:
+        return self.rows_in == self.rows_accepted + self.rows_quarantined
 
 
 def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
@@ -151,7 +160,8 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
         reasons = pd.concat([reasons, extras])
         accepted = accepted[~accepted.index.isin(extras.index)]
     bad = frame.index.isin(reasons.index)
-    rejected = frame[bad].assign(_reason=pd.Series(reasons.reindex(frame.index[bad]).to_numpy(), dtype="object",
+    # A string column even when empty, so quarantine._reason is VARCHAR in every case.
+    rejected = frame[bad].assign(_reason=pd.Series(reasons.reindex(frame.index[bad]).to_numpy(), dtype="string",
                                                    index=frame.index[bad]))
     if len(rejected) and source.on_violation == "fail":
         sample = "; ".join(rejected["_reason"].head(5))
@@ -159,14 +169,38 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
             f"source {source.name!r}: {len(rejected)} of {rows_in} rows break the contract "
             f"(on_violation: fail). First: {sample}"
         ) from None
-    for schema_name, table in ((VALIDATED_SCHEMA, accepted), (QUARANTINE_SCHEMA, rejected)):
-        con.execute(f"create schema if not exists {schema_name}")
-        con.register("__frame", table)
-        con.execute(f"create or replace table {schema_name}.{source.name} as select * from __frame")
+    # Both tables in one transaction: a reader (or a crash) never sees one source's new validated rows beside
+    # its old quarantine.
+    con.execute("begin transaction")
+    try:
+        for schema_name, table in ((VALIDATED_SCHEMA, accepted), (QUARANTINE_SCHEMA, rejected)):
+            _write(con, schema_name, source.name, table)
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    return _written(con, source, relation)
+
+
+def _write(con: duckdb.DuckDBPyConnection, schema_name: str, table_name: str, frame: pd.DataFrame) -> None:
+    con.execute(f"create schema if not exists {schema_name}")
+    con.register("__frame", frame)
+    try:
+        con.execute(f"create or replace table {schema_name}.{table_name} as select * from __frame")
+    finally:
         con.unregister("__frame")
-    counts = (rejected["_reason"].str.split("; ").explode().str.split(" \\(got").str[0]
+
+
+def _written(con: duckdb.DuckDBPyConnection, source: Source, relation: str) -> IngestResult:
+    """The counts of an ingestion read back from DuckDB: the source relation, ``validated.<source>`` and
+    ``quarantine.<source>`` as they are now."""
+    rows_in = con.sql(f"select count(*) from {relation}").fetchone()[0]
+    accepted = con.sql(f"select count(*) from {VALIDATED_SCHEMA}.{source.name}").fetchone()[0]
+    reasons = con.sql(f"select _reason from {QUARANTINE_SCHEMA}.{source.name}").df()["_reason"]
+    counts = (reasons.str.split("; ").explode().str.split(" \\(got").str[0]
               .str.replace(r"^(duplicate of [^=]+)=.*$", r"\1", regex=True).value_counts())
-    return IngestResult(source.name, rows_in, len(accepted), len(rejected), {k: int(v) for k, v in counts.items()})
+    return IngestResult(source.name, int(rows_in), int(accepted), len(reasons),
+                        {k: int(v) for k, v in counts.items()})
 
 
 def _duplicates(source: Source, rows: pd.DataFrame) -> pd.Series:
