@@ -125,9 +125,14 @@ customer_spending_state = FeatureView(
         Field(name='distinct_terminals_1d', dtype=Int64),
         Field(name='distinct_terminals_7d', dtype=Int64),
         Field(name='distinct_terminals_30d', dtype=Int64),
+        Field(name='state_status', dtype=String),
     ],
     mode='python',
-    description='customer_spending evaluated exactly at request_ts from the streaming state.',
+    description=(
+        'customer_spending evaluated exactly at request_ts from the streaming state. state_status: '
+        "'ok', the features are exact; 'too_old', request_ts is older than the "
+        'state answers (the scoring endpoint refuses it): every feature null; '
+        "'unknown', no state for the entity: the declared empty-window values."),
 )
 def customer_spending_live(inputs: dict) -> dict:
     from trellis.online.state import evaluate_rows
@@ -210,9 +215,14 @@ device_sharing_state = FeatureView(
         Field(name='distinct_customers_1d', dtype=Int64),
         Field(name='distinct_customers_7d', dtype=Int64),
         Field(name='tx_count_7d', dtype=Int64),
+        Field(name='state_status', dtype=String),
     ],
     mode='python',
-    description='device_sharing evaluated exactly at request_ts from the streaming state.',
+    description=(
+        'device_sharing evaluated exactly at request_ts from the streaming state. state_status: '
+        "'ok', the features are exact; 'too_old', request_ts is older than the "
+        'state answers (the scoring endpoint refuses it): every feature null; '
+        "'unknown', no state for the entity: the declared empty-window values."),
 )
 def device_sharing_live(inputs: dict) -> dict:
     from trellis.online.state import evaluate_rows
@@ -290,9 +300,14 @@ terminal_risk_state = FeatureView(
         Field(name='fraud_risk_1d', dtype=Float64),
         Field(name='fraud_risk_7d', dtype=Float64),
         Field(name='fraud_risk_30d', dtype=Float64),
+        Field(name='state_status', dtype=String),
     ],
     mode='python',
-    description='terminal_risk evaluated exactly at request_ts from the streaming state.',
+    description=(
+        'terminal_risk evaluated exactly at request_ts from the streaming state. state_status: '
+        "'ok', the features are exact; 'too_old', request_ts is older than the "
+        'state answers (the scoring endpoint refuses it): every feature null; '
+        "'unknown', no state for the entity: the declared empty-window values."),
 )
 def terminal_risk_live(inputs: dict) -> dict:
     from trellis.online.state import evaluate_rows

@@ -117,9 +117,22 @@ def _live_views(project: Project, group_name: str) -> list[str]:
 
     The transformation's source text is all Feast keeps of it (it re-creates the function from the text), so
     the group's online spec is written into the body as a literal."""
-    from trellis.online.state import STATE_FIELD, group_spec, state_view
+    from trellis.errors import DefinitionError, Problem
+    from trellis.online.state import (
+        STATE_FIELD,
+        STATUS_FIELD,
+        STATUS_OK,
+        STATUS_TOO_OLD,
+        STATUS_UNKNOWN,
+        group_spec,
+        state_view,
+    )
 
     group = project.feature_groups[group_name]
+    if any(f.name == STATUS_FIELD for f in project.features(group)):
+        raise DefinitionError([Problem(None, None, f"{group_name}.features", (
+            f"the feature name {STATUS_FIELD!r} is reserved: the view {group_name}_live reports its state's "
+            f"status under it; rename the feature"))])
     entity = project.entities[group.entity]
     key = project.key_column(group)
     spec = group_spec(project, group_name)
@@ -153,9 +166,16 @@ def _live_views(project: Project, group_name: str) -> list[str]:
         f"    sources=[{state}, {REQUEST_SOURCE}],",
         "    schema=[",
         *[f"        Field(name={f.name!r}, dtype={mapping(f.dtype).feast})," for f in project.features(group)],
+        # No description on these fields: `feast apply` compares them with the fields it infers by running the
+        # view on sample input, descriptions included, so the status is documented on the view.
+        f"        Field(name={STATUS_FIELD!r}, dtype=String),",
         "    ],",
         "    mode='python',",
-        f"    description='{group_name} evaluated exactly at {REQUEST_TIME} from the streaming state.',",
+        "    description=(",
+        f"        {f'{group_name} evaluated exactly at {REQUEST_TIME} from the streaming state. {STATUS_FIELD}: '!r}",
+        f"        {f'{STATUS_OK!r}, the features are exact; {STATUS_TOO_OLD!r}, {REQUEST_TIME} is older than the '!r}",
+        f"        {'state answers (the scoring endpoint refuses it): every feature null; '!r}",
+        f"        {f'{STATUS_UNKNOWN!r}, no state for the entity: the declared empty-window values.'!r}),",
         ")",
         f"def {group_name}_live(inputs: dict) -> dict:",
         "    from trellis.online.state import evaluate_rows",

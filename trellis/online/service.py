@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trellis.online.state import (
-    SLACK_US,
     STATE_FIELD,
     GroupSpec,
     RowMapper,
@@ -22,6 +21,7 @@ from trellis.online.state import (
     group_spec,
     row_mapper,
     state_view,
+    unanswerable,
 )
 from trellis.online.store import OnlineStore, decode_bytes_value, encode_values, key_encoder
 from trellis.spec import Project
@@ -140,13 +140,8 @@ class OnlineFeatures:
                 out.append(GroupVector(dict(self.defaults[group]), known=False))
                 continue
             spec = self.specs[group]
-            if spec.horizon_us is not None and len(tail) and t_us < int(tail.event_us[-1]) - SLACK_US:
-                newest = int(tail.event_us[-1])
-                raise StateError(
-                    f"{self.entity_keys[group]}={key!r}: request time {_iso(t_us)} is more than "
-                    f"{SLACK_US // 3_600_000_000} h before the newest {spec.group} row of this entity "
-                    f"({_iso(newest)}); the online state keeps only what requests from then on need "
-                    f"(score older times offline: trellis.scoring)")
+            if (why := unanswerable(spec, tail, t_us)) is not None:  # the guard the `_live` views obey too
+                raise StateError(f"{self.entity_keys[group]}={key!r}: {why.reason}")
             out.append(GroupVector(evaluate(spec, tail, t_us), known=True))
         return out
 

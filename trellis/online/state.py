@@ -15,7 +15,8 @@ whole-history feature (no window) keep every row.
 A tail is serialised into one ``bytes`` value (``encode``/``decode``) that Trellis stores through Feast's
 online-store interface in the view ``<group>_state``; the generated Feast repo's on-demand view
 ``<group>_live`` calls ``evaluate_rows`` on it, so Feast's own ``get_online_features`` returns the values
-the scoring endpoint uses. This module imports only numpy and the standard library: it runs inside the
+the scoring endpoint uses, and null values with a ``state_status`` where the endpoint refuses (``unanswerable``:
+one guard for every reader). This module imports only numpy and the standard library: it runs inside the
 scoring process and inside Feast's on-demand transformation.
 """
 
@@ -26,7 +27,7 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -38,6 +39,13 @@ STATE_FIELD = "state"  # the one field of a group's state view
 _MAGIC = b"TS1"
 FEAST_SAMPLE_BYTES = b"hello world"  # feast.OnDemandFeatureView._get_sample_values_by_type, ValueType.BYTES
 _EPOCH = datetime(1970, 1, 1)
+
+# The status feature of every ``<group>_live`` view: Feast cannot refuse one row of a request, so where the state
+# cannot answer the view returns null features and says why here.
+STATUS_FIELD = "state_status"
+STATUS_OK = "ok"  # the features are exact as of the request time
+STATUS_TOO_OLD = "too_old"  # older than the pruned state answers (the endpoint's 422): every feature null
+STATUS_UNKNOWN = "unknown"  # no state for the entity: the declared empty-window values (the endpoint's defaults)
 
 
 def state_view(group: str) -> str:
@@ -562,22 +570,71 @@ def empty_values(spec: GroupSpec) -> dict[str, Any]:
     return evaluate(spec, Tail.empty(spec), 0)
 
 
+@dataclass(frozen=True)
+class Unanswerable:
+    """Why a state cannot give a group's exact values as of a request time."""
+
+    status: str  # what the ``_live`` views report (``STATUS_TOO_OLD``)
+    reason: str  # names the request time and the entity's newest row: the endpoint's 422 detail
+
+
+def unanswerable(spec: GroupSpec, tail: Tail, t_us: int) -> Unanswerable | None:
+    """None when ``tail`` gives the group's exact values as of ``t_us``; else why not. The one rule every reader
+    of the state obeys: the scoring path (``OnlineFeatures.vectors``) refuses, the Feast ``_live`` views
+    (``evaluate_rows``) return null features with the status.
+
+    A pruned tail holds every row a window can see for requests from its newest event minus ``SLACK_US`` on
+    (``Tail.pruned``; materialized tails are cut alike), and keeps no trace of what it dropped: an older request
+    could need rows that are gone, so it is refused rather than answered from what is left (plausible, wrong
+    values). Groups with a whole-history feature are never pruned and answer any time."""
+    if spec.horizon_us is None or not len(tail):
+        return None
+    newest = int(tail.event_us[-1])
+    if t_us >= newest - SLACK_US:
+        return None
+    return Unanswerable(STATUS_TOO_OLD, (
+        f"request time {_iso(t_us)} is more than {SLACK_US // 3_600_000_000} h before the newest {spec.group} "
+        f"row of this entity ({_iso(newest)}); the online state keeps only what requests from then on need "
+        f"(score older times offline: trellis.scoring)"))
+
+
+def _iso(t_us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=t_us)).isoformat()
+
+
 def evaluate_rows(literal: Mapping[str, Any], inputs: Mapping[str, Sequence[Any]],
                   state_field: str = "state", time_field: str = "request_ts") -> dict[str, list[Any]]:
     """Batch form for Feast's on-demand view ``<group>_live`` (python mode): ``inputs`` holds the state
-    blobs and request times as lists; returns one list per feature."""
+    blobs and request times as lists; returns one list per feature plus ``STATUS_FIELD``. Where the state
+    cannot answer (``unanswerable``) every feature is null and the status says why; an entity without state
+    gets the declared empty-window values and ``STATUS_UNKNOWN``, as the scoring endpoint gives its defaults."""
     spec = _cached_spec(literal)
-    out: dict[str, list[Any]] = {name: [] for name in spec.feature_names}
+    names = spec.feature_names
+    out: dict[str, list[Any]] = {name: [] for name in [*names, STATUS_FIELD]}
+    status = out[STATUS_FIELD]
     for blob, t in zip(inputs[state_field], inputs[time_field], strict=True):
         if blob == FEAST_SAMPLE_BYTES:
             # Feast infers an on-demand view's output types by calling it on sample input (its sample for
             # a bytes field is this value); answer with typed values so `feast apply` can check the schema.
             for feature in spec.features:
                 out[feature.name].append(0.0 if feature.dtype == "float64" else 0)
+            status.append(STATUS_OK)
             continue
-        tail = Tail.decode(spec, blob)
-        values = evaluate(spec, tail, to_us(t))
-        for name in spec.feature_names:
+        if not blob:  # Feast's null: the entity has no state
+            values = empty_values(spec)
+            status.append(STATUS_UNKNOWN)
+        else:
+            tail = Tail.decode(spec, blob)
+            t_us = to_us(t)
+            why = unanswerable(spec, tail, t_us)
+            if why is not None:
+                for name in names:
+                    out[name].append(None)
+                status.append(why.status)
+                continue
+            values = evaluate(spec, tail, t_us)
+            status.append(STATUS_OK)
+        for name in names:
             out[name].append(values[name])
     return out
 
@@ -649,10 +706,12 @@ __all__ = [
     "StateError",
     "Tail",
     "TailLists",
+    "Unanswerable",
     "empty_values",
     "evaluate",
     "evaluate_rows",
     "group_spec",
     "row_mapper",
     "to_us",
+    "unanswerable",
 ]
