@@ -1040,6 +1040,6 @@ def test_unreachable_redis_is_unavailable(applied: Applied, tmp_path: Path) -> N
     rows = {state_view("customer_spending"): [(key, {STATE_FIELD: encode_values("bytes", [b"x"])[0]},
                                                datetime(2024, 1, 1))]}
     with pytest.raises(StoreUnavailable, match="redis"):
-        store.write_through_feast(rows)
+        store.apply(rows)
     with pytest.raises(StoreUnavailable, match="redis"):
         store.write(rows, replace=list(rows))

@@ -147,14 +147,18 @@ def ingest(project_dir: Path) -> None:
 
     from trellis.contracts import ContractViolation
     from trellis.contracts import ingest as run
+    from trellis.online.eventlog import read_logged
     from trellis.paths import ProjectPaths
 
     project = _load(project_dir)
-    con = duckdb.connect(str(ProjectPaths.of(project_dir).warehouse))
+    paths = ProjectPaths.of(project_dir)
+    logged = read_logged(paths.event_log, project)
+    con = duckdb.connect(str(paths.warehouse))
     try:
         for source in project.sources.values():
-            _step(f"validating {source.name}")
-            result = run(con, project, source)
+            _step(f"validating {source.name}" + (f" (+{len(logged[source.name]):,} logged rows)"
+                                                 if source.name in logged else ""))
+            result = run(con, project, source, logged=logged.get(source.name, ()))
             click.echo(f"{source.name}: {result.rows_in:,} in = {result.rows_accepted:,} accepted "
                        f"+ {result.rows_quarantined:,} quarantined {result.reasons or ''}")
     except ContractViolation as exc:

@@ -14,8 +14,10 @@ quarantined row.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -130,10 +132,13 @@ class IngestResult:
 
 
 def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
-           now: datetime | None = None) -> IngestResult:
+           now: datetime | None = None, logged: Sequence[Mapping[str, Any]] = ()) -> IngestResult:
     """Validate a source against its contract; write accepted rows to ``validated.<name>`` and rejected ones
     (with a ``_reason``) to ``quarantine.<name>``. ``now`` (naive UTC, default the clock) is where the
-    source's ``max_future`` counts from.
+    source's ``max_future`` counts from. ``logged``: the source's rows from the event log
+    (``trellis.online.eventlog.logged_rows``), taken after the source's own relation, through the same contract:
+    so the warehouse holds every acknowledged event, and the offline features of streamed events are computed
+    from the same rows that were served.
 
     A primary key seen more than once among the rows that pass every check keeps one copy: the first by event
     time, then ``available_at`` (a null one counts as the event time), then position in the relation (the
@@ -141,6 +146,8 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
     A copy that breaks a check is quarantined for that reason and is not the kept copy."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
     relation = source.table if source.table else _file_relation(project, source)
+    if logged:
+        relation = _with_logged(con, source, relation, logged)
     raw = con.sql(f"select * from {relation}")
     _check_types(source, relation, raw)
     frame = raw.df()
@@ -180,6 +187,19 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
         con.execute("rollback")
         raise
     return _written(con, source, relation)
+
+
+def _with_logged(con: duckdb.DuckDBPyConnection, source: Source, relation: str,
+                 logged: Sequence[Mapping[str, Any]]) -> str:
+    """``relation`` followed by the ``logged`` rows (an Arrow table registered as ``__logged_<source>``, each
+    column cast to its declared type), as one relation."""
+    import pyarrow
+
+    name = f"__logged_{source.name}"
+    table = pyarrow.Table.from_pylist([{c: row.get(c) for c in source.columns} for row in logged])
+    con.register(name, table)
+    columns = ", ".join(f'cast("{c}" as {mapping(col.type).duckdb}) as "{c}"' for c, col in source.columns.items())
+    return f"(select * from {relation} union all by name select {columns} from {name})"
 
 
 def _write(con: duckdb.DuckDBPyConnection, schema_name: str, table_name: str, frame: pd.DataFrame) -> None:

@@ -11,7 +11,7 @@ SOURCE_PARTS = ("definitions", "dbt_project", "feature_repo")  # what a project 
 # Variables that point commands at a project's files (dbt_env sets the middle three); a child process meant for
 # another project must not inherit them.
 PROJECT_ENV = ("TRELLIS_PROJECT", "TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE", "TRELLIS_FEATURE_EXPORTS",
-               "DBT_PROFILES_DIR", "TRELLIS_MLFLOW_URI")
+               "DBT_PROFILES_DIR", "TRELLIS_MLFLOW_URI", "TRELLIS_EVENT_LOG")
 
 
 def clean_env(pythonpath: str | Path | None = None) -> dict[str, str]:
@@ -39,6 +39,12 @@ class ProjectPaths:
     def warehouse(self) -> Path:
         """The DuckDB database holding raw sources, staging views and feature tables."""
         return Path(os.environ.get("TRELLIS_WAREHOUSE", self.data / "warehouse.duckdb")).resolve()
+
+    @property
+    def event_log(self) -> str:
+        """The event log streamed rows are acknowledged into (``trellis.online.eventlog.open_log``): a SQLite
+        file by default, ``TRELLIS_EVENT_LOG`` for another file or a ``redis://`` URL."""
+        return os.environ.get("TRELLIS_EVENT_LOG") or str(self.data / "event_log.db")
 
     @property
     def mlflow_uri(self) -> str:

@@ -9,6 +9,7 @@ import dagster as dg
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
+from trellis.online.eventlog import open_log
 from trellis.online.materialize import materialize
 from trellis.online.store import OnlineStore
 
@@ -39,13 +40,18 @@ def feast_registry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     deps=[feast_registry.key, *(dg.AssetKey(["features", g.name])
                                 for g in trellis_project().feature_groups.values() if g.online)],
     description="Online feature groups in Feast's online store: each entity's latest feature row (as `feast "
-                "materialize` writes it) and its streaming state (raw tail) as of the newest data, written in "
-                "one transaction so readers never see a half-written batch.",
+                "materialize` writes it) and its streaming state (raw tail) as of the newest data, with every "
+                "row of the event log folded in (nothing acknowledged is lost), written in one transaction so "
+                "readers never see a half-written batch.",
 )
 def online_materialized(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     store = OnlineStore(paths().feature_repo)
-    with warehouse.connect(read_only=True) as con:
-        report = materialize(con, trellis_project(), store, exports=paths().feature_exports)
+    log = open_log(paths().event_log)
+    try:
+        with warehouse.connect(read_only=True) as con:
+            report = materialize(con, trellis_project(), store, exports=paths().feature_exports, log=log)
+    finally:
+        log.close()
     rows = sum(g.value_rows + g.entities for g in report.groups)
     table = "\n".join(["| group | entities with state | latest rows | rows in tails | seconds |",
                        "|---|---|---|---|---|",
@@ -59,4 +65,5 @@ def online_materialized(context: dg.AssetExecutionContext, warehouse: Warehouse)
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "groups": dg.MetadataValue.md(table),
         "store": dg.MetadataValue.path(str(store.path or store.kind)),
+        "event_log_offset": dg.MetadataValue.int(report.log_offset or 0),
     })

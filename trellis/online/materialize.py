@@ -19,13 +19,14 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -35,6 +36,8 @@ import pyarrow.parquet as pq
 from trellis.compile.dbt import VALIDATED_SCHEMA, known_at
 from trellis.compile.dbt import quote as _q
 from trellis.compile.offline import FEATURE_TS
+from trellis.online.eventlog import logged_rows
+from trellis.online.service import LOG_CONSUMER, STATE_FINGERPRINT, state_fingerprint
 from trellis.online.state import (
     SLACK_US,
     STATE_FIELD,
@@ -47,6 +50,7 @@ from trellis.online.state import (
 )
 from trellis.online.store import (
     OnlineStore,
+    Position,
     ViewBatch,
     key_order,
     pack_keys,
@@ -55,6 +59,9 @@ from trellis.online.store import (
 )
 from trellis.spec import Project
 from trellis.training import FEATURE_SCHEMA
+
+if TYPE_CHECKING:
+    from trellis.online.eventlog import EventLog
 
 
 @dataclass
@@ -69,6 +76,7 @@ class GroupReport:
 @dataclass
 class MaterializeReport:
     as_of: datetime
+    log_offset: int | None = None  # the event log's offset folded into the state (None: no log)
     groups: list[GroupReport] = field(default_factory=list)
     values_written: int = 0
     seconds: float = 0.0
@@ -162,9 +170,15 @@ def tails(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: d
 
 def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineStore, *,
                 as_of: datetime | None = None, exports: Path | None = None,
-                groups: list[str] | None = None, state: bool = True) -> MaterializeReport:
+                groups: list[str] | None = None, state: bool = True, log: EventLog | None = None) -> MaterializeReport:
     """Write every online group's values and state (see the module docstring); returns what was written.
     ``state=False`` writes only the ``<group>`` views (what ``feast materialize`` of them writes).
+
+    ``log``: the event log. Every row it holds up to its last offset (read before anything else) is folded into
+    the tails (a row the warehouse has too, same primary key, counts once), and that offset is recorded as the
+    online state's log position in the same transaction, under a new epoch: the service's catch-up then
+    applies only what was logged after it, and a writer that read the state before this refresh cannot write
+    over it. So a re-materialization never loses an acknowledged event.
 
     A producer thread reads and encodes the groups (DuckDB releases the GIL while it queries, on a cursor of
     ``con``) while this thread writes the ones already encoded into the store's one transaction (SQLite
@@ -173,9 +187,10 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
     lock: Feast's own writers wait 5 s for it) begins with the first batch, so with the state views, whose
     tails take longer to build than to write, the writer waits for all of them."""
     started = time.perf_counter()
-    groups = groups or [g.name for g in project.feature_groups.values() if g.online]
+    groups = groups or _online_groups(project)
+    logged, position = _logged_rows(project, log) if log is not None and state else ({}, None)
     as_of = as_of or _cutoff(con, project, groups)
-    report = MaterializeReport(as_of=as_of)
+    report = MaterializeReport(as_of=as_of, log_offset=position.offset if position else None)
     views = [view for name in groups for view in ((name, state_view(name)) if state else (name,))]
     done: dict[str, GroupReport] = {}
 
@@ -192,7 +207,7 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
         out = [(name, value_batch(project, name, values).prepare())]
         entities, state_rows = 0, 0
         if state:
-            batch, state_rows = _state_batch(db, project, name, as_of, exports)
+            batch, state_rows = _state_batch(db, project, name, as_of, exports, logged)
             out.append((state_view(name), batch.prepare()))
             entities = len(batch)
         done[name] = GroupReport(name, entities, values.num_rows, state_rows, time.perf_counter() - t0)
@@ -212,12 +227,19 @@ def materialize(con: duckdb.DuckDBPyConnection, project: Project, store: OnlineS
             batches = chain(first, batches)
             if state:  # the tails take longer to build than to write: hold the write lock only while writing
                 batches = list(batches)
-            report.values_written = store.write(batches, replace=views)
+            meta = {STATE_FINGERPRINT: state_fingerprint({g: group_spec(project, g) for g in groups})} \
+                if state and len(groups) == len(_online_groups(project)) else None
+            report.values_written = store.write(batches, replace=views, meta=meta,
+                                                position=None if position is None else (LOG_CONSUMER, position))
     finally:
         con.execute(f"set threads = {threads}")
     report.groups = [done[name] for name in groups]
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _online_groups(project: Project) -> list[str]:
+    return [g.name for g in project.feature_groups.values() if g.online]
 
 
 def _cores() -> int:
@@ -269,12 +291,43 @@ def _ahead(produce: Callable[[Callable[[Any], None]], None]) -> Iterator[Iterato
         thread.join()
 
 
+def _logged_rows(project: Project, log: EventLog) -> tuple[dict[str, list[dict[str, Any]]], Position]:
+    """Every row of the event log up to its last offset by source (as corrected, timestamps decoded), and the
+    position a state holding them has: that offset, under a new epoch."""
+    last = log.last_offset()
+    stamps = {name: source.timestamp_columns for name, source in project.sources.items()}
+    return logged_rows(log, stamps, upto=last), Position(uuid.uuid4().hex, last)
+
+
+def _with_logged(project: Project, group: str, keys: list[Any], group_tails: list[Tail],
+                 logged: dict[str, list[dict[str, Any]]]) -> tuple[list[Any], list[Tail]]:
+    """``keys``/``group_tails`` with the group's logged rows merged in (entities only the log knows added), in
+    key order."""
+    records = logged.get(project.feature_groups[group].source)
+    if not records:
+        return keys, group_tails
+    spec = group_spec(project, group)
+    mapper = row_mapper(project, group, spec)
+    by_key: dict[Any, list[dict[str, Any]]] = {}
+    for record in records:
+        key = mapper.key(record)
+        if key is not None:
+            by_key.setdefault(key, []).append(record)
+    merged = dict(zip(keys, group_tails, strict=True))
+    for key, rows in by_key.items():
+        merged[key] = merged.get(key, Tail.empty(spec)).merge(spec, mapper.tail(rows))
+    ordered = sorted(merged)
+    return ordered, [merged[k] for k in ordered]
+
+
 def _state_batch(con: duckdb.DuckDBPyConnection, project: Project, group: str, as_of: datetime,
-                 exports: Path | None) -> tuple[ViewBatch, int]:
-    """The ``<group>_state`` view's rows (every entity's tail as of ``as_of``), exported to ``exports`` if
-    given; and the number of source rows the tails keep."""
+                 exports: Path | None, logged: dict[str, list[dict[str, Any]]] | None = None) -> tuple[ViewBatch, int]:
+    """The ``<group>_state`` view's rows (every entity's tail as of ``as_of``, with the ``logged`` rows of its
+    source merged in), exported to ``exports`` if given; and the number of source rows the tails keep."""
     entity = project.entities[project.feature_groups[group].entity]
     keys, group_tails = tails(con, project, group, as_of)
+    if logged:
+        keys, group_tails = _with_logged(project, group, keys, group_tails, logged)
     blobs = [t.encode() for t in group_tails]
     if exports is not None:
         _export_state(exports / f"{state_view(group)}.parquet", entity.join_key, entity.key_type, keys, blobs, as_of)

@@ -3,12 +3,15 @@ vectors as of a request time. Used by the scoring service, the parity replay and
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trellis.online.state import (
     STATE_FIELD,
@@ -23,10 +26,29 @@ from trellis.online.state import (
     state_view,
     unanswerable,
 )
-from trellis.online.store import OnlineStore, decode_bytes_value, encode_values, key_encoder
+from trellis.online.store import OnlineStore, StoreUnavailable, decode_bytes_value, encode_values, key_encoder
 from trellis.spec import Project
 
+if TYPE_CHECKING:
+    from trellis.online.eventlog import EventLog
+
 TAIL_CACHE_BYTES = 64 << 20  # decoded tails kept per OnlineFeatures (about; emptied when over)
+
+
+LOG_CONSUMER = "online"  # the online state's name as a consumer of the event log
+STATE_FINGERPRINT = "state_fingerprint"  # the store's record of the definitions its state was built from
+
+
+def state_fingerprint(specs: Mapping[str, GroupSpec]) -> str:
+    """What a stored state's layout and meaning depend on: every online group's spec (its inputs, features,
+    windows and horizon). A state written under another fingerprint cannot be read with these definitions."""
+    text = json.dumps({g: spec.to_literal() for g, spec in sorted(specs.items())}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class StateMismatch(StoreUnavailable):
+    """The stored state was built from other definitions than the loaded ones: re-materialize it."""
+CATCH_UP_BATCH = 5_000  # log entries applied per transaction when catching up
 
 
 @dataclass(frozen=True)
@@ -35,6 +57,9 @@ class IngestReport:
     rows: int
     groups: tuple[str, ...]
     entities: int
+    new: int = 0  # rows appended to the event log (without a log: rows applied)
+    duplicates: int = 0  # rows the log already held with the same content (counted once)
+    offset: int = 0  # the log offset the state holds after this call (0: no log)
 
 
 @dataclass(frozen=True)
@@ -46,9 +71,11 @@ class GroupVector:
 class OnlineFeatures:
     """Streaming state of every online group of ``project`` in ``store`` (a Feast online store)."""
 
-    def __init__(self, project: Project, store: OnlineStore, groups: Sequence[str] | None = None):
+    def __init__(self, project: Project, store: OnlineStore, groups: Sequence[str] | None = None,
+                 log: EventLog | None = None):
         self.project = project
         self.store = store
+        self.log = log
         names = list(groups) if groups is not None else [
             g.name for g in project.feature_groups.values() if g.online]
         self.specs: dict[str, GroupSpec] = {g: group_spec(project, g) for g in names}
@@ -70,36 +97,97 @@ class OnlineFeatures:
         # materialization by another process are seen at once: no invalidation to get wrong.
         self._tails: dict[tuple[str, bytes], tuple[bytes, Tail]] = {}
         self._tails_bytes = 0
+        self.fingerprint = state_fingerprint(self.specs)
+
+    def check_state(self) -> None:
+        """Raise ``StateMismatch`` unless the store's state was materialized from these definitions (a store
+        materialized before fingerprints were recorded passes: nothing to compare)."""
+        stored = self.store.meta(STATE_FINGERPRINT)
+        if stored is not None and stored != self.fingerprint:
+            raise StateMismatch(f"the online state was materialized from other definitions (state fingerprint "
+                                f"{stored}, loaded {self.fingerprint}): materialize online/materialized again")
 
     # -- ingestion ---------------------------------------------------------------------------------------
 
     def ingest(self, source: str, records: Sequence[Mapping[str, Any]]) -> IngestReport:
-        """Add rows of ``source`` to the state of every online group that reads it (read, merge, write
-        through Feast's ``online_write_batch``). Rows for the same entity in one call are merged together."""
+        """Take rows of ``source``. With an event log: append them durably (duplicates counted once, a
+        conflict refused whole: ``LogConflict``), then bring the state up to the log (``catch_up``); a
+        ``StoreUnavailable`` from the catch-up leaves the rows logged but not applied yet (the next catch-up
+        applies them; re-sending them is a duplicate). Without a log (the parity replay, tests): apply them
+        directly. Either way every group the source feeds is updated in one transaction, or none."""
         if source not in self.project.sources:
             raise StateError(f"unknown source {source!r}; known: {', '.join(sorted(self.project.sources))}")
-        groups = self.by_source.get(source, [])
-        entities = 0
+        groups = tuple(self.by_source.get(source, []))
+        if self.log is None:
+            with self._lock:
+                batches, entities = self._merged({source: records})
+                self.store.apply(batches)
+            return IngestReport(source, len(records), groups, entities, new=len(records))
+        from trellis.online.eventlog import row_key
+
+        pk = self.project.sources[source].primary_key
+        appended = self.log.append(source, records, [row_key(pk, r) for r in records])
+        self.catch_up()
+        entities = len({(g, self.mappers[g].key(r)) for g in groups for r in records})
+        return IngestReport(source, len(records), groups, entities, new=appended.new,
+                            duplicates=appended.duplicates, offset=appended.last)
+
+    def catch_up(self) -> int:
+        """Apply every log entry the stored state does not hold yet, ``CATCH_UP_BATCH`` at a time, each batch
+        with its log position in one transaction (so the state is always "the log up to its position" and no
+        entry is applied twice, whatever crashes); returns the number of entries applied."""
+        if self.log is None:
+            return 0
+        from trellis.online.eventlog import decode_row
+        from trellis.online.store import Position, PositionMoved
+
+        applied = 0
         with self._lock:
-            for g in groups:
+            while True:
+                held = self.store.position(LOG_CONSUMER)
+                entries = self.log.read(held.offset if held else 0, CATCH_UP_BATCH)
+                if not entries:
+                    return applied
+                latest: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # a correction wins
+                for entry in entries:
+                    source = self.project.sources.get(entry.source)
+                    if source is not None:  # a source no longer defined: nothing of the state reads it
+                        latest[entry.source][entry.key] = decode_row(entry.row, source.timestamp_columns)
+                batches, _ = self._merged({name: list(rows.values()) for name, rows in latest.items()})
+                position = Position(held.epoch if held else "", entries[-1].offset)
+                try:
+                    self.store.apply(batches, consumer=LOG_CONSUMER, expect=held, position=position)
+                except PositionMoved:  # another process applied or refreshed meanwhile: read again
+                    continue
+                applied += len(entries)
+
+    def _merged(self, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[dict[str, list[Any]], int]:
+        """The new state rows of every group fed by ``rows`` ({source: records}): each entity's stored tail
+        with its rows merged in (rows of one entity merged together). Returns ({state view: rows}, entities)."""
+        per_group: dict[str, dict[Any, list[Mapping[str, Any]]]] = {}
+        for source, records in rows.items():
+            for g in self.by_source.get(source, []):
                 spec, mapper = self.specs[g], self.mappers[g]
-                by_key: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+                by_key = per_group.setdefault(g, defaultdict(list))
                 for record in records:
                     key = mapper.key(record)
                     if key is None:
-                        raise StateError(f"{source} row has no {spec.key_column!r}: {dict(record)!r}")
+                        raise StateError(f"{source} row has no {spec.key_column!r}")
                     by_key[key].append(record)
-                keys = list(by_key)
-                encoded = [self.encoders[g](k) for k in keys]
-                current = self.store.read_values(state_view(g), encoded, STATE_FIELD)
-                blobs = [Tail.decode(spec, decode_bytes_value(blob)).merge(spec, mapper.tail(by_key[key])).encode()
-                         for key, blob in zip(keys, current, strict=True)]
-                now = datetime.now(UTC)
-                self.store.write_through_feast({state_view(g): [
-                    (key_bytes, {STATE_FIELD: value}, now)
-                    for key_bytes, value in zip(encoded, encode_values("bytes", blobs), strict=True)]})
-                entities += len(keys)
-        return IngestReport(source, len(records), tuple(groups), entities)
+        now = datetime.now(UTC)
+        batches: dict[str, list[Any]] = {}
+        entities = 0
+        for g, by_key in per_group.items():
+            spec, mapper = self.specs[g], self.mappers[g]
+            keys = list(by_key)
+            encoded = [self.encoders[g](k) for k in keys]
+            current = self.store.read_values(state_view(g), encoded, STATE_FIELD)
+            blobs = [Tail.decode(spec, decode_bytes_value(blob)).merge(spec, mapper.tail(by_key[key])).encode()
+                     for key, blob in zip(keys, current, strict=True)]
+            batches[state_view(g)] = [(key_bytes, {STATE_FIELD: value}, now)
+                                      for key_bytes, value in zip(encoded, encode_values("bytes", blobs), strict=True)]
+            entities += len(keys)
+        return batches, entities
 
     # -- serving -----------------------------------------------------------------------------------------
 
@@ -116,7 +204,11 @@ class OnlineFeatures:
         hit = self._tails.get(cache_key)
         if hit is not None and hit[0] == value:
             return hit[1]
-        tail = Tail.decode(self.specs[group], decode_bytes_value(value))
+        try:
+            tail = Tail.decode(self.specs[group], decode_bytes_value(value))
+        except (StateError, ValueError, IndexError, struct.error) as exc:
+            raise StateMismatch(f"the stored state of group {group!r} does not fit the loaded definitions "
+                                f"({exc}): materialize online/materialized again") from None
         if self._tails_bytes > TAIL_CACHE_BYTES:
             self._tails, self._tails_bytes = {}, 0
         self._tails[cache_key] = (value, tail)
@@ -154,4 +246,5 @@ def _iso(t_us: int) -> str:
     return (datetime(1970, 1, 1) + timedelta(microseconds=t_us)).isoformat()
 
 
-__all__ = ["GroupVector", "IngestReport", "OnlineFeatures"]
+__all__ = ["LOG_CONSUMER", "STATE_FINGERPRINT", "GroupVector", "IngestReport", "OnlineFeatures", "StateMismatch",
+           "state_fingerprint"]

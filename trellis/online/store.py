@@ -27,8 +27,11 @@ Two backends behind one class:
   stores the views are emptied (``delete_table``) and then written: not atomic, a reader may see an entity
   missing (its declared defaults) while the refresh runs.
 
-Ingestion (small writes) always goes through Feast's ``online_write_batch``, the interface ``feast
-materialize`` and push sources use.
+Ingestion (small writes, ``apply``) writes Feast's rows (the columns and upsert of its ``online_write_batch``)
+for every view an event feeds **all or nothing**: one SQLite transaction, or one MULTI/EXEC on Redis; with the
+event log's position of the online state (``Position``) moved in the same transaction, compare-and-set, so
+the state is always exactly "the log up to its position" (``trellis.online.service.OnlineFeatures.catch_up``).
+Feast's other stores are written view by view through its interface, without a recorded position.
 
 A SQLite store Trellis creates (``OnlineStore.create``, before ``feast apply``) has ``PAGE_SIZE`` pages and is in
 WAL mode from its first byte; Feast then adds its tables to it. A store created by Feast alone (4 KiB pages)
@@ -38,6 +41,7 @@ works the same, with slower bulk writes: a page size is fixed when a database is
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import struct
 import threading
@@ -64,13 +68,64 @@ _VALUE_TAGS = {"bytes": 0x0A, "string": 0x12, "int32": 0x18, "int64": 0x20, "flo
 # for a bulk write (the materialization of the default benchmark: 4 KiB 1.04 s, 16 KiB 0.82 s, 32 KiB 0.74 s
 # of SQLite time, bench/README.md), and a state blob stays on its row's page (at 4 KiB, 16% of the benchmark's
 # customer states spill into overflow pages; at 32 KiB none); a one-row commit writes a few whole pages to the
-# WAL (+~50 us at 32 KiB). Readers map the file (READER_MMAP), so a point read copies no page whatever its size.
+# WAL (+~50 us at 32 KiB). Readers do not map the file (a mapped file truncated under a reader is a SIGBUS that
+# kills the process); each keeps READER_CACHE_KIB of pages in its own cache instead.
 PAGE_SIZE = 32768
-READER_MMAP = 1 << 30
+READER_CACHE_KIB = 16384
 
 
 class StoreUnavailable(RuntimeError):
     """The online store cannot be read or written (missing, locked, unreachable); the message says which."""
+
+
+class PositionMoved(RuntimeError):
+    """Another writer moved the consumer's event-log position meanwhile: nothing was written; read and retry."""
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """What a stored state holds of the event log: every entry up to ``offset`` applied, on top of the
+    materialization ``epoch`` (a new epoch per full refresh, so a writer that read the state before a refresh
+    cannot write over it)."""
+
+    epoch: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch} {self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        epoch, offset = text.rsplit(" ", 1)
+        return cls(epoch, int(offset))
+
+
+POSITIONS = "trellis_log_positions"  # the SQLite store's table of consumer positions
+META = "trellis_meta"  # the SQLite store's facts about its last full refresh (OnlineStore.meta)
+WRITE_LOCK_WAIT = 2.0  # seconds a small write waits for SQLite's write lock before a 503
+
+
+def _has_positions(conn: sqlite3.Connection) -> bool:
+    return conn.execute("select 1 from sqlite_master where name = ?", (POSITIONS,)).fetchone() is not None
+
+
+def _get_position(conn: sqlite3.Connection, consumer: str) -> Position | None:
+    if not _has_positions(conn):
+        return None
+    row = conn.execute(f"select epoch, log_offset from {POSITIONS} where consumer = ?", (consumer,)).fetchone()
+    return None if row is None else Position(row[0], row[1])
+
+
+def _set_position(conn: sqlite3.Connection, consumer: str, position: Position) -> None:
+    conn.execute(f"create table if not exists {POSITIONS} (consumer TEXT PRIMARY KEY, epoch TEXT NOT NULL, "
+                 f"log_offset INTEGER NOT NULL)")
+    conn.execute(f"insert into {POSITIONS} values (?, ?, ?) on conflict(consumer) do update set "
+                 f"epoch = excluded.epoch, log_offset = excluded.log_offset", (consumer, position.epoch, position.offset))
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    """SQLite's message without file paths (they never reach a client)."""
+    return str(exc).split(": /")[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -502,6 +557,22 @@ class _SqliteRows:
         return cls(n, names, select, params, nul_texts)
 
 
+class _Reader:
+    """A thread's reader connection; ``lock`` is held while it reads, so ``close`` from another thread never
+    closes a connection in use (sqlite3 crashes on that)."""
+
+    __slots__ = ("closed", "conn", "identity", "lock")
+
+    def __init__(self, conn: sqlite3.Connection, identity: tuple[int, int]):
+        self.conn, self.identity, self.lock, self.closed = conn, identity, threading.Lock(), False
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.conn.close()
+
+
 class OnlineStore:
     """Feast's online store of a generated repo (``feature_repo/``), for Trellis' reads and bulk writes."""
 
@@ -518,7 +589,7 @@ class OnlineStore:
         self.path = (self.repo / online.get("path", "data/online_store.db")).resolve() \
             if self.kind == "sqlite" else None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[_Reader] = []
         self._union_sql: dict[tuple[str, ...], str] = {}  # read_many statements by views
         self._write_lock = threading.Lock()
         self._feast: Any = None  # FeatureStore, loaded on first use of Feast's interface
@@ -542,27 +613,67 @@ class OnlineStore:
 
     # -- SQLite --------------------------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if not self.path.exists():
-                raise StoreUnavailable(f"online store {self.path} does not exist: materialize it first "
-                                       f"(Dagster asset online/materialized)")
-            conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0.5,
-                                   check_same_thread=False, isolation_level=None)
-            conn.execute(f"pragma mmap_size={READER_MMAP}")
-            self._local.conn = conn
+    def _reader(self) -> _Reader:
+        """This thread's reader, on the file that is at ``path`` now: a store file replaced (a new inode) or
+        renamed away is noticed at the next read (one ``stat``, ~1 us), never answered from the old one.
+        Readers do not map the file: a mapped file truncated by another process kills the reader with SIGBUS,
+        where a read of an unmapped one fails with an error (``StoreUnavailable``)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._drop_reader()
+            raise StoreUnavailable("online store does not exist: materialize it first (Dagster asset "
+                                   "online/materialized)") from None
+        identity = (st.st_dev, st.st_ino)
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is not None and (reader.closed or reader.identity != identity):
+            self._drop_reader()
+            reader = None
+        if reader is None:
+            try:
+                conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0.5,
+                                       check_same_thread=False, isolation_level=None)
+                conn.execute(f"pragma cache_size=-{READER_CACHE_KIB}")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"online store: {_reason(exc)}") from None
+            reader = self._local.reader = _Reader(conn, identity)
             with self._write_lock:
-                self._readers.append(conn)
-        return conn
+                self._readers.append(reader)
+        return reader
+
+    def _query(self, sql: str, params: Sequence[Any], what: str = "") -> list[tuple]:
+        """Rows of one read statement on this thread's reader; any SQLite error is ``StoreUnavailable`` (and the
+        reader is dropped, so the next read opens the store anew: the service recovers by itself once the
+        store is back)."""
+        while True:
+            reader = self._reader()
+            with reader.lock:  # close() from another thread waits for this read
+                if reader.closed:
+                    continue
+                try:
+                    return reader.conn.execute(sql, params).fetchall()
+                except sqlite3.Error as exc:
+                    error = exc
+            self._drop_reader()
+            raise StoreUnavailable(f"online store{what}: {_reason(error)}") from None
+
+    def _drop_reader(self) -> None:
+        reader = getattr(self._local, "reader", None)
+        self._local.reader = None
+        if reader is not None:
+            with self._write_lock:
+                if reader in self._readers:
+                    self._readers.remove(reader)
+            reader.close()
 
     def close(self) -> None:
-        """Close every reader connection (each thread opens a new one on its next read)."""
+        """Close every reader (each thread opens a new one on its next read; a read in progress finishes first)
+        and the small-write connection."""
         with self._write_lock:
-            conns, self._readers = self._readers, []
-            self._local = threading.local()
-        for conn in conns:
-            conn.close()
+            readers, self._readers = self._readers, []
+            self._drop_writer()
+        for reader in readers:
+            reader.close()
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store can be read now."""
@@ -576,26 +687,19 @@ class OnlineStore:
                 view = views[0]
                 self._feast_read(view.name, [encode_key(view.join_keys[0], 0)], view.features[0].name)
             return
-        try:
-            self._connection().execute("select count(*) from sqlite_master").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"online store {self.path}: {exc}") from None
+        self._query("select count(*) from sqlite_master", ())
 
     def read_values(self, view: str, keys: Sequence[bytes], feature: str) -> list[bytes | None]:
         """The serialised value of ``feature`` for each entity key (None when absent)."""
         if self.kind != "sqlite":
             return self._feast_read(view, keys, feature)
-        try:
-            conn = self._connection()
-            if len(keys) == 1:
-                row = conn.execute(f'select value from "{self.table(view)}" where entity_key = ? and '
-                                   f'feature_name = ?', (keys[0], feature)).fetchone()
-                return [None if row is None else row[0]]
-            marks = ",".join("?" * len(keys))
-            rows = conn.execute(f'select entity_key, value from "{self.table(view)}" where feature_name = ? '
-                                f'and entity_key in ({marks})', (feature, *keys)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"online store {self.path}, view {view!r}: {exc}") from None
+        if len(keys) == 1:
+            rows = self._query(f'select value from "{self.table(view)}" where entity_key = ? and feature_name = ?',
+                               (keys[0], feature), f", view {view!r}")
+            return [rows[0][0] if rows else None]
+        marks = ",".join("?" * len(keys))
+        rows = self._query(f'select entity_key, value from "{self.table(view)}" where feature_name = ? '
+                           f'and entity_key in ({marks})', (feature, *keys), f", view {view!r}")
         found = dict(rows)
         return [found.get(k) for k in keys]
 
@@ -610,29 +714,33 @@ class OnlineStore:
             sql = self._union_sql[views] = " union all ".join(
                 f'select {i}, value from "{self.table(view)}" where entity_key = ? and feature_name = ?'
                 for i, view in enumerate(views))
-        try:
-            rows = self._connection().execute(sql, [x for _, key in wanted for x in (key, feature)]).fetchall()
-        except sqlite3.Error as exc:
-            names = ", ".join(repr(view) for view in views)
-            raise StoreUnavailable(f"online store {self.path}, views {names}: {exc}") from None
+        rows = self._query(sql, [x for _, key in wanted for x in (key, feature)],
+                           f", views {', '.join(repr(view) for view in views)}")
         out: list[bytes | None] = [None] * len(wanted)
         for i, value in rows:
             out[i] = value
         return out
 
     def write(self, batches: Mapping[str, ViewBatch | Iterable[Row]] | Iterable[tuple[str, ViewBatch | Iterable[Row]]],
-              *, replace: Iterable[str] = ()) -> int:
+              *, replace: Iterable[str] = (), position: tuple[str, Position] | None = None,
+              meta: Mapping[str, str] | None = None) -> int:
         """Write rows of several views at once; ``replace`` views are emptied first (a full refresh).
         ``batches``: a mapping of views to batches, or ``(view, batch)`` pairs, which may still be in the making
         (a generator): SQLite writes each as it comes. SQLite: one transaction, so readers never see part of
-        it; it begins with the first batch. Returns the number of values written."""
+        it; it begins with the first batch. ``position``: ``(consumer, position)`` recorded in the same
+        transaction (what the written state holds of the event log); ``meta``: facts about what was written
+        (``meta``), in the same transaction too. Returns the number of values written."""
         pairs = batches.items() if isinstance(batches, Mapping) else batches
         replace = set(replace)
         if self.kind != "sqlite":
             batches = {view: _as_batch(batch) for view, batch in pairs}
             replaced = {view: batch for view, batch in batches.items() if view in replace}
             with self._write_lock:
-                written = self._redis_refresh(replaced) if replaced else 0
+                written = self._redis_transaction(replaced, replace=True, position=position, meta=meta) \
+                    if replaced else 0
+                if written is None and (position is not None or meta):
+                    raise StoreUnavailable(f"online store ({self.kind}) cannot record an event-log position "
+                                           f"atomically; use sqlite or redis")
                 if written is None:
                     self._feast_clear(list(replaced))
                     written = self._feast_write({view: batch.rows() for view, batch in replaced.items()})
@@ -656,6 +764,12 @@ class OnlineStore:
                     written += self._write_view(conn, self.table(view), batch, view in replace)
                 if not conn.in_transaction:
                     conn.execute("begin immediate")
+                if position is not None:
+                    _set_position(conn, *position)
+                if meta:
+                    conn.execute(f"create table if not exists {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    conn.executemany(f"insert into {META} values (?, ?) on conflict(key) do update set "
+                                     f"value = excluded.value", list(meta.items()))
                 conn.execute("commit")
             except BaseException:
                 if conn.in_transaction:
@@ -664,6 +778,120 @@ class OnlineStore:
             finally:
                 conn.close()
         return written
+
+    # -- small writes: ingestion and log catch-up -------------------------------------------------------------
+
+    def position(self, consumer: str) -> Position | None:
+        """What the stored state holds of the event log for ``consumer`` (None: never recorded)."""
+        if self.kind == "sqlite":
+            if not self._query("select 1 from sqlite_master where name = ?", (POSITIONS,)):
+                return None
+            rows = self._query(f"select epoch, log_offset from {POSITIONS} where consumer = ?", (consumer,))
+            return Position(*rows[0]) if rows else None
+        try:
+            raw = self._redis_client().get(self._position_key(consumer))
+        except Exception as exc:
+            raise StoreUnavailable(f"online store ({self.kind}): {exc}") from None
+        return None if raw is None else Position.parse(raw.decode())
+
+    def meta(self, key: str) -> str | None:
+        """A fact recorded with the last full refresh (``write(meta=...)``), None if never recorded."""
+        if self.kind == "sqlite":
+            if not self._query("select 1 from sqlite_master where name = ?", (META,)):
+                return None
+            rows = self._query(f"select value from {META} where key = ?", (key,))
+            return rows[0][0] if rows else None
+        try:
+            raw = self._redis_client().get(self._meta_key(key))
+        except Exception as exc:
+            raise StoreUnavailable(f"online store ({self.kind}): {exc}") from None
+        return None if raw is None else raw.decode()
+
+    def apply(self, batches: Mapping[str, Iterable[Row]], *, consumer: str | None = None,
+              expect: Position | None = None, position: Position | None = None) -> int:
+        """Upsert rows of several views **all or nothing** (SQLite: one transaction; Redis: one MULTI/EXEC),
+        and, with ``consumer``, move its recorded position from ``expect`` to ``position`` in the same
+        transaction; ``PositionMoved`` (nothing written) when another writer moved it meanwhile. A failure is
+        ``StoreUnavailable`` with nothing written. Returns the number of values written."""
+        views = {view: _as_batch(rows) for view, rows in batches.items()}
+        if self.kind != "sqlite":
+            with self._write_lock:
+                written = self._redis_transaction(views, replace=False, position=(consumer, position),
+                                                  check=True, expect=expect) if consumer else \
+                    self._redis_transaction(views, replace=False)
+                if written is None:  # a store without transactions: Feast's interface, view by view
+                    if consumer is not None:
+                        raise StoreUnavailable(f"online store ({self.kind}) cannot record an event-log position "
+                                               f"atomically; use sqlite or redis")
+                    written = self._feast_write({view: batch.rows() for view, batch in views.items()})
+                return written
+        with self._write_lock:
+            conn = self._writer()
+            try:
+                conn.execute("begin immediate")
+                if consumer is not None:
+                    current = _get_position(conn, consumer)
+                    if current != expect:
+                        conn.execute("rollback")
+                        raise PositionMoved(f"{consumer}: expected {expect}, found {current}")
+                written = 0
+                for view, batch in views.items():
+                    written += self._upsert(conn, self.table(view), batch)
+                if consumer is not None and position is not None:
+                    _set_position(conn, consumer, position)
+                conn.execute("commit")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("rollback")
+                self._drop_writer()
+                raise StoreUnavailable(f"online store: {_reason(exc)}; nothing was written") from None
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("rollback")
+                raise
+        return written
+
+    def _writer(self) -> sqlite3.Connection:
+        """The connection small writes use (kept open; the caller holds ``_write_lock``)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._drop_writer()
+            raise StoreUnavailable("online store does not exist: materialize it first "
+                                   "(Dagster asset online/materialized)") from None
+        conn = getattr(self, "_write_conn", None)
+        if conn is not None and self._write_identity != (st.st_dev, st.st_ino):
+            self._drop_writer()  # the file was replaced: never write into one that is gone
+            conn = None
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=WRITE_LOCK_WAIT,
+                                   check_same_thread=False, isolation_level=None)
+            self._write_identity = (st.st_dev, st.st_ino)
+            # The state is derived from the event log, and its position is written in the same transaction: a
+            # commit lost to a power cut loses its position too, and the next catch-up applies it again.
+            conn.execute("pragma synchronous=normal")
+            self._write_conn = conn
+        return conn
+
+    def _drop_writer(self) -> None:
+        conn = getattr(self, "_write_conn", None)
+        self._write_conn = None
+        if conn is not None:
+            conn.close()
+
+    @staticmethod
+    def _upsert(conn: sqlite3.Connection, table: str, batch: ViewBatch) -> int:
+        """Feast's ``online_write_batch`` rows (same columns and upsert) for a few entities."""
+        rows = []
+        for key, values, when in batch.rows():
+            stamp = feast_event_ts(when)
+            rows.extend((key, name, value, value_text(value), stamp) for name, value in values.items())
+        conn.executemany(
+            f'insert into "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
+            f"values (?, ?, ?, ?, ?, NULL) on conflict(entity_key, feature_name) do update set "
+            f"value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+            f"created_ts = excluded.created_ts", rows)
+        return len(rows)
 
     @staticmethod
     def _write_view(conn: sqlite3.Connection, table: str, batch: ViewBatch, replace: bool) -> int:
@@ -759,14 +987,29 @@ class OnlineStore:
         except Exception as exc:
             raise StoreUnavailable(f"online store ({self.kind}), views {', '.join(views)}: {exc}") from None
 
-    def _redis_refresh(self, batches: Mapping[str, ViewBatch]) -> int | None:
-        """Replace ``batches``' views on Feast's Redis store in one MULTI/EXEC transaction: every field of those
-        views goes (Feast's ``delete_table``: its fields and ``_ts:<view>`` on every key of the project; a hash
-        left empty disappears) and every row comes in, written as Feast's ``online_write_batch`` writes it.
-        Returns the number of values written; None when the store is not a single Redis (Redis Cluster, other
-        stores), where the caller empties and writes non-atomically. The keys to empty are scanned just before
-        the transaction: an entity another process writes in between, and the new version lacks, keeps what
-        that process wrote (it is newer than the refresh)."""
+    def _redis_client(self) -> Any:
+        store = self._feature_store()
+        return store._get_provider().online_store._get_client(store.config.online_store)
+
+    def _position_key(self, consumer: str) -> str:
+        return f"trellis:{self.project}:position:{consumer}"
+
+    def _meta_key(self, key: str) -> str:
+        return f"trellis:{self.project}:meta:{key}"
+
+    def _redis_transaction(self, batches: Mapping[str, ViewBatch], *, replace: bool,
+                           position: tuple[str | None, Position | None] | None = None,
+                           check: bool = False, expect: Position | None = None,
+                           meta: Mapping[str, str] | None = None) -> int | None:
+        """Write ``batches``' views on Feast's Redis store in one MULTI/EXEC transaction, in Feast's own layout
+        (its key, field and timestamp helpers, as ``online_write_batch`` writes them). ``replace``: every field of
+        those views goes first (Feast's ``delete_table``: its fields and ``_ts:<view>`` on every key of the
+        project; a hash left empty disappears). ``position``: ``(consumer, position)`` set in the same transaction;
+        with ``check``, the consumer's key is watched and ``PositionMoved`` raised (nothing written) unless it
+        holds ``expect``. Returns the number of values written; None when the store is not a single Redis (Redis
+        Cluster, other stores), where the caller writes non-atomically. For a refresh the keys to empty are
+        scanned just before the transaction: an entity another process writes in between, and the new version
+        lacks, keeps what that process wrote (it is newer than the refresh)."""
         store = self._feature_store()
         online = store._get_provider().online_store
         from feast.infra.online_stores.redis import RedisOnlineStore, RedisType, _versioned_fv_name
@@ -774,6 +1017,7 @@ class OnlineStore:
         config = store.config
         if not isinstance(online, RedisOnlineStore) or config.online_store.redis_type == RedisType.redis_cluster:
             return None
+        import redis
         from feast.infra.key_encoding_utils import deserialize_entity_key
         from feast.infra.online_stores.helpers import _mmh3, _redis_key, _redis_key_prefix
         from feast.utils import make_tzaware
@@ -781,20 +1025,30 @@ class OnlineStore:
 
         version, ttl = config.entity_key_serialization_version, config.online_store.key_ttl_seconds
         suffix = config.project.encode("utf8")
+        consumer, new_position = position if position is not None else (None, None)
         try:
             client = online._get_client(config.online_store)
             views = {view: self._view(view) for view in batches}
             names = {view: _versioned_fv_name(fv, config) for view, fv in views.items()}
-            # The fields of the replaced views by entity-key prefix: a group's values and its state share their
-            # entity, so each prefix's keys are scanned once for both.
-            fields: dict[bytes, list[bytes]] = {}
-            for view, fv in views.items():
-                fields.setdefault(_redis_key_prefix(fv.join_keys), []).extend(
-                    [*(_mmh3(f"{names[view]}:{f.name}") for f in fv.features), f"_ts:{names[view]}".encode()])
-            held = [(key, wanted) for prefix, wanted in fields.items()  # every key holding them now
-                    for key in client.scan_iter(prefix + b"*" + suffix, count=1000)]
+            held: list[tuple[bytes, list[bytes]]] = []
+            if replace:
+                # The fields of the replaced views by entity-key prefix: a group's values and its state share
+                # their entity, so each prefix's keys are scanned once for both.
+                fields: dict[bytes, list[bytes]] = {}
+                for view, fv in views.items():
+                    fields.setdefault(_redis_key_prefix(fv.join_keys), []).extend(
+                        [*(_mmh3(f"{names[view]}:{f.name}") for f in fv.features), f"_ts:{names[view]}".encode()])
+                held = [(key, wanted) for prefix, wanted in fields.items()  # every key holding them now
+                        for key in client.scan_iter(prefix + b"*" + suffix, count=1000)]
             written = 0
             with client.pipeline(transaction=True) as pipe:
+                if consumer is not None and check:
+                    pipe.watch(self._position_key(consumer))
+                    raw = pipe.get(self._position_key(consumer))
+                    current = None if raw is None else Position.parse(raw.decode())
+                    if current != expect:
+                        raise PositionMoved(f"{consumer}: expected {expect}, found {current}")
+                    pipe.multi()
                 for key, wanted in held:
                     pipe.hdel(key, *wanted)
                 for view, batch in batches.items():
@@ -810,19 +1064,26 @@ class OnlineStore:
                         if ttl:
                             pipe.expire(key, ttl)
                         written += len(values)
+                if consumer is not None and new_position is not None:
+                    pipe.set(self._position_key(consumer), str(new_position))
+                for key, value in (meta or {}).items():
+                    pipe.set(self._meta_key(key), value)
                 pipe.execute()
+        except redis.WatchError:
+            raise PositionMoved(f"{consumer}: moved during the transaction") from None
+        except PositionMoved:
+            raise
         except Exception as exc:
-            raise StoreUnavailable(f"online store ({self.kind}), views {', '.join(batches)}: {exc}") from None
+            raise StoreUnavailable(f"online store ({self.kind}), views {', '.join(batches)}: {exc}; "
+                                   f"nothing was written") from None
         return written
 
-    def write_through_feast(self, batches: Mapping[str, Iterable[Row]]) -> int:
-        """Small writes (ingestion) through Feast's ``online_write_batch``, whatever the backend."""
-        with self._write_lock:
-            return self._feast_write(batches)
 
 
 __all__ = [
     "OnlineStore",
+    "Position",
+    "PositionMoved",
     "Packed",
     "StoreUnavailable",
     "ViewBatch",

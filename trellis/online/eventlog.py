@@ -1,0 +1,523 @@
+"""The event log: the source of truth for streamed rows (design section 6).
+
+``POST /v1/events`` and ``/v1/labels`` acknowledge a row only after it is appended here durably. Everything
+else is derived from the log and can be rebuilt from it: the online state is a consumer that stores the offset
+it has applied in the same transaction as the state itself (``OnlineFeatures.catch_up``), and a
+re-materialization folds the log into the tails it writes, so no acknowledged row is lost by either.
+
+The shape is Kafka's: an append-only sequence of entries numbered by an **offset** (1, 2, ...; never reused),
+each carrying its source, an **idempotency key** (the source's primary key value; the content hash where a
+source has none) and the row as canonical JSON with its SHA-256. Appending a batch is all-or-nothing:
+
+* a row whose key is new is appended;
+* a row whose key is logged with the same content is a **duplicate**: not appended again, answered with the
+  offset it already has;
+* a row whose key is logged with other content is a **conflict**: the whole batch is refused
+  (``LogConflict`` names the key and the differing fields) and nothing is appended. A correction is an explicit
+  operation (``correct``), logged as its own entry, never a side effect of re-delivery.
+
+Two backends behind one interface (``open_log``):
+
+* ``SqliteEventLog`` (the embedded default, ``data/event_log.db``): one SQLite file in WAL mode with
+  ``synchronous=FULL`` by default, so a commit is on disk (the WAL fsynced) before ``append`` returns; a crash at
+  any point leaves every acknowledged row and no partial batch (``sync="normal"``: a killed process loses
+  nothing, a power cut may lose the last commits). Appends from concurrent requests are grouped into one
+  transaction (``GroupCommit``): one fsync serves every request waiting for it.
+* ``RedisEventLog`` (``redis://host:port/db``): a Redis Stream whose entry ids are ``0-<offset>``, with a hash
+  of idempotency keys beside it, both written by one Lua script (atomic on the server). Durable as far as the
+  server's persistence is configured: the log refuses to open on a server without ``appendonly yes`` unless
+  told ``durable=False`` (then a server restart can lose rows; for tests and throwaway servers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlparse
+
+import orjson
+
+CORRECTION = "correction"  # the kind of an entry that replaces a logged row on purpose
+
+
+class LogConflict(ValueError):
+    """A row whose key is logged with other content: nothing of its batch was appended."""
+
+    def __init__(self, source: str, key: str, fields: Sequence[str]):
+        self.source, self.key, self.fields = source, key, list(fields)
+        super().__init__(f"{source} row {key} is already logged with other values of "
+                         f"{', '.join(self.fields) or 'its content'}; nothing of this request was logged "
+                         f"(a correction is an explicit operation: trellis.online.eventlog correct)")
+
+
+class LogUnavailable(RuntimeError):
+    """The log cannot be written or read now; nothing was acknowledged."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    offset: int
+    source: str
+    key: str
+    row: dict[str, Any]  # as logged: timestamps as ISO text (``decode_row`` turns them back)
+
+
+@dataclass(frozen=True)
+class Appended:
+    offsets: tuple[int, ...]  # per row, its offset (a duplicate's is the offset it was first logged at)
+    new: int
+    duplicates: int
+
+    @property
+    def last(self) -> int:
+        return max(self.offsets, default=0)
+
+
+class EventLog(Protocol):
+    def append(self, source: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Appended: ...
+
+    def correct(self, source: str, row: Mapping[str, Any], key: str, reason: str) -> int: ...
+
+    def read(self, after: int, limit: int = 10_000) -> list[LogEntry]: ...
+
+    def last_offset(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _default(value: Any) -> Any:
+    raise TypeError(f"cannot log a {type(value).__name__}: {value!r}")
+
+
+def canonical(row: Mapping[str, Any]) -> bytes:
+    """The row as canonical JSON: sorted keys, ISO timestamps (naive ones are UTC and stay naive), shortest
+    round-trip floats."""
+    return orjson.dumps(dict(row), option=orjson.OPT_SORT_KEYS, default=_default)
+
+
+def row_key(primary_key: str | None, row: Mapping[str, Any], body: bytes | None = None) -> str:
+    """A row's idempotency key: its primary key value as JSON (``42``, ``"a"``); without a primary key, its
+    content hash (identical content is the same row)."""
+    if primary_key is not None:
+        return orjson.dumps(row.get(primary_key)).decode()
+    return "sha256:" + hashlib.sha256(body if body is not None else canonical(row)).hexdigest()
+
+
+def differing(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def decode_row(row: Mapping[str, Any], timestamps: Sequence[str]) -> dict[str, Any]:
+    """A logged row with its timestamp columns as naive-UTC datetimes again."""
+    out = dict(row)
+    for name in timestamps:
+        value = out.get(name)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+            out[name] = value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            out[name] = datetime(value.year, value.month, value.day)
+    return out
+
+
+def logged_rows(log: EventLog, sources: Mapping[str, Sequence[str]], upto: int | None = None,
+                page: int = 50_000) -> dict[str, list[dict[str, Any]]]:
+    """The current content of every logged row of ``sources`` ({source: its timestamp columns}) up to offset
+    ``upto`` (default: the last), by source, in offset order, timestamps decoded: a corrected row once, as
+    corrected."""
+    last = log.last_offset() if upto is None else upto
+    current: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in sources}
+    after = 0
+    while after < last:
+        entries = log.read(after, page)
+        if not entries:
+            break
+        for entry in entries:
+            if entry.offset > last:
+                break
+            rows = current.get(entry.source)
+            if rows is not None:
+                rows.pop(entry.key, None)  # a correction moves the row to its offset
+                rows[entry.key] = decode_row(entry.row, sources[entry.source])
+        after = entries[-1].offset
+    return {name: list(rows.values()) for name, rows in current.items() if rows}
+
+
+def read_logged(url: str | Path, project: Any) -> dict[str, list[dict[str, Any]]]:
+    """``logged_rows`` of every source of ``project`` (``trellis.spec.Project``) from the log at ``url``: what the
+    warehouse's ingestion takes after each source's own rows. No log file yet: nothing logged."""
+    if not str(url).startswith(("redis://", "rediss://")) and not Path(url).exists():
+        return {}
+    log = open_log(url)
+    try:
+        return logged_rows(log, {name: source.timestamp_columns for name, source in project.sources.items()})
+    finally:
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embedded: SQLite.
+
+_SCHEMA = """
+create table if not exists log (
+    "offset" integer primary key autoincrement,
+    source text not null,
+    key text not null,
+    digest blob not null,
+    body blob not null,
+    kind text not null default 'event',
+    note text,
+    logged_us integer not null
+);
+create unique index if not exists log_source_key on log (source, key) where kind = 'event';
+create table if not exists current (
+    source text not null,
+    key text not null,
+    "offset" integer not null,
+    digest blob not null,
+    primary key (source, key)
+) without rowid;
+"""
+
+
+@dataclass
+class _Pending:
+    source: str
+    rows: list[tuple[str, bytes, bytes]]  # (key, digest, body)
+    done: threading.Event
+    result: Appended | None = None
+    error: BaseException | None = None
+
+
+# What an acknowledged append survives (SQLite's ``synchronous`` in WAL mode): ``full`` fsyncs the WAL at every
+# commit (a power cut or an OS crash loses nothing acknowledged); ``normal`` leaves the commit to the OS (a killed
+# process loses nothing, a power cut may lose the last commits; Kafka's default stance, without its replicas).
+SYNC_MODES = ("full", "normal")
+
+
+class SqliteEventLog:
+    """The embedded log: ``path`` (created with its folder if missing); ``sync``: one of ``SYNC_MODES``.
+
+    ``current`` maps every key to the offset and digest of its current content (the event, or the latest
+    correction of it), so a duplicate or a conflict is one index lookup. Appends go through a group commit: the
+    first caller to find the writer free writes every batch queued meanwhile in one transaction, each batch
+    still checked on its own (a conflicting batch fails alone)."""
+
+    def __init__(self, path: str | Path, *, sync: str = "full", busy_timeout: float = 5.0):
+        if sync not in SYNC_MODES:
+            raise ValueError(f"event log sync {sync!r}: one of {', '.join(SYNC_MODES)}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("pragma journal_mode=wal")
+            self._conn.execute(f"pragma synchronous={sync}")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"event log: {exc}") from None
+        self._reader = threading.local()
+        self._write = threading.Lock()  # held by the one thread committing a group
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+
+    def _read_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._reader, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False,
+                                   isolation_level=None)
+            self._reader.conn = conn
+        return conn
+
+    # -- writes ------------------------------------------------------------------------------------------
+
+    def append(self, source: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Appended:
+        prepared = []
+        for row, key in zip(rows, keys, strict=True):
+            body = canonical(row)
+            prepared.append((key, hashlib.sha256(body).digest(), body))
+        pending = _Pending(source, prepared, threading.Event())
+        with self._queue_lock:
+            self._queue.append(pending)
+        # Whoever holds the writer commits every queued batch, ours included, or we take it and do so.
+        while not pending.done.is_set():
+            if self._write.acquire(timeout=0.05):
+                try:
+                    if not pending.done.is_set():
+                        self._commit_group()
+                finally:
+                    self._write.release()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _commit_group(self) -> None:
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        if not group:
+            return
+        conn = self._conn
+        try:
+            conn.execute("begin immediate")
+            for pending in group:
+                conn.execute("savepoint batch")
+                try:
+                    pending.result = self._append_batch(conn, pending.source, pending.rows)
+                    conn.execute("release batch")
+                except LogConflict as exc:
+                    conn.execute("rollback to batch")
+                    conn.execute("release batch")
+                    pending.error = exc
+            conn.execute("commit")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("rollback")
+            for pending in group:
+                pending.result, pending.error = None, LogUnavailable(f"event log: {exc}; nothing was logged")
+        finally:
+            for pending in group:
+                pending.done.set()
+
+    def _append_batch(self, conn: sqlite3.Connection, source: str,
+                      rows: Sequence[tuple[str, bytes, bytes]]) -> Appended:
+        offsets: list[int] = []
+        new = duplicates = 0
+        now = time.time_ns() // 1000
+        for key, digest, body in rows:
+            found = conn.execute('select "offset", digest from current where source = ? and key = ?',
+                                 (source, key)).fetchone()
+            if found is not None:
+                if found[1] != digest:
+                    raise LogConflict(source, key, self._differing(conn, found[0], body))
+                offsets.append(found[0])
+                duplicates += 1
+                continue
+            offset = conn.execute("insert into log (source, key, digest, body, logged_us) values (?, ?, ?, ?, ?) "
+                                  'returning "offset"', (source, key, digest, body, now)).fetchone()[0]
+            conn.execute('insert into current (source, key, "offset", digest) values (?, ?, ?, ?)',
+                         (source, key, offset, digest))
+            offsets.append(offset)
+            new += 1
+        return Appended(tuple(offsets), new, duplicates)
+
+    @staticmethod
+    def _differing(conn: sqlite3.Connection, offset: int, body: bytes) -> list[str]:
+        (old,) = conn.execute('select body from log where "offset" = ?', (offset,)).fetchone()
+        return differing(orjson.loads(old), orjson.loads(body))
+
+    def correct(self, source: str, row: Mapping[str, Any], key: str, reason: str) -> int:
+        """Replace the logged content of ``key`` on purpose: a new entry of kind ``correction`` with the reason;
+        later re-deliveries of the corrected content are duplicates, of the old one conflicts."""
+        if not reason.strip():
+            raise ValueError("a correction needs a reason")
+        body = canonical(row)
+        digest = hashlib.sha256(body).digest()
+        with self._write:
+            conn = self._conn
+            try:
+                conn.execute("begin immediate")
+                offset = conn.execute(
+                    "insert into log (source, key, digest, body, kind, note, logged_us) values (?, ?, ?, ?, ?, ?, ?) "
+                    'returning "offset"', (source, key, digest, body, CORRECTION, reason, time.time_ns() // 1000)
+                ).fetchone()[0]
+                conn.execute('insert into current (source, key, "offset", digest) values (?, ?, ?, ?) on conflict '
+                             '(source, key) do update set "offset" = excluded."offset", digest = excluded.digest',
+                             (source, key, offset, digest))
+                conn.execute("commit")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("rollback")
+                raise LogUnavailable(f"event log: {exc}; the correction was not logged") from None
+        return offset
+
+    # -- reads -------------------------------------------------------------------------------------------
+
+    def read(self, after: int, limit: int = 10_000) -> list[LogEntry]:
+        """Entries with an offset above ``after``, in offset order, at most ``limit``."""
+        try:
+            rows = self._read_conn().execute(
+                'select "offset", source, key, body from log where "offset" > ? order by "offset" limit ?',
+                (after, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"event log: {exc}") from None
+        return [LogEntry(offset, source, key, orjson.loads(body)) for offset, source, key, body in rows]
+
+    def last_offset(self) -> int:
+        try:
+            row = self._read_conn().execute('select max("offset") from log').fetchone()
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"event log: {exc}") from None
+        return row[0] or 0
+
+    def close(self) -> None:
+        self._conn.close()
+        conn = getattr(self._reader, "conn", None)
+        if conn is not None:
+            conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# At scale: Redis Streams.
+
+# KEYS: stream, index (hash key -> "<digest hex> <offset>"), counter. ARGV: source, then key, digest, body per
+# row. Returns {"ok", offset or -offset (duplicate), ...} or {"conflict", key, old offset}. All or nothing: the
+# checks run before the first write.
+_APPEND_LUA = """
+local source = ARGV[1]
+local n = (#ARGV - 1) / 3
+local seen = {}
+for i = 0, n - 1 do
+  local key, digest = ARGV[2 + 3 * i], ARGV[3 + 3 * i]
+  local held = redis.call('HGET', KEYS[2], source .. '\\0' .. key) or seen[key]
+  if held then
+    local space = string.find(held, ' ', 1, true)
+    if string.sub(held, 1, space - 1) ~= digest then
+      return {'conflict', key, string.sub(held, space + 1)}
+    end
+  else
+    seen[key] = digest .. ' 0'
+  end
+end
+local out = {'ok'}
+for i = 0, n - 1 do
+  local key, digest, body = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local field = source .. '\\0' .. key
+  local held = redis.call('HGET', KEYS[2], field)
+  if held then
+    local space = string.find(held, ' ', 1, true)
+    table.insert(out, -tonumber(string.sub(held, space + 1)))
+  else
+    local offset = redis.call('INCR', KEYS[3])
+    redis.call('XADD', KEYS[1], '0-' .. offset, 'source', source, 'key', key, 'body', body, 'kind', 'event')
+    redis.call('HSET', KEYS[2], field, digest .. ' ' .. offset)
+    table.insert(out, offset)
+  end
+end
+return out
+"""
+
+_CORRECT_LUA = """
+local offset = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[1], '0-' .. offset, 'source', ARGV[1], 'key', ARGV[2], 'body', ARGV[4], 'kind', 'correction',
+           'note', ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1] .. '\\0' .. ARGV[2], ARGV[3] .. ' ' .. offset)
+return offset
+"""
+
+
+class RedisEventLog:
+    """The log on a Redis server: stream ``<prefix>:log``, key index ``<prefix>:keys``, counter ``<prefix>:next``."""
+
+    def __init__(self, url: str, prefix: str = "trellis", *, durable: bool = True):
+        import redis
+
+        self.prefix = prefix
+        self._keys = [f"{prefix}:log", f"{prefix}:keys", f"{prefix}:next"]
+        try:
+            self._client = redis.Redis.from_url(url, socket_timeout=5)
+            if durable and self._client.config_get("appendonly").get("appendonly") != "yes":
+                raise LogUnavailable(
+                    f"event log {url}: the server does not persist writes (appendonly is not 'yes'); a restart "
+                    f"would lose acknowledged rows. Turn on AOF, or open the log with durable=False")
+            self._append = self._client.register_script(_APPEND_LUA)
+            self._correct = self._client.register_script(_CORRECT_LUA)
+        except redis.RedisError as exc:
+            raise LogUnavailable(f"event log {url}: {exc}") from None
+
+    def append(self, source: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Appended:
+        import redis
+
+        args: list[Any] = [source]
+        bodies = []
+        for row, key in zip(rows, keys, strict=True):
+            body = canonical(row)
+            bodies.append(body)
+            args += [key, hashlib.sha256(body).hexdigest(), body]
+        if not bodies:
+            return Appended((), 0, 0)
+        try:
+            result = self._append(keys=self._keys, args=args)
+        except redis.RedisError as exc:
+            raise LogUnavailable(f"event log: {exc}; nothing was logged") from None
+        if result[0] == b"conflict":
+            key, offset = result[1].decode(), int(result[2])
+            body = bodies[list(keys).index(key)]
+            old = self._entry(offset) if offset else None
+            fields = differing(old.row, orjson.loads(body)) if old is not None else []
+            raise LogConflict(source, key, fields)
+        offsets = [abs(int(x)) for x in result[1:]]
+        new = sum(int(x) > 0 for x in result[1:])
+        return Appended(tuple(offsets), new, len(offsets) - new)
+
+    def correct(self, source: str, row: Mapping[str, Any], key: str, reason: str) -> int:
+        if not reason.strip():
+            raise ValueError("a correction needs a reason")
+        body = canonical(row)
+        return int(self._correct(keys=self._keys, args=[source, key, hashlib.sha256(body).hexdigest(), body, reason]))
+
+    def _entry(self, offset: int) -> LogEntry | None:
+        found = self._client.xrange(self._keys[0], f"0-{offset}", f"0-{offset}")
+        return self._entries(found)[0] if found else None
+
+    @staticmethod
+    def _entries(raw: list[Any]) -> list[LogEntry]:
+        return [LogEntry(int(entry_id.split(b"-")[1]), fields[b"source"].decode(), fields[b"key"].decode(),
+                         orjson.loads(fields[b"body"])) for entry_id, fields in raw]
+
+    def read(self, after: int, limit: int = 10_000) -> list[LogEntry]:
+        import redis
+
+        try:
+            return self._entries(self._client.xrange(self._keys[0], f"(0-{after}", "+", count=limit))
+        except redis.RedisError as exc:
+            raise LogUnavailable(f"event log: {exc}") from None
+
+    def last_offset(self) -> int:
+        import redis
+
+        try:
+            return int(self._client.get(self._keys[2]) or 0)
+        except redis.RedisError as exc:
+            raise LogUnavailable(f"event log: {exc}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_log(url: str | Path, *, sync: str = "full") -> EventLog:
+    """The log at ``url``: a file path (SQLite, ``sync`` one of ``SYNC_MODES``) or
+    ``redis://host:port/db?prefix=P&durable=false``."""
+    text = str(url)
+    if text.startswith(("redis://", "rediss://")):
+        parsed = urlparse(text)
+        query = parse_qs(parsed.query)
+        base = parsed._replace(query="").geturl()
+        return RedisEventLog(base, prefix=query.get("prefix", ["trellis"])[0],
+                             durable=query.get("durable", ["true"])[0].lower() != "false")
+    return SqliteEventLog(text, sync=sync)
+
+
+__all__ = [
+    "Appended",
+    "EventLog",
+    "LogConflict",
+    "LogEntry",
+    "LogUnavailable",
+    "RedisEventLog",
+    "SqliteEventLog",
+    "canonical",
+    "decode_row",
+    "differing",
+    "logged_rows",
+    "open_log",
+    "read_logged",
+    "row_key",
+]
