@@ -22,14 +22,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Body, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -40,18 +39,26 @@ from serving.schemas import (
     IngestResponse,
     Problem,
     ScoreResponse,
+    rows_body,
     score_request_model,
     source_row_model,
 )
 from serving.scorer import ModelNotLoaded, Scorer
 from serving.settings import Settings
+from trellis.online.eventlog import LogConflict, LogUnavailable
 from trellis.online.state import StateError
 from trellis.online.store import StoreUnavailable
 from trellis.paths import ProjectPaths
 from trellis.spec import load_project
 
 log = logging.getLogger("trellis.serving")
-UNAVAILABLE = {503: {"model": Problem, "description": "Online store or model unavailable (reason given)."}}
+UNAVAILABLE = {503: {"model": Problem, "description": "Online store or model unavailable (reason given)."},
+               413: {"model": Problem, "description": "Request body over the service's max_body_bytes (refused "
+                                                      "before it is read), or a batch over max_batch."}}
+WRITE_ERRORS = {409: {"model": Problem, "description": "A row's key is already logged with other content "
+                                                       "(nothing of the request was logged)."},
+                202: {"model": Problem, "description": "Logged durably, not yet applied to the online state "
+                                                       "(the store is unavailable; applied when it is back)."}}
 
 
 class ORJSON(JSONResponse):
@@ -59,6 +66,80 @@ class ORJSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+_TITLES = {409: "Conflict", 413: "Request body too large", 422: "Unprocessable request",
+           503: "Service unavailable"}
+
+
+def problem_body(status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    """An RFC 9457 problem document: ``type``, ``title``, ``status``, ``detail`` and any extension members."""
+    return {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status, "detail": detail,
+            **extra}
+
+
+def problem(status: int, detail: str, **extra: Any) -> ORJSON:
+    response = ORJSON(problem_body(status, detail, **extra), status_code=status)
+    response.headers["content-type"] = "application/problem+json"
+    return response
+
+
+_PROBLEM_HEADERS = [(b"content-type", b"application/problem+json")]
+
+
+class BodyLimit:
+    """A request body over ``max_bytes`` is a 413 before it is read: at once from its ``content-length``, or as
+    soon as the bytes received pass the limit (a chunked body); the route never sees it."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._refuse(send)
+                    return
+                break
+        received = 0
+        state = {"started": False, "refused": False}
+
+        async def counted() -> dict:
+            nonlocal received
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes and not state["started"]:
+                    # Answer now, and tell the app the client is gone: it stops reading, and whatever it
+                    # sends afterwards is dropped.
+                    state["refused"] = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking(message: dict) -> None:
+            if state["refused"]:
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking)
+        except Exception:
+            if not state["refused"]:
+                raise
+
+    async def _refuse(self, send: Any) -> None:
+        body = orjson.dumps(problem_body(413, f"the request body is larger than {self.max_bytes} bytes"))
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+                                *_PROBLEM_HEADERS]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class Metrics:
@@ -171,9 +252,9 @@ class FastScoring:
             else:
                 result = {"results": [self.score_one(service, item) for item in requests]}
         except (StoreUnavailable, ModelNotLoaded) as exc:
-            return 503, orjson.dumps({"detail": str(exc)})
+            return 503, orjson.dumps(problem_body(503, str(exc)))
         except StateError as exc:
-            return 422, orjson.dumps({"detail": str(exc)})
+            return 422, orjson.dumps(problem_body(422, str(exc)))
         return 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
 
     async def __call__(self, scope: dict, receive: Any, send: Any, fallback: Any) -> None:
@@ -206,7 +287,8 @@ class FastScoring:
             status, data = answer
             self.answered += 1
             await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-length", str(len(data)).encode()), *_JSON_HEADERS]})
+                        "headers": [(b"content-length", str(len(data)).encode()),
+                                    *(_JSON_HEADERS if status == 200 else _PROBLEM_HEADERS)]})
             await send({"type": "http.response.body", "body": data})
         finally:
             if path is not None:
@@ -221,13 +303,19 @@ class ScoringApp(FastAPI):
     """The FastAPI app, with the scoring endpoints' lean path (``FastScoring``) in front."""
 
     fast_scoring: FastScoring | None = None
+    max_body_bytes: int = 1 << 20
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         fast = self.fast_scoring
         if (fast is not None and scope["type"] == "http" and scope["method"] == "POST"
                 and scope["path"] in fast.paths and not scope.get("root_path")):
             scope["app"] = self
-            await fast(scope, receive, send, super().__call__)
+            fallback = super().__call__
+
+            async def lean(scope: dict, receive: Any, send: Any) -> None:
+                await fast(scope, receive, send, fallback)
+
+            await BodyLimit(lean, self.max_body_bytes)(scope, receive, send)  # the same limit as every route
         else:
             await super().__call__(scope, receive, send)
 
@@ -236,6 +324,7 @@ class Service:
     """What the lifespan opens: the store, the online features, the scorer and the alias watcher."""
 
     def __init__(self, settings: Settings):
+        from trellis.online.eventlog import open_log
         from trellis.online.service import OnlineFeatures
         from trellis.online.store import OnlineStore
 
@@ -243,12 +332,15 @@ class Service:
         self.project = load_project(settings.project)
         self.paths = ProjectPaths.of(settings.project)
         self.store = OnlineStore(self.paths.feature_repo)
-        self.online = OnlineFeatures(self.project, self.store)
+        self.log = open_log(settings.event_log or self.paths.event_log, sync=settings.event_log_sync)
+        self.online = OnlineFeatures(self.project, self.store, log=self.log)
+        self.catch_up_error: str | None = None
+        self.state_error: str | None = None  # the stored state does not fit the loaded definitions
         self.scorer = Scorer(self.project, settings.model, self.online, top_k=settings.top_k)
         self.model_error: str | None = "not loaded yet"
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def mlflow_uri(self) -> str:
@@ -278,32 +370,93 @@ class Service:
 
     def start(self) -> None:
         self.reload()
+        self.catch_up()
+        self._threads = []
         if self.settings.alias_poll_seconds > 0:
-            self._watcher = threading.Thread(target=self._watch, name="alias-watcher", daemon=True)
-            self._watcher.start()
+            self._threads.append(threading.Thread(target=self._every, args=(self.settings.alias_poll_seconds,
+                                                                           self.reload), name="alias-watcher",
+                                                  daemon=True))
+        if self.settings.catch_up_seconds > 0:
+            self._threads.append(threading.Thread(target=self._every, args=(self.settings.catch_up_seconds,
+                                                                           self.catch_up), name="log-catch-up",
+                                                  daemon=True))
+        for thread in self._threads:
+            thread.start()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.settings.alias_poll_seconds):
-            self.reload()
+    def catch_up(self) -> None:
+        """Check that the stored state was built from the loaded definitions (``state_error``: until it is,
+        scoring answers 503 with the reason), then bring it up to the event log (rows another process logged,
+        rows logged while the store was unavailable, a re-materialization from an older cutoff); a failure is
+        kept as the reason ``/readyz`` gives, and retried."""
+        self.check_state()
+        try:
+            applied = self.online.catch_up()
+            self.catch_up_error = None
+            if applied:
+                log.info("applied %d logged rows to the online state", applied)
+        except (StoreUnavailable, LogUnavailable, StateError) as exc:
+            self.catch_up_error = str(exc)
+
+    def check_state(self) -> None:
+        from trellis.online.service import StateMismatch
+
+        try:
+            self.online.check_state()
+            self.state_error = None
+        except StateMismatch as exc:
+            self.state_error = str(exc)
+        except StoreUnavailable:
+            pass  # readiness and scoring report the store itself
+
+    def _every(self, seconds: float, action: Any) -> None:
+        while not self._stop.wait(seconds):
+            action()
 
     def stop(self) -> None:
         self._stop.set()
+        for thread in getattr(self, "_threads", []):
+            thread.join(timeout=5)
         self.store.close()
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by its text (``nan``, ``inf``, ``-inf``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        self.log.close()
 
 
 def _unavailable(reason: str) -> ORJSON:
-    return ORJSON({"detail": reason}, status_code=503)
+    return problem(503, reason)
+
+
+def _echo(value: Any) -> Any:
+    """What an error body may show of a client's value: a scalar, shortened, with anything that cannot be
+    encoded (a lone surrogate) escaped; never a whole object or list."""
+    if isinstance(value, dict | list | tuple):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, bytes):
+        return _echo(value.decode("utf-8", "backslashreplace"))
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)  # JSON encoders stop at 64 bits
+    return value if isinstance(value, int | float | bool) or value is None else _echo(str(value))
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The 422 problem for pydantic/FastAPI validation errors: ``detail`` names the first field and what was
+    wrong, ``errors`` lists each (``loc``, ``field``, ``msg``, ``type`` and the offending scalar ``input``)."""
+    items = []
+    for e in errors:
+        loc = [part if isinstance(part, int) else _echo(str(part)) for part in e.get("loc", ())]
+        item = {"loc": loc, "field": ".".join(str(p) for p in loc if p != "body") or "body",
+                "msg": str(e.get("msg", "")).encode("utf-8", "backslashreplace").decode(), "type": e.get("type")}
+        # The value of a field the body should not have is never needed to fix the request: not shown.
+        if "input" in e and e.get("type") != "extra_forbidden" and not isinstance(e["input"], dict | list | tuple):
+            item["input"] = _echo(e["input"])
+        items.append(item)
+    first = items[0] if items else {"field": "body", "msg": "invalid"}
+    shown = f" (got {first['input']!r})" if "input" in first else ""
+    more = f"; {len(items) - 1} more" if len(items) > 1 else ""
+    return problem_body(422, f"{first['field']}: {first['msg']}{shown}{more}", errors=items)
 
 
 def create_app(settings: Settings | None = None) -> ScoringApp:
@@ -316,6 +469,7 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
     ScoreRequest = score_request_model(project, definition, max_future)  # noqa: N806
     EventRow = source_row_model(project.sources[definition.spine], max_future)  # noqa: N806
     LabelRow = source_row_model(project.sources[definition.label.source], max_future)  # noqa: N806
+    EventBody, LabelBody = rows_body(EventRow), rows_body(LabelRow)  # noqa: N806
     metrics = Metrics()
 
     @asynccontextmanager
@@ -330,16 +484,16 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
 
     app = ScoringApp(title="Trellis scoring", version="1", lifespan=lifespan, default_response_class=ORJSON,
                   description=f"Real-time scores of model {settings.model!r} (alias {settings.alias!r}).")
+    app.max_body_bytes = settings.max_body_bytes
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        """FastAPI's 422, also when the echoed input holds a non-finite number (a body with ``NaN`` or
-        ``Infinity``, which Python's JSON parser takes): FastAPI's own handler cannot render it (a 500)."""
-        try:
-            return await request_validation_exception_handler(request, exc)
-        except ValueError:
-            return JSONResponse({"detail": jsonable_encoder(_finite(exc.errors()))}, status_code=422)
+        """A problem document naming each field and its value (never the whole body), whatever the input holds:
+        a non-finite number, a lone surrogate, bytes that are not UTF-8."""
+        return problem(422, **{k: v for k, v in validation_problem(exc.errors()).items()
+                               if k in ("detail", "errors")})
 
     def service_of(request: Request) -> Service:
         return request.app.state.service
@@ -348,6 +502,8 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
 
     def score_one(service: Service, body: dict[str, Any], include_features: bool = False,
                   explain: bool = True) -> dict[str, Any]:
+        if service.state_error is not None:
+            raise StoreUnavailable(service.state_error)
         result = service.scorer.score(body, explain=explain, with_features=include_features)
         model = result["model"]
         key = (result["decision"], model["name"], model["version"])
@@ -370,7 +526,7 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         except (StoreUnavailable, ModelNotLoaded) as exc:
             return _unavailable(str(exc))
         except StateError as exc:
-            return ORJSON({"detail": str(exc)}, status_code=422)
+            return problem(422, str(exc))
 
     @app.post("/v1/score/batch", response_model=BatchScoreResponse, responses=UNAVAILABLE)
     async def score_batch(request: Request, body: Annotated[list[ScoreRequest], Body(  # type: ignore
@@ -381,27 +537,43 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         except (StoreUnavailable, ModelNotLoaded) as exc:
             return _unavailable(str(exc))
         except StateError as exc:
-            return ORJSON({"detail": str(exc)}, status_code=422)
+            return problem(422, str(exc))
 
     def ingest(request: Request, source: str, rows: list[Any]) -> Any:
+        """Runs in the thread pool (the routes are plain ``def``): a write waiting for a lock or an fsync never
+        holds the event loop, so scoring goes on meanwhile."""
         if len(rows) > settings.max_batch:
-            return ORJSON({"detail": f"{len(rows)} rows in one request; at most {settings.max_batch}"},
-                          status_code=413)
+            return problem(413, f"{len(rows)} rows in one request; at most {settings.max_batch}")
+        service = service_of(request)
         try:
-            report = service_of(request).online.ingest(source, [r.model_dump() for r in rows])
-        except StoreUnavailable as exc:
+            report = service.online.ingest(source, [r.model_dump() for r in rows])
+        except LogConflict as exc:
+            return problem(409, str(exc), source=exc.source, key=exc.key, fields=exc.fields)
+        except LogUnavailable as exc:
             return _unavailable(str(exc))
+        except StoreUnavailable as exc:
+            # Logged durably (acknowledged) but not applied to the online state yet: the background catch-up
+            # applies it once the store is back; re-sending is answered as a duplicate.
+            service.catch_up_error = str(exc)
+            return ORJSON({"source": source, "rows": len(rows), "applied": False, "detail": str(exc)},
+                          status_code=202)
         except StateError as exc:
-            return ORJSON({"detail": str(exc)}, status_code=422)
-        return ORJSON({"source": report.source, "rows": report.rows, "groups": list(report.groups),
-                       "entities": report.entities})
+            return problem(422, str(exc))
+        return ORJSON({"source": report.source, "rows": report.rows, "new": report.new,
+                       "duplicates": report.duplicates, "offset": report.offset, "applied": True,
+                       "groups": list(report.groups), "entities": report.entities})
 
-    @app.post("/v1/events", response_model=IngestResponse, responses=UNAVAILABLE)
-    async def events(request: Request, body: EventRow | list[EventRow]) -> Any:  # type: ignore[valid-type]
+    ingest_responses = {**UNAVAILABLE, **WRITE_ERRORS}
+
+    @app.post("/v1/events", response_model=IngestResponse, responses=ingest_responses)
+    def events(request: Request, body: EventBody) -> Any:  # type: ignore[valid-type]
+        """Append transactions to the event log (acknowledged once durable), then apply them to the online
+        state. A re-sent row with the same content is a duplicate (counted once); with other content, a 409."""
         return ingest(request, definition.spine, body if isinstance(body, list) else [body])
 
-    @app.post("/v1/labels", response_model=IngestResponse, responses=UNAVAILABLE)
-    async def labels(request: Request, body: LabelRow | list[LabelRow]) -> Any:  # type: ignore[valid-type]
+    @app.post("/v1/labels", response_model=IngestResponse, responses=ingest_responses)
+    def labels(request: Request, body: LabelBody) -> Any:  # type: ignore[valid-type]
+        """Append labels to the event log, then apply them to the online state (as ``/v1/events``)."""
         return ingest(request, definition.label.source, body if isinstance(body, list) else [body])
 
     @app.post("/v1/model/reload")
@@ -420,6 +592,15 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
             service.store.ping()
         except StoreUnavailable as exc:
             problems.append(f"online store: {exc}")
+        try:
+            service.log.last_offset()
+        except LogUnavailable as exc:
+            problems.append(str(exc))
+        service.check_state()
+        if service.state_error is not None:
+            problems.append(service.state_error)
+        if service.catch_up_error is not None:
+            problems.append(f"online state behind the event log: {service.catch_up_error}")
         if not service.scorer.loaded:
             problems.append(f"model: {service.model_error}")
         model = service.scorer._model

@@ -219,11 +219,20 @@ class BatchScoreResponse(BaseModel):
 class IngestResponse(BaseModel):
     source: str
     rows: int
+    new: int = Field(description="Rows appended to the event log by this request.")
+    duplicates: int = Field(description="Rows the log already held with the same content (counted once).")
+    offset: int = Field(description="The event log's offset the online state holds after this request.")
+    applied: bool = Field(description="True: the online state includes these rows.")
     groups: list[str]
     entities: int
 
 
 class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
     detail: str
 
 

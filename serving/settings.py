@@ -1,6 +1,7 @@
 """Service settings (environment variables ``TRELLIS_*``; tests pass a ``Settings`` to ``create_app``)."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,15 @@ class Settings(BaseSettings):
     model: str = Field("card_fraud", description="Model definition served.")
     alias: str = Field("champion", description="Registry alias served; moves are picked up without restart.")
     mlflow_uri: str | None = Field(None, description="MLflow registry URI; default <data>/mlflow.db.")
+    event_log: str | None = Field(None, description="Event log (a SQLite file or a redis:// URL); default "
+                                                    "<data>/event_log.db (trellis.paths.ProjectPaths.event_log).")
+    event_log_sync: Literal["full", "normal"] = Field(
+        "full", description="full: every acknowledged append is fsynced (survives a power cut); normal: left to "
+                            "the OS (survives a killed process, not a power cut).")
+    catch_up_seconds: float = Field(1.0, ge=0, description="How often the online state is brought up to the "
+                                                           "event log in the background; 0: only on ingestion.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; a larger one is a 413 "
+                                                              "before it is read.")
     alias_poll_seconds: float = Field(5.0, ge=0, description="How often the alias is re-resolved; 0: never.")
     max_batch: int = Field(1000, ge=1, description="Largest /v1/score/batch or /v1/events batch.")
     max_future_seconds: float = Field(300.0, ge=0, description="How far ahead of the clock a time may be.")

@@ -147,8 +147,9 @@ def test_bad_input_is_a_422_naming_the_field(client, served, change, field, frag
     body = {**request_of(last_day_transactions(paths, 1)[0]), **change}
     response = client.post("/v1/score", json=body)
     assert response.status_code == 422, response.text
-    errors = response.json()["detail"]
+    errors = response.json()["errors"]
     assert any(field in e["loc"] and fragment in e["msg"] for e in errors), errors
+    assert field in response.json()["detail"]
 
 
 def test_a_time_older_than_the_online_state_keeps_is_a_422(client, served):
@@ -164,17 +165,17 @@ def test_a_time_older_than_the_online_state_keeps_is_a_422(client, served):
 def test_missing_field_and_malformed_json(client):
     response = client.post("/v1/score", json={"customer_id": 1})
     assert response.status_code == 422
-    missing = {e["loc"][-1] for e in response.json()["detail"] if e["type"] == "missing"}
+    missing = {e["loc"][-1] for e in response.json()["errors"] if e["type"] == "missing"}
     assert {"tx_datetime", "tx_amount"} <= missing
     response = client.post("/v1/score", content=b'{"customer_id": 1,', headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert response.json()["detail"][0]["type"] == "json_invalid"
+    assert response.json()["errors"][0]["type"] == "json_invalid"
     # Python's JSON parser takes NaN and Infinity: still a 422 naming the field, not a failure to render it
     response = client.post("/v1/score", content=b'{"tx_datetime": "2018-07-01T00:00:00", "tx_amount": NaN}',
                            headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert (["body", "tx_amount"], "finite_number", "nan") in [
-        (e["loc"], e["type"], e["input"]) for e in response.json()["detail"]]
+        (e["loc"], e["type"], e.get("input")) for e in response.json()["errors"]]
 
 
 def test_batch_scores_every_request_in_order(client, served):
