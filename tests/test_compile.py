@@ -184,9 +184,6 @@ def test_every_aggregation_returns_its_declared_type(tmp_path: Path, late: bool)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="trellis/contracts.py feature_schema declares nullable int64/int32/bool "
-                   "features with numpy dtypes, which cannot hold an empty window's null (needs pandas' Int64/Int32/"
-                   "boolean, as training._pandas_dtype uses); contracts.py is outside this change")
 def test_feature_table_contract_accepts_every_aggregation_type(tmp_path: Path):
     """The Pandera contract of a feature table (the blocking asset check) on the table DuckDB builds, read the
     way the check reads it (``.df()``), including empty windows (nulls) of every type."""

@@ -26,7 +26,7 @@ import pandera.pandas as pa
 
 from trellis.compile.dbt import VALIDATED_SCHEMA, FeatureModel
 from trellis.spec import Project, Source
-from trellis.types import mapping, on_scale
+from trellis.types import mapping, on_scale, pandas_dtype
 
 QUARANTINE_SCHEMA = "quarantine"
 _NUMERIC = ("int64", "int32", "float64")
@@ -104,8 +104,8 @@ def feature_schema(project: Project, group_name: str) -> pa.DataFrameSchema:
     for name, dtype in model.columns():
         is_feature = any(f.name == name for f in model.compiler.features)
         checks = [pa.Check.ge(0)] if name in counts else []
-        columns[name] = pa.Column(mapping(dtype).pandas, checks=checks,
-                                  nullable=is_feature and name not in counts, coerce=True)
+        nullable = is_feature and name not in counts
+        columns[name] = pa.Column(pandas_dtype(dtype, nullable), checks=checks, nullable=nullable, coerce=True)
     return pa.DataFrameSchema(columns, name=f"feature table {model.name}", strict=True)
 
 

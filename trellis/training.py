@@ -60,7 +60,7 @@ from trellis.compile.dbt import VALIDATED_SCHEMA, FeatureModel
 from trellis.compile.offline import FEATURE_TS
 from trellis.contracts import ContractViolation
 from trellis.spec import Feature, Model, Project
-from trellis.types import mapping
+from trellis.types import mapping, pandas_dtype
 
 FEATURE_SCHEMA = "features"
 LABEL = "label"
@@ -346,15 +346,6 @@ def _prune_sql_cache(folder: Path) -> None:
 # Contract
 
 
-def _pandas_dtype(logical: str, nullable: bool) -> str:
-    # A LEFT JOIN can leave integer / boolean features null; pandas needs its nullable dtypes for those.
-    if nullable and logical in ("int64", "int32"):
-        return "Int64" if logical == "int64" else "Int32"
-    if nullable and logical == "bool":
-        return "boolean"
-    return mapping(logical).pandas
-
-
 def training_set_schema(project: Project, model: str | Model, as_of: datetime | None = None) -> pa.DataFrameSchema:
     """Pandera contract of a model's training set: exact columns in order, types from the type mapping,
     label in {0, 1}, join key unique and keys / time not null; with ``as_of``, every event before it."""
@@ -373,7 +364,7 @@ def training_set_schema(project: Project, model: str | Model, as_of: datetime | 
             checks.append(pa.Check.ge(0))
         if name == EVENT_TIME and as_of is not None:
             checks.append(pa.Check.lt(pd.Timestamp(_as_of(as_of)), error=f"event_time < as_of {as_of}"))
-        columns[name] = pa.Column(_pandas_dtype(logical, is_feature), checks=checks, nullable=is_feature,
+        columns[name] = pa.Column(pandas_dtype(logical, is_feature), checks=checks, nullable=is_feature,
                                   unique=name == join_key, coerce=True)
     return pa.DataFrameSchema(columns, name=f"training set {parts.model.name}", strict=True, ordered=True)
 

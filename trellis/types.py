@@ -59,6 +59,16 @@ def mapping(logical: str) -> TypeMapping:
         raise ValueError(f"unknown type {logical!r}; expected one of {', '.join(LOGICAL_TYPES)}") from None
 
 
+def pandas_dtype(logical: str, nullable: bool) -> str:
+    """The pandas dtype of a column: a nullable integer or boolean column (an empty window's min/max/last/first,
+    a LEFT JOIN's miss) needs pandas' nullable dtypes, which numpy's cannot hold."""
+    if nullable and logical in ("int64", "int32"):
+        return "Int64" if logical == "int64" else "Int32"
+    if nullable and logical == "bool":
+        return "boolean"
+    return mapping(logical).pandas
+
+
 def from_duckdb(sql_type: str) -> str | None:
     """Logical type for a DuckDB column type, or None when Trellis has no mapping for it."""
     return _DUCKDB_ALIASES.get(sql_type.upper())

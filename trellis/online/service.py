@@ -10,7 +10,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from trellis.online.state import (
@@ -240,10 +240,6 @@ class OnlineFeatures:
     def _read_states(self, wanted: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
         """The stored state value of each ``(group, key bytes)`` (None: no state), read together."""
         return self.store.read_many([(state_view(group), key) for group, key in wanted], STATE_FIELD)
-
-
-def _iso(t_us: int) -> str:
-    return (datetime(1970, 1, 1) + timedelta(microseconds=t_us)).isoformat()
 
 
 __all__ = ["LOG_CONSUMER", "STATE_FINGERPRINT", "GroupVector", "IngestReport", "OnlineFeatures", "StateMismatch",
