@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import Phase, settings
@@ -117,6 +117,24 @@ def service_missing(name: str, address: str, problem: object, start: str) -> NoR
     if in_ci():
         pytest.fail(f"{message}. {CI_ENV}=true: a missing service fails the run instead of skipping", pytrace=False)
     pytest.skip(message)
+
+
+REDIS = "127.0.0.1:6379"  # the Redis these machines run (.ci/run starts one where none is)
+
+
+def redis_client(address: str = REDIS) -> Any:
+    """A client of the Redis at ``address``; if none answers, a failure under CI and a skip otherwise
+    (``service_missing``)."""
+    import redis
+
+    host, port = address.rsplit(":", 1)
+    client = redis.Redis(host=host, port=int(port), socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        client.close()
+        service_missing("Redis", address, exc, start=f"redis-server --port {port} --save ''")
+    return client
 
 
 # Caches the code under test would keep in the user's home go to a scratch directory of this run instead:

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import REDIS, redis_client
 
 from trellis.online.eventlog import (
     EventLog,
@@ -30,7 +31,7 @@ from trellis.online.eventlog import (
     row_key,
 )
 
-REDIS = os.environ.get("TRELLIS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_URL = f"redis://{REDIS}/0"
 
 
 def tx(i: int, amount: float = 10.0, **extra) -> dict:
@@ -43,18 +44,8 @@ def keys(rows: list[dict]) -> list[str]:
 
 
 def redis_log(prefix: str) -> RedisEventLog:
-    import redis
-
-    client = redis.Redis.from_url(REDIS)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        if os.environ.get("CI"):
-            pytest.fail(f"no Redis at {REDIS}: CI must run the named services")
-        pytest.skip(f"no Redis at {REDIS}")
-    finally:
-        client.close()
-    return open_log(f"{REDIS}?prefix={prefix}&durable=false")  # type: ignore[return-value]
+    redis_client().close()  # a failure under CI, a skip elsewhere, when no Redis answers
+    return open_log(f"{REDIS_URL}?prefix={prefix}&durable=false")  # type: ignore[return-value]
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -67,9 +58,7 @@ def log(request, tmp_path: Path) -> Iterator[EventLog]:
     prefix = f"trellis-test-{uuid.uuid4().hex[:10]}"
     opened = redis_log(prefix)
     yield opened
-    import redis
-
-    client = redis.Redis.from_url(REDIS)
+    client = redis_client()
     client.delete(f"{prefix}:log", f"{prefix}:keys", f"{prefix}:next")
     client.close()
     opened.close()
@@ -170,22 +159,16 @@ def test_sqlite_log_on_an_unusable_file_is_unavailable(tmp_path: Path) -> None:
 def test_redis_log_refuses_a_server_that_does_not_persist() -> None:
     """This machine's Redis runs without AOF: a log that must be durable refuses it rather than acknowledge
     rows a restart would lose."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS)
+    client = redis_client()
     try:
         persisting = client.config_get("appendonly").get("appendonly") == "yes"
-    except redis.ConnectionError:
-        if os.environ.get("CI"):
-            pytest.fail(f"no Redis at {REDIS}: CI must run the named services")
-        pytest.skip(f"no Redis at {REDIS}")
     finally:
         client.close()
     if persisting:
-        RedisEventLog(REDIS, prefix=f"trellis-test-{uuid.uuid4().hex[:8]}").close()
+        RedisEventLog(REDIS_URL, prefix=f"trellis-test-{uuid.uuid4().hex[:8]}").close()
     else:
         with pytest.raises(LogUnavailable, match="appendonly"):
-            RedisEventLog(REDIS, prefix="unused")
+            RedisEventLog(REDIS_URL, prefix="unused")
 
 
 WRITER = textwrap.dedent("""

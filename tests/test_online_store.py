@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import service_missing
+from conftest import REDIS, redis_client
 from hypothesis import example, given, settings
 
 from trellis.online.materialize import materialize, tails
@@ -62,8 +62,6 @@ from trellis.online.store import (
     value_texts,
 )
 from trellis.spec import Project, load_project
-
-REDIS = "127.0.0.1:6379"
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Bytes equal Feast's.
@@ -833,21 +831,6 @@ def redis_repo(applied: Applied, directory: Path, connection: str) -> Path:
     directory.mkdir(parents=True)
     (directory / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return directory
-
-
-def redis_client(address: str = REDIS) -> Any:
-    """A client of the Redis at ``address``; if none answers, a failure under CI and a skip otherwise
-    (conftest.service_missing)."""
-    import redis
-
-    host, port = address.rsplit(":", 1)
-    client = redis.Redis(host=host, port=int(port), socket_connect_timeout=5)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        client.close()
-        service_missing("Redis", address, exc, start=f"redis-server --port {port} --save ''")
-    return client
 
 
 def test_a_missing_redis_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -592,6 +592,8 @@ class OnlineStore:
         self._readers: list[_Reader] = []
         self._union_sql: dict[tuple[str, ...], str] = {}  # read_many statements by views
         self._write_lock = threading.Lock()
+        self._write_conn: sqlite3.Connection | None = None  # small writes (``apply``), on the file ``_write_identity``
+        self._write_identity: tuple[int, int] | None = None
         self._feast: Any = None  # FeatureStore, loaded on first use of Feast's interface
 
     def table(self, view: str) -> str:
@@ -613,18 +615,25 @@ class OnlineStore:
 
     # -- SQLite --------------------------------------------------------------------------------------------
 
+    def _identity(self) -> tuple[int, int]:
+        """(device, inode) of the store file at ``path`` now."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            raise StoreUnavailable("online store does not exist: materialize it first (Dagster asset "
+                                   "online/materialized)") from None
+        return st.st_dev, st.st_ino
+
     def _reader(self) -> _Reader:
         """This thread's reader, on the file that is at ``path`` now: a store file replaced (a new inode) or
         renamed away is noticed at the next read (one ``stat``, ~1 us), never answered from the old one.
         Readers do not map the file: a mapped file truncated by another process kills the reader with SIGBUS,
         where a read of an unmapped one fails with an error (``StoreUnavailable``)."""
         try:
-            st = os.stat(self.path)
-        except OSError:
+            identity = self._identity()
+        except StoreUnavailable:
             self._drop_reader()
-            raise StoreUnavailable("online store does not exist: materialize it first (Dagster asset "
-                                   "online/materialized)") from None
-        identity = (st.st_dev, st.st_ino)
+            raise
         reader: _Reader | None = getattr(self._local, "reader", None)
         if reader is not None and (reader.closed or reader.identity != identity):
             self._drop_reader()
@@ -854,19 +863,18 @@ class OnlineStore:
     def _writer(self) -> sqlite3.Connection:
         """The connection small writes use (kept open; the caller holds ``_write_lock``)."""
         try:
-            st = os.stat(self.path)
-        except OSError:
+            identity = self._identity()
+        except StoreUnavailable:
             self._drop_writer()
-            raise StoreUnavailable("online store does not exist: materialize it first "
-                                   "(Dagster asset online/materialized)") from None
-        conn = getattr(self, "_write_conn", None)
-        if conn is not None and self._write_identity != (st.st_dev, st.st_ino):
+            raise
+        conn = self._write_conn
+        if conn is not None and self._write_identity != identity:
             self._drop_writer()  # the file was replaced: never write into one that is gone
             conn = None
         if conn is None:
             conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=WRITE_LOCK_WAIT,
                                    check_same_thread=False, isolation_level=None)
-            self._write_identity = (st.st_dev, st.st_ino)
+            self._write_identity = identity
             # The state is derived from the event log, and its position is written in the same transaction: a
             # commit lost to a power cut loses its position too, and the next catch-up applies it again.
             conn.execute("pragma synchronous=normal")
@@ -874,7 +882,7 @@ class OnlineStore:
         return conn
 
     def _drop_writer(self) -> None:
-        conn = getattr(self, "_write_conn", None)
+        conn = self._write_conn
         self._write_conn = None
         if conn is not None:
             conn.close()
