@@ -99,6 +99,12 @@ def copied(pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     finally:
         monkeypatch.undo()  # before the caches are rebuilt, so they point at the pipeline's project again
         _clear_code_location_caches()
+        # Rebuilt now, while the environment is the pipeline's: paths() sets the warehouse variables dbt reads
+        # (os.environ.setdefault), and rebuilt lazily inside a later test's CliRunner it would take that test's
+        # data dir for every test after it (test_live_views read another project's warehouse).
+        from assets.project import paths as code_location_paths
+
+        code_location_paths()
 
 
 def _materialized(result: dg.ExecuteInProcessResult) -> set[dg.AssetKey]:

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from trellis.cli import main
+from trellis.paths import PROJECT_ENV
 
 
 @pytest.mark.slow
@@ -63,7 +64,9 @@ def test_sql_for_another_engine(project_copy: Path):
 
 def test_simulate_and_ingest_commands(project_copy: Path, tmp_path: Path):
     env_project = ["--project", str(project_copy)]
-    runner = CliRunner(env={"TRELLIS_DATA_DIR": str(tmp_path / "data")})
+    # Only this project's data dir: variables another project set in this process (the session pipeline's
+    # TRELLIS_WAREHOUSE, set by the code location for dbt) would send simulate and ingest into its warehouse.
+    runner = CliRunner(env={**dict.fromkeys(PROJECT_ENV), "TRELLIS_DATA_DIR": str(tmp_path / "data")})
     result = runner.invoke(main, ["simulate", *env_project, "--scale", "0.01", "--days", "5",
                                   "--parquet", str(tmp_path / "pq")])
     assert result.exit_code == 0, result.output

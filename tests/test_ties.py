@@ -95,6 +95,7 @@ def tie_projects(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str
     return project
 
 
+@pytest.mark.slow  # ~36 s: 48 DuckDB builds
 @pytest.mark.parametrize("mode", ["custom", "self"], ids=["spine", "own_rows"])
 @pytest.mark.parametrize("source", ["events", "labels"], ids=["windows", "windows_and_late_rows"])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
