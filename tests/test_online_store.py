@@ -43,7 +43,9 @@ from trellis.online.parity import scratch_store
 from trellis.online.service import OnlineFeatures
 from trellis.online.state import STATE_FIELD, group_spec, state_view, to_us
 from trellis.online.store import (
+    META,
     PAGE_SIZE,
+    POSITIONS,
     OnlineStore,
     Packed,
     StoreUnavailable,
@@ -477,9 +479,12 @@ def dump(path: Path, tables: list[str]) -> dict[str, list[tuple]]:
 
 
 def schema(path: Path) -> list[tuple]:
+    """Feast's tables and indexes in the store; Trellis' own tables (the event-log position and the refresh's
+    facts, named with a hyphen, which no Feast table name has) are left out."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return con.execute("select type, name, tbl_name, sql from sqlite_master order by name").fetchall()
+        return con.execute("select type, name, tbl_name, sql from sqlite_master where tbl_name not in (?, ?) "
+                           "order by name", (META, POSITIONS)).fetchall()
     finally:
         con.close()
 

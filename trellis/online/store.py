@@ -100,8 +100,10 @@ class Position:
         return cls(epoch, int(offset))
 
 
-POSITIONS = "trellis_log_positions"  # the SQLite store's table of consumer positions
-META = "trellis_meta"  # the SQLite store's facts about its last full refresh (OnlineStore.meta)
+# Trellis' own tables in a SQLite store. Feast names its tables <project>_<view> from letters, digits and
+# underscores, so a name with a hyphen can never be one of them (a view named "meta" cannot collide).
+POSITIONS = "trellis-log-positions"  # consumer positions in the event log
+META = "trellis-meta"  # facts about the last full refresh (OnlineStore.meta)
 WRITE_LOCK_WAIT = 2.0  # seconds a small write waits for SQLite's write lock before a 503
 
 
@@ -112,14 +114,14 @@ def _has_positions(conn: sqlite3.Connection) -> bool:
 def _get_position(conn: sqlite3.Connection, consumer: str) -> Position | None:
     if not _has_positions(conn):
         return None
-    row = conn.execute(f"select epoch, log_offset from {POSITIONS} where consumer = ?", (consumer,)).fetchone()
+    row = conn.execute(f'select epoch, log_offset from "{POSITIONS}" where consumer = ?', (consumer,)).fetchone()
     return None if row is None else Position(row[0], row[1])
 
 
 def _set_position(conn: sqlite3.Connection, consumer: str, position: Position) -> None:
-    conn.execute(f"create table if not exists {POSITIONS} (consumer TEXT PRIMARY KEY, epoch TEXT NOT NULL, "
+    conn.execute(f'create table if not exists "{POSITIONS}" (consumer TEXT PRIMARY KEY, epoch TEXT NOT NULL, '
                  f"log_offset INTEGER NOT NULL)")
-    conn.execute(f"insert into {POSITIONS} values (?, ?, ?) on conflict(consumer) do update set "
+    conn.execute(f'insert into "{POSITIONS}" values (?, ?, ?) on conflict(consumer) do update set '
                  f"epoch = excluded.epoch, log_offset = excluded.log_offset", (consumer, position.epoch, position.offset))
 
 
@@ -776,8 +778,8 @@ class OnlineStore:
                 if position is not None:
                     _set_position(conn, *position)
                 if meta:
-                    conn.execute(f"create table if not exists {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                    conn.executemany(f"insert into {META} values (?, ?) on conflict(key) do update set "
+                    conn.execute(f'create table if not exists "{META}" (key TEXT PRIMARY KEY, value TEXT NOT NULL)')
+                    conn.executemany(f'insert into "{META}" values (?, ?) on conflict(key) do update set '
                                      f"value = excluded.value", list(meta.items()))
                 conn.execute("commit")
             except BaseException:
@@ -795,7 +797,7 @@ class OnlineStore:
         if self.kind == "sqlite":
             if not self._query("select 1 from sqlite_master where name = ?", (POSITIONS,)):
                 return None
-            rows = self._query(f"select epoch, log_offset from {POSITIONS} where consumer = ?", (consumer,))
+            rows = self._query(f'select epoch, log_offset from "{POSITIONS}" where consumer = ?', (consumer,))
             return Position(*rows[0]) if rows else None
         try:
             raw = self._redis_client().get(self._position_key(consumer))
@@ -808,7 +810,7 @@ class OnlineStore:
         if self.kind == "sqlite":
             if not self._query("select 1 from sqlite_master where name = ?", (META,)):
                 return None
-            rows = self._query(f"select value from {META} where key = ?", (key,))
+            rows = self._query(f'select value from "{META}" where key = ?', (key,))
             return rows[0][0] if rows else None
         try:
             raw = self._redis_client().get(self._meta_key(key))
