@@ -48,6 +48,8 @@ def state_fingerprint(specs: Mapping[str, GroupSpec]) -> str:
 
 class StateMismatch(StoreUnavailable):
     """The stored state was built from other definitions than the loaded ones: re-materialize it."""
+
+
 CATCH_UP_BATCH = 5_000  # log entries applied per transaction when catching up
 
 
@@ -59,7 +61,7 @@ class IngestReport:
     entities: int
     new: int = 0  # rows appended to the event log (without a log: rows applied)
     duplicates: int = 0  # rows the log already held with the same content (counted once)
-    offset: int = 0  # the log offset the state holds after this call (0: no log)
+    offset: int = 0  # the highest log offset of these rows (a duplicate's: where it was first logged; 0: no log)
 
 
 @dataclass(frozen=True)
