@@ -121,8 +121,11 @@ def test_store_outage_answers_503_with_the_reason_never_500(served) -> None:
             assert response.status_code == 202, (path, response.text)
             assert response.json()["applied"] is False and "redis" in response.json()["detail"], response.text
         assert client.app.state.service.log.last_offset() == len(rows) + 1
+    # Nothing generated is a 500 (fuzz_app fails on any 5xx but 503). The 503 of each scoring endpoint is asserted
+    # above with real bodies: generated positive cases rarely carry a time inside the source's declared range
+    # (not_before, max_future are not in the OpenAPI), so most are 422s before the store is reached.
     calls = fuzz_app(service_settings, allowed=frozenset({503}), examples=0.3)
-    assert 503 in calls["POST /v1/score [positive]"], calls
+    assert 503 in calls["GET /readyz [positive]"], calls
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from trellis.online.materialize import materialize
 from trellis.online.service import OnlineFeatures
 from trellis.online.state import to_us
 from trellis.online.store import OnlineStore
-from trellis.paths import ProjectPaths, clean_env
+from trellis.paths import PROJECT_ENV, ProjectPaths, clean_env
 from trellis.spec import load_project
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,11 @@ def run(args: list[str], cwd: Path) -> str:
 
 
 @pytest.mark.slow
-def test_readme_walkthrough_builds_serves_and_matches(project_copy: Path) -> None:
+def test_readme_walkthrough_builds_serves_and_matches(project_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a user in a fresh shell: no project variables of this process (the session pipeline's code location sets
+    # TRELLIS_WAREHOUSE and the other dbt variables), which would point ProjectPaths at its warehouse.
+    for name in PROJECT_ENV:
+        monkeypatch.delenv(name, raising=False)
     root = project_copy
     paths = ProjectPaths.of(root)
     definition = root / "definitions/features/customer_spending.yaml"
