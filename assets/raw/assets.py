@@ -48,7 +48,7 @@ def _source_asset(source_name: str) -> dg.AssetsDefinition:
                         f"quarantine.{source_name}, each counted in DuckDB after the write")],
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        logged = read_logged(paths().event_log, trellis_project()).get(source_name, [])
+        logged = read_logged(paths().event_log, trellis_project(), [source_name]).get(source_name, [])
         with warehouse.connect() as con:
             # the source's rows, then the event log's: counts read back from the written tables
             result = ingest(con, trellis_project(), source, logged=logged)

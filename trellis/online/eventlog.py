@@ -150,14 +150,16 @@ def logged_rows(log: EventLog, sources: Mapping[str, Sequence[str]], upto: int |
     return {name: list(rows.values()) for name, rows in current.items() if rows}
 
 
-def read_logged(url: str | Path, project: Any) -> dict[str, list[dict[str, Any]]]:
-    """``logged_rows`` of every source of ``project`` (``trellis.spec.Project``) from the log at ``url``: what the
-    warehouse's ingestion takes after each source's own rows. No log file yet: nothing logged."""
+def read_logged(url: str | Path, project: Any, sources: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """``logged_rows`` of the ``sources`` (default: every source) of ``project`` (``trellis.spec.Project``) from the
+    log at ``url``: what the warehouse's ingestion takes after each source's own rows. No log file yet: nothing
+    logged."""
     if not str(url).startswith(("redis://", "rediss://")) and not Path(url).exists():
         return {}
     log = open_log(url)
     try:
-        return logged_rows(log, {name: source.timestamp_columns for name, source in project.sources.items()})
+        return logged_rows(log, {name: source.timestamp_columns for name, source in project.sources.items()
+                                 if sources is None or name in sources})
     finally:
         log.close()
 
