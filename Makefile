@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test test-fast lint compile check serve dagster bench clean
+.PHONY: install demo test test-fast lint compile check serve dagster bench mutation clean
 
 # --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (these machines set it) nothing would ever write the
 # .pyc files, and every process (tests spawn dbt, Dagster and Feast) would compile its imports from source.
@@ -55,6 +55,14 @@ dagster: install
 bench: install
 	$(PY) bench/bench_simulate.py
 	$(PY) bench/bench_features.py
+
+# Mutation testing of the modules that carry the promises (bench/mutation.py, mutmut 3, fast tests only): writes
+# bench/results/mutation.md. Not part of `make test` or CI: every module takes hours on two cores. MODULE=<name>
+# runs one (timesem, offline, state, contracts, schemas, registry_gate, explain); results are kept in mutants/,
+# so a second run tests only what changed.
+MODULE ?=
+mutation: install
+	nice -n 19 $(PY) bench/mutation.py $(if $(MODULE),--module $(MODULE))
 
 clean:
 	rm -rf data dbt_project/target feature_repo/data/*.parquet feature_repo/data/*.db .dagster_home
