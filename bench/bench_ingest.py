@@ -100,7 +100,7 @@ def ours(project: Path, pristine: Path, events: list[dict], per_request: int, co
 def feast_push(n_rows: int, total: int, events: list[dict]) -> dict:
     """Feast's push to its SQLite online store, ``n_rows`` per call, ``total`` rows in all; per-call times."""
     import pandas as pd
-    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, PushSource
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, PushSource, ValueType
     from feast.data_source import PushMode
     from feast.types import Float64, Int64
 
@@ -111,9 +111,9 @@ def feast_push(n_rows: int, total: int, events: list[dict]) -> dict:
             "online_store: {type: sqlite, path: data/online_store.db}\noffline_store: {type: file}\n"
             "entity_key_serialization_version: 3\n")
         (repo / "data").mkdir()
-        frame = pd.DataFrame(events[:1]).assign(tx_datetime=lambda d: pd.to_datetime(d["tx_datetime"]))
+        frame = pd.DataFrame(events[:1]).assign(tx_datetime=lambda d: pd.to_datetime(d["tx_datetime"], format="ISO8601"))
         frame.to_parquet(repo / "data" / "tx.parquet")
-        customer = Entity(name="customer", join_keys=["customer_id"])
+        customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64)
         batch = FileSource(path=str(repo / "data" / "tx.parquet"), timestamp_field="tx_datetime")
         push = PushSource(name="tx_push", batch_source=batch)
         view = FeatureView(name="tx_latest", entities=[customer], source=push, online=True,
@@ -122,7 +122,7 @@ def feast_push(n_rows: int, total: int, events: list[dict]) -> dict:
                                    Field(name="transaction_id", dtype=Int64)])
         store = FeatureStore(repo_path=str(repo))
         store.apply([customer, view])
-        rows = pd.DataFrame(events[:total]).assign(tx_datetime=lambda d: pd.to_datetime(d["tx_datetime"]))
+        rows = pd.DataFrame(events[:total]).assign(tx_datetime=lambda d: pd.to_datetime(d["tx_datetime"], format="ISO8601"))
         frames = [rows.iloc[i:i + n_rows].reset_index(drop=True) for i in range(0, total, n_rows)]
         store.push("tx_push", frames[0], to=PushMode.ONLINE)  # warm
         times = []

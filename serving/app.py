@@ -11,13 +11,14 @@ Endpoints: ``POST /v1/score``, ``POST /v1/score/batch``, ``POST /v1/events``, ``
 Errors: 4xx with a message naming the field and value for bad input; 503 with the reason when the online
 store or the model is unavailable; never a 500 for anything a client sends.
 
-The two scoring endpoints are declared as FastAPI routes (OpenAPI, validation errors, everything unusual) but
-a well-formed request is answered by ``ScoringApp``'s lean ASGI path first (see ``FastScoring``): FastAPI's
-per-request machinery (routing, dependency solving, request objects, middleware layers) cost about as much
-CPU as the scoring itself.
+The scoring and write endpoints are declared as FastAPI routes (OpenAPI, validation errors, everything
+unusual) but a well-formed request is answered by ``ScoringApp``'s lean ASGI path first (see ``LeanPath``):
+FastAPI's per-request machinery (routing, dependency solving, request objects, middleware layers, a thread-pool
+hop for a blocking route) cost about as much CPU as the scoring or the write itself.
 """
 
 
+import asyncio
 import logging
 import math
 import threading
@@ -33,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import TypeAdapter
 
 from serving.schemas import (
     BatchScoreResponse,
@@ -57,8 +59,9 @@ UNAVAILABLE = {503: {"model": Problem, "description": "Online store or model una
                                                       "before it is read), or a batch over max_batch."}}
 WRITE_ERRORS = {409: {"model": Problem, "description": "A row's key is already logged with other content "
                                                        "(nothing of the request was logged)."},
-                202: {"model": Problem, "description": "Logged durably, not yet applied to the online state "
-                                                       "(the store is unavailable; applied when it is back)."}}
+                202: {"model": IngestResponse, "description": "Logged durably, not applied to the online state yet "
+                                                              "(``applied`` false, ``detail`` says why: the store "
+                                                              "is unavailable; applied when it is back)."}}
 
 
 class ORJSON(JSONResponse):
@@ -188,25 +191,28 @@ _FLAGS = {f"{name}={text}".encode(): (name, value) for name in ("include_feature
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-class FastScoring:
-    """``POST /v1/score`` and ``POST /v1/score/batch`` answered without FastAPI's per-request machinery, with
-    FastAPI's behaviour: the body is parsed into the same Python objects FastAPI's ``json.loads`` gives and
-    validated by the same pydantic models, so a request validates here only when it does there, into the
-    same values. Whatever this path is not certain to answer the same way (another content type, a query
-    parameter it does not read, invalid JSON, a validation error, a batch over ``max_batch``, no service
-    yet) is handed to the FastAPI app with its body replayed: every error body is FastAPI's own. The answers
-    (200, 503 with the reason, 422 for a state error) and the metrics are those of the routes."""
+class LeanPath:
+    """``POST /v1/score``, ``/v1/score/batch``, ``/v1/events`` and ``/v1/labels`` answered without FastAPI's
+    per-request machinery, with FastAPI's behaviour: the body is parsed into the same Python objects FastAPI's
+    ``json.loads`` gives and validated by the same pydantic models, so a request validates here only when it
+    does there, into the same values. Whatever this path is not certain to answer the same way (another content
+    type, a query parameter it does not read, invalid JSON, a validation error, a batch over ``max_batch``, no
+    service yet) is handed to the FastAPI app with its body replayed: every error body is FastAPI's own. The
+    answers and the metrics are those of the routes. Writes wait for the online writer on the event loop
+    (``asyncio.wrap_future``): no thread-pool hop, and the loop keeps serving meanwhile."""
 
-    def __init__(self, app: FastAPI, score_request: Any, metrics: Metrics, max_batch: int,
-                 score_one: Any):
-        self.app, self.score_request, self.max_batch, self.score_one = app, score_request, max_batch, score_one
-        self.paths = {"/v1/score": False, "/v1/score/batch": True}  # path -> is a batch
+    def __init__(self, app: FastAPI, metrics: Metrics, max_batch: int, score_request: Any, score_one: Any,
+                 writes: Mapping[str, tuple[str, Any]]):
+        self.app, self.max_batch, self.score_request, self.score_one = app, max_batch, score_request, score_one
+        self.writes = {path: (source, TypeAdapter(body)) for path, (source, body) in writes.items()}
+        self.paths = {"/v1/score", "/v1/score/batch", *self.writes}
         self.latency = {path: metrics.latency.labels(path) for path in self.paths}
         self.requests: dict[tuple[str, int], Any] = {}  # (path, status) -> counter child
         self.metrics = metrics
         self.answered = 0  # requests this path answered itself (the rest went to FastAPI)
 
-    def flags(self, query: bytes) -> dict[str, bool] | None:
+    @staticmethod
+    def flags(query: bytes) -> dict[str, bool] | None:
         if not query:
             return {}
         out: dict[str, bool] = {}
@@ -217,7 +223,7 @@ class FastScoring:
             out[flag[0]] = flag[1]
         return out
 
-    def answer(self, scope: dict, body: bytes) -> tuple[int, bytes] | None:
+    async def answer(self, scope: dict, body: bytes) -> tuple[int, bytes] | None:
         """(status, JSON bytes), or None: let FastAPI answer."""
         content_type = None
         for name, value in scope["headers"]:
@@ -226,8 +232,9 @@ class FastScoring:
                 break
         if content_type != b"application/json" and not (content_type or b"").startswith(b"application/json;"):
             return None
-        batch = self.paths[scope["path"]]
-        flags = self.flags(scope["query_string"]) if not batch else ({} if not scope["query_string"] else None)
+        path = scope["path"]
+        flags = self.flags(scope["query_string"]) if path == "/v1/score" else \
+            ({} if not scope["query_string"] else None)
         service = getattr(self.app.state, "service", None)
         if flags is None or service is None:
             return None
@@ -237,16 +244,30 @@ class FastScoring:
             # equal float: a field that takes the float then takes the integer as that float, the others (strict
             # integers, strings, booleans) refuse it and FastAPI answers from its own parse.
             data = orjson.loads(body)
-            if not batch:
+            if path == "/v1/score":
                 request = self.score_request.model_validate(data).model_dump()
-            elif type(data) is list and len(data) <= self.max_batch:
-                requests = [self.score_request.model_validate(item).model_dump() for item in data]
+            elif type(data) is not list or len(data) <= self.max_batch:
+                if path == "/v1/score/batch":
+                    if type(data) is not list:
+                        return None
+                    requests = [self.score_request.model_validate(item).model_dump() for item in data]
+                else:
+                    source, adapter = self.writes[path]
+                    rows = adapter.validate_python(data)
+                    rows = [row.model_dump() for row in rows] if isinstance(rows, list) else [rows.model_dump()]
             else:
                 return None
         except Exception:  # invalid JSON or body: FastAPI gives its own answer (422 or 400)
             return None
+        if path in self.writes:
+            try:
+                outcome = await asyncio.wrap_future(service.online.submit(source, rows))
+            except Exception as exc:
+                outcome = exc
+            status, result = write_answer(source, len(rows), outcome)
+            return status, orjson.dumps(result)
         try:
-            if not batch:
+            if path == "/v1/score":
                 result = self.score_one(service, request, flags.get("include_features", False),
                                         flags.get("explain", True))
             else:
@@ -270,7 +291,7 @@ class FastScoring:
         body = b"".join(chunks)
         path, status = scope["path"], 500
         try:
-            answer = self.answer(scope, body)
+            answer = await self.answer(scope, body)
             if answer is None:
                 replayed = False
 
@@ -288,7 +309,7 @@ class FastScoring:
             self.answered += 1
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-length", str(len(data)).encode()),
-                                    *(_JSON_HEADERS if status == 200 else _PROBLEM_HEADERS)]})
+                                    *(_JSON_HEADERS if status in (200, 202) else _PROBLEM_HEADERS)]})
             await send({"type": "http.response.body", "body": data})
         finally:
             if path is not None:
@@ -299,21 +320,45 @@ class FastScoring:
                 counter.inc()
 
 
-class ScoringApp(FastAPI):
-    """The FastAPI app, with the scoring endpoints' lean path (``FastScoring``) in front."""
+def write_answer(source: str, rows: int, outcome: Any) -> tuple[int, dict[str, Any]]:
+    """The answer of ``/v1/events`` and ``/v1/labels`` to what the online writer made of a request: an
+    ``IngestReport`` (200), or the exception it ended with."""
+    from trellis.online.service import IngestReport, NotApplied
 
-    fast_scoring: FastScoring | None = None
+    def report(r: IngestReport, applied: bool) -> dict[str, Any]:
+        return {"source": r.source, "rows": r.rows, "new": r.new, "duplicates": r.duplicates, "offset": r.offset,
+                "applied": applied, "groups": list(r.groups), "entities": r.entities}
+
+    if isinstance(outcome, IngestReport):
+        return 200, report(outcome, True)
+    if isinstance(outcome, NotApplied):
+        # Logged durably (acknowledged) but not applied to the online state yet: the background catch-up
+        # applies it once the store is back; re-sending is answered as a duplicate.
+        return 202, {**report(outcome.report, False), "detail": str(outcome)}
+    if isinstance(outcome, LogConflict):
+        return 409, problem_body(409, str(outcome), source=outcome.source, key=outcome.key, fields=outcome.fields)
+    if isinstance(outcome, LogUnavailable | StoreUnavailable):
+        return 503, problem_body(503, str(outcome))
+    if isinstance(outcome, StateError):
+        return 422, problem_body(422, str(outcome))
+    raise outcome
+
+
+class ScoringApp(FastAPI):
+    """The FastAPI app, with the lean path (``LeanPath``) in front."""
+
+    lean_path: LeanPath | None = None
     max_body_bytes: int = 1 << 20
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        fast = self.fast_scoring
-        if (fast is not None and scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"] in fast.paths and not scope.get("root_path")):
+        lean_path = self.lean_path
+        if (lean_path is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"] in lean_path.paths and not scope.get("root_path")):
             scope["app"] = self
             fallback = super().__call__
 
             async def lean(scope: dict, receive: Any, send: Any) -> None:
-                await fast(scope, receive, send, fallback)
+                await lean_path(scope, receive, send, fallback)
 
             await BodyLimit(lean, self.max_body_bytes)(scope, receive, send)  # the same limit as every route
         else:
@@ -416,6 +461,7 @@ class Service:
         self._stop.set()
         for thread in getattr(self, "_threads", []):
             thread.join(timeout=5)
+        self.online.close()  # the requests already submitted are answered first
         self.store.close()
         self.log.close()
 
@@ -513,8 +559,10 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         counter.inc()
         return result
 
-    if settings.fast_scoring:
-        app.fast_scoring = FastScoring(app, ScoreRequest, metrics, settings.max_batch, score_one)
+    if settings.lean_path:
+        app.lean_path = LeanPath(app, metrics, settings.max_batch, ScoreRequest, score_one,
+                                 {"/v1/events": (definition.spine, EventBody),
+                                  "/v1/labels": (definition.label.source, LabelBody)})
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=UNAVAILABLE)
     async def score(request: Request, body: ScoreRequest,  # type: ignore[valid-type]
@@ -540,28 +588,17 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
             return problem(422, str(exc))
 
     def ingest(request: Request, source: str, rows: list[Any]) -> Any:
-        """Runs in the thread pool (the routes are plain ``def``): a write waiting for a lock or an fsync never
-        holds the event loop, so scoring goes on meanwhile."""
+        """Runs in the thread pool (the routes are plain ``def``): waiting for the online writer never holds the
+        event loop. (Well-formed requests are answered by ``LeanPath``, which waits on the loop instead.)"""
         if len(rows) > settings.max_batch:
             return problem(413, f"{len(rows)} rows in one request; at most {settings.max_batch}")
-        service = service_of(request)
         try:
-            report = service.online.ingest(source, [r.model_dump() for r in rows])
-        except LogConflict as exc:
-            return problem(409, str(exc), source=exc.source, key=exc.key, fields=exc.fields)
-        except LogUnavailable as exc:
-            return _unavailable(str(exc))
-        except StoreUnavailable as exc:
-            # Logged durably (acknowledged) but not applied to the online state yet: the background catch-up
-            # applies it once the store is back; re-sending is answered as a duplicate.
-            service.catch_up_error = str(exc)
-            return ORJSON({"source": source, "rows": len(rows), "applied": False, "detail": str(exc)},
-                          status_code=202)
-        except StateError as exc:
-            return problem(422, str(exc))
-        return ORJSON({"source": report.source, "rows": report.rows, "new": report.new,
-                       "duplicates": report.duplicates, "offset": report.offset, "applied": True,
-                       "groups": list(report.groups), "entities": report.entities})
+            outcome = service_of(request).online.ingest(source, [r.model_dump() for r in rows])
+        except Exception as exc:
+            outcome = exc
+        status, body = write_answer(source, len(rows), outcome)
+        return ORJSON(body, status_code=status) if status in (200, 202) else problem(status, **{
+            k: v for k, v in body.items() if k not in ("type", "title", "status")})
 
     ingest_responses = {**UNAVAILABLE, **WRITE_ERRORS}
 
@@ -599,8 +636,9 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         service.check_state()
         if service.state_error is not None:
             problems.append(service.state_error)
-        if service.catch_up_error is not None:
-            problems.append(f"online state behind the event log: {service.catch_up_error}")
+        behind = service.catch_up_error or service.online.behind
+        if behind is not None:
+            problems.append(f"online state behind the event log: {behind}")
         if not service.scorer.loaded:
             problems.append(f"model: {service.model_error}")
         model = service.scorer._model
@@ -616,4 +654,4 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
     return app
 
 
-__all__ = ["FastScoring", "ScoringApp", "Service", "create_app"]
+__all__ = ["LeanPath", "ScoringApp", "Service", "create_app", "write_answer"]

@@ -225,6 +225,7 @@ class IngestResponse(BaseModel):
     applied: bool = Field(description="True: the online state includes these rows.")
     groups: list[str]
     entities: int
+    detail: str | None = Field(None, description="With applied false (202): why the rows are not applied yet.")
 
 
 class Problem(BaseModel):

@@ -27,5 +27,5 @@ class Settings(BaseSettings):
     max_batch: int = Field(1000, ge=1, description="Largest /v1/score/batch or /v1/events batch.")
     max_future_seconds: float = Field(300.0, ge=0, description="How far ahead of the clock a time may be.")
     top_k: int = Field(3, ge=1, description="Reason codes per response.")
-    fast_scoring: bool = Field(True, description="Answer well-formed scoring requests on the lean ASGI path "
-                                                 "(serving.app.FastScoring); False: FastAPI answers every one.")
+    lean_path: bool = Field(True, description="Answer well-formed scoring and write requests on the lean ASGI "
+                                              "path (serving.app.LeanPath); False: FastAPI answers every one.")

@@ -149,6 +149,31 @@ def test_concurrent_appends_lose_nothing_and_number_every_row_once(log: EventLog
         assert [by_offset[o] for o in got] == [str(t * 1000 + i) for i in range(per_thread)]
 
 
+def test_many_batches_in_one_call_are_each_all_or_nothing(log: EventLog) -> None:
+    """``append_many`` (the writer's group commit): every batch is checked against the log and against the
+    batches before it in the same call; a conflicting batch leaves nothing and the next batches take the
+    offsets it would have had; entries are what ``read`` gives back."""
+    log.append("transactions", [tx(1)], keys([tx(1)]))
+    batches = [
+        ("transactions", [tx(2), tx(3)], keys([tx(2), tx(3)])),  # new
+        ("transactions", [tx(4), tx(2, amount=99.0)], keys([tx(4), tx(2, amount=99.0)])),  # 2 staged above
+        ("transactions", [tx(1), tx(5), tx(5)], keys([tx(1), tx(5), tx(5)])),  # 1 logged before: duplicate
+        ("transactions", [tx(6), tx(1, amount=5.0)], keys([tx(6), tx(1, amount=5.0)])),  # 1 logged: conflict
+        ("transactions", [tx(4)], keys([tx(4)])),  # 4 was in the refused batch: new
+    ]
+    first, second, third, fourth, fifth = log.append_many(batches)
+    assert first.offsets == (2, 3) and first.new == 2
+    assert isinstance(second, LogConflict) and second.key == "2" and second.fields == ["tx_amount"]
+    assert third.offsets == (1, 4, 4) and (third.new, third.duplicates) == (1, 2)
+    assert isinstance(fourth, LogConflict) and fourth.key == "1" and fourth.fields == ["tx_amount"]
+    assert fifth.offsets == (5,) and fifth.new == 1
+    logged = log.read(0)
+    assert [(e.offset, e.key) for e in logged] == [(1, "1"), (2, "2"), (3, "3"), (4, "5"), (5, "4")]
+    assert [e for a in (first, third, fifth) for e in a.entries] == logged[1:]
+    assert log.last_offset() == 5
+    assert log.append("transactions", [tx(6)], keys([tx(6)])).offsets == (6,)  # the refused row was never logged
+
+
 def test_sqlite_log_on_an_unusable_file_is_unavailable(tmp_path: Path) -> None:
     path = tmp_path / "event_log.db"
     path.write_bytes(b"this is not a database, it is a text file" * 100)

@@ -268,8 +268,8 @@ def test_alias_moves_without_restart_or_failed_requests(client, served):
 
 
 def test_lean_scoring_path_answers_byte_for_byte_as_the_fastapi_routes(served):
-    """Well-formed scoring requests are answered by the app's lean ASGI path (``FastScoring``); with it off
-    (``fast_scoring=False``) FastAPI's routes answer everything. Same status, headers and bytes either way:
+    """Well-formed scoring requests are answered by the app's lean ASGI path (``LeanPath``); with it off
+    (``lean_path=False``) FastAPI's routes answer everything. Same status, headers and bytes either way:
     flags, batches, state errors, and everything the lean path hands to FastAPI (bad input, other spellings of
     the flags, other content types, an oversized batch)."""
     _, settings, paths = served
@@ -304,9 +304,9 @@ def test_lean_scoring_path_answers_byte_for_byte_as_the_fastapi_routes(served):
         ("/v1/score", json_bytes(txs[0]), "text/plain"),
         ("/v1/score", json_bytes(txs[0]), "application/vnd.trellis+json"),
     ]
-    slow_settings = settings.model_copy(update={"fast_scoring": False})
+    slow_settings = settings.model_copy(update={"lean_path": False})
     with TestClient(create_app(settings)) as fast, TestClient(create_app(slow_settings)) as slow:
-        assert slow.app.fast_scoring is None
+        assert slow.app.lean_path is None
 
         def same(path: str, **request: Any) -> int:
             a, b = fast.post(path, **request), slow.post(path, **request)
@@ -319,7 +319,7 @@ def test_lean_scoring_path_answers_byte_for_byte_as_the_fastapi_routes(served):
         assert {200, 422} <= set(statuses)
         # The lean path answered the well-formed ones (four flag spellings, a state error, two batches, a
         # charset parameter) and handed every other request to FastAPI.
-        assert fast.app.fast_scoring.answered == 8
+        assert fast.app.lean_path.answered == 8
         metrics = fast.get("/metrics").text
         assert 'trellis_requests_total{endpoint="/v1/score",status="200"}' in metrics
         assert 'trellis_requests_total{endpoint="/v1/score",status="422"}' in metrics

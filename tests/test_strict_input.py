@@ -125,13 +125,13 @@ def test_a_bad_label_is_a_422_naming_field_and_value(client, event, field, value
     ("tx_datetime", "0001-01-01T00:00:00", "not_before"),
 ])
 def test_a_bad_scoring_request_is_a_422_on_both_paths(served, field, value, fragment):
-    """The lean scoring path (FastScoring) validates with the same model: a bad request gets the same 422 from
+    """The lean path (LeanPath) validates with the same model: a bad request gets the same 422 from
     it as from the FastAPI route."""
     _, settings, paths = served
     body = {**request_of(last_day_transactions(paths, 1)[0]), field: value}
     answers = []
     for fast in (True, False):
-        with TestClient(create_app(settings.model_copy(update={"fast_scoring": fast}))) as c:
+        with TestClient(create_app(settings.model_copy(update={"lean_path": fast}))) as c:
             response = c.post("/v1/score", json=body)
             assert response.status_code == 422, response.text
             assert any(field in e["loc"] and fragment in e["msg"] for e in errors_of(response)), response.text

@@ -21,8 +21,9 @@ Two backends behind one interface (``open_log``):
 * ``SqliteEventLog`` (the embedded default, ``data/event_log.db``): one SQLite file in WAL mode with
   ``synchronous=FULL`` by default, so a commit is on disk (the WAL fsynced) before ``append`` returns; a crash at
   any point leaves every acknowledged row and no partial batch (``sync="normal"``: a killed process loses
-  nothing, a power cut may lose the last commits). Appends from concurrent requests are grouped into one
-  transaction (``GroupCommit``): one fsync serves every request waiting for it.
+  nothing, a power cut may lose the last commits). ``append_many`` writes many requests' batches in one
+  transaction, each batch still checked on its own: the online writer (``trellis.online.service``) groups the
+  requests waiting meanwhile, so one fsync serves all of them.
 * ``RedisEventLog`` (``redis://host:port/db``): a Redis Stream whose entry ids are ``0-<offset>``, with a hash
   of idempotency keys beside it, both written by one Lua script (atomic on the server). Durable as far as the
   server's persistence is configured: the log refuses to open on a server without ``appendonly yes`` unless
@@ -74,14 +75,20 @@ class Appended:
     offsets: tuple[int, ...]  # per row, its offset (a duplicate's is the offset it was first logged at)
     new: int
     duplicates: int
+    entries: tuple[LogEntry, ...] = ()  # the rows this append logged, as ``read`` gives them back
 
     @property
     def last(self) -> int:
         return max(self.offsets, default=0)
 
 
+Batch = tuple[str, Sequence[Mapping[str, Any]], Sequence[str]]  # (source, rows, their idempotency keys)
+
+
 class EventLog(Protocol):
     def append(self, source: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Appended: ...
+
+    def append_many(self, batches: Sequence[Batch]) -> list[Appended | LogConflict]: ...
 
     def correct(self, source: str, row: Mapping[str, Any], key: str, reason: str) -> int: ...
 
@@ -90,6 +97,14 @@ class EventLog(Protocol):
     def last_offset(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def append_one(log: EventLog, source: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Appended:
+    """``append`` in terms of ``append_many``: one batch, all or nothing (``LogConflict`` raised)."""
+    (result,) = log.append_many([(source, rows, keys)])
+    if isinstance(result, LogConflict):
+        raise result
+    return result
 
 
 def _default(value: Any) -> Any:
@@ -189,15 +204,6 @@ create table if not exists current (
 """
 
 
-@dataclass
-class _Pending:
-    source: str
-    rows: list[tuple[str, bytes, bytes]]  # (key, digest, body)
-    done: threading.Event
-    result: Appended | None = None
-    error: BaseException | None = None
-
-
 # What an acknowledged append survives (SQLite's ``synchronous`` in WAL mode): ``full`` fsyncs the WAL at every
 # commit (a power cut or an OS crash loses nothing acknowledged); ``normal`` leaves the commit to the OS (a killed
 # process loses nothing, a power cut may lose the last commits; Kafka's default stance, without its replicas).
@@ -208,9 +214,8 @@ class SqliteEventLog:
     """The embedded log: ``path`` (created with its folder if missing); ``sync``: one of ``SYNC_MODES``.
 
     ``current`` maps every key to the offset and digest of its current content (the event, or the latest
-    correction of it), so a duplicate or a conflict is one index lookup. Appends go through a group commit: the
-    first caller to find the writer free writes every batch queued meanwhile in one transaction, each batch
-    still checked on its own (a conflicting batch fails alone)."""
+    correction of it), so a duplicate or a conflict is one index lookup. Writes are serialised by a lock (and
+    across processes by SQLite's write lock); ``append_many`` commits many batches in one transaction."""
 
     def __init__(self, path: str | Path, *, sync: str = "full", busy_timeout: float = 5.0):
         if sync not in SYNC_MODES:
@@ -226,9 +231,7 @@ class SqliteEventLog:
         except sqlite3.Error as exc:
             raise LogUnavailable(f"event log: {exc}") from None
         self._reader = threading.local()
-        self._write = threading.Lock()  # held by the one thread committing a group
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
+        self._write = threading.Lock()
 
     def _read_conn(self) -> sqlite3.Connection:
         conn = getattr(self._reader, "conn", None)
@@ -241,74 +244,89 @@ class SqliteEventLog:
     # -- writes ------------------------------------------------------------------------------------------
 
     def append(self, source: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Appended:
-        prepared = []
-        for row, key in zip(rows, keys, strict=True):
-            body = canonical(row)
-            prepared.append((key, hashlib.sha256(body).digest(), body))
-        pending = _Pending(source, prepared, threading.Event())
-        with self._queue_lock:
-            self._queue.append(pending)
-        # Whoever holds the writer commits every queued batch, ours included, or we take it and do so.
-        while not pending.done.is_set():
-            if self._write.acquire(timeout=0.05):
-                try:
-                    if not pending.done.is_set():
-                        self._commit_group()
-                finally:
-                    self._write.release()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return append_one(self, source, rows, keys)
 
-    def _commit_group(self) -> None:
-        with self._queue_lock:
-            group, self._queue = self._queue, []
-        if not group:
-            return
-        conn = self._conn
-        try:
-            conn.execute("begin immediate")
-            for pending in group:
-                conn.execute("savepoint batch")
-                try:
-                    pending.result = self._append_batch(conn, pending.source, pending.rows)
-                    conn.execute("release batch")
-                except LogConflict as exc:
-                    conn.execute("rollback to batch")
-                    conn.execute("release batch")
-                    pending.error = exc
-            conn.execute("commit")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("rollback")
-            for pending in group:
-                pending.result, pending.error = None, LogUnavailable(f"event log: {exc}; nothing was logged")
-        finally:
-            for pending in group:
-                pending.done.set()
+    def append_many(self, batches: Sequence[Batch]) -> list[Appended | LogConflict]:
+        """Append every batch in one transaction (one fsync), each all-or-nothing on its own: a batch with a
+        conflicting row gets its ``LogConflict`` and leaves nothing, the others are logged. ``LogUnavailable``
+        (nothing of any batch logged) when the file cannot be written.
 
-    def _append_batch(self, conn: sqlite3.Connection, source: str,
-                      rows: Sequence[tuple[str, bytes, bytes]]) -> Appended:
+        Every batch is checked against the keys logged before it (read in one statement) and the ones logged by
+        the batches before it in this call, before anything of it is staged: nothing ever needs undoing, and the
+        whole call is a handful of statements whatever the number of batches."""
+        prepared = [(source, [(key, hashlib.sha256(body := canonical(row)).digest(), body)
+                              for row, key in zip(rows, keys, strict=True)]) for source, rows, keys in batches]
+        results: list[Appended | LogConflict] = []
+        with self._write:
+            conn = self._conn
+            try:
+                conn.execute("begin immediate")
+                held = self._held(conn, {(source, key) for source, rows in prepared for key, _, _ in rows})
+                (last,) = conn.execute("select coalesce((select seq from sqlite_sequence where name = 'log'), 0)"
+                                       ).fetchone()
+                bodies: dict[int, bytes] = {}  # of the rows staged by this call, by offset
+                staged: list[tuple[int, str, str, bytes, bytes, int]] = []
+                now = time.time_ns() // 1000
+                for source, rows in prepared:
+                    result = self._stage(conn, source, rows, held, last + len(staged), bodies)
+                    results.append(result)
+                    if isinstance(result, Appended):
+                        staged += [(e.offset, source, e.key, held[source, e.key][1], bodies[e.offset], now)
+                                   for e in result.entries]
+                if staged:
+                    conn.executemany('insert into log ("offset", source, key, digest, body, logged_us) '
+                                     "values (?, ?, ?, ?, ?, ?)", staged)
+                    conn.executemany('insert into current (source, key, "offset", digest) values (?, ?, ?, ?)',
+                                     [(source, key, offset, digest) for offset, source, key, digest, _, _ in staged])
+                conn.execute("commit")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("rollback")
+                raise LogUnavailable(f"event log: {exc}; nothing was logged") from None
+        return results
+
+    @staticmethod
+    def _held(conn: sqlite3.Connection, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, bytes]]:
+        """{(source, key): (offset, digest)} of the ``wanted`` keys already logged."""
+        by_source: dict[str, list[str]] = {}
+        for source, key in wanted:
+            by_source.setdefault(source, []).append(key)
+        held: dict[tuple[str, str], tuple[int, bytes]] = {}
+        for source, keys in by_source.items():
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                for key, offset, digest in conn.execute(
+                        f'select key, "offset", digest from current where source = ? and key in '
+                        f'({", ".join("?" * len(chunk))})', (source, *chunk)):
+                    held[source, key] = (offset, digest)
+        return held
+
+    def _stage(self, conn: sqlite3.Connection, source: str, rows: Sequence[tuple[str, bytes, bytes]],
+               held: dict[tuple[str, str], tuple[int, bytes]], last: int,
+               bodies: dict[int, bytes]) -> Appended | LogConflict:
+        """Check one batch against ``held`` (the keys logged before it, updated with its own once it passes)
+        and give its new rows the offsets after ``last`` (their bodies into ``bodies``); on a conflict nothing of
+        it is staged."""
         offsets: list[int] = []
-        new = duplicates = 0
-        now = time.time_ns() // 1000
+        mine: dict[str, tuple[int, bytes, bytes]] = {}  # key -> (offset, digest, body) of this batch's new rows
         for key, digest, body in rows:
-            found = conn.execute('select "offset", digest from current where source = ? and key = ?',
-                                 (source, key)).fetchone()
+            found = mine.get(key) or held.get((source, key))
             if found is not None:
                 if found[1] != digest:
-                    raise LogConflict(source, key, self._differing(conn, found[0], body))
+                    old = mine[key][2] if key in mine else bodies.get(found[0])
+                    fields = differing(orjson.loads(old), orjson.loads(body)) if old is not None else \
+                        self._differing(conn, found[0], body)
+                    return LogConflict(source, key, fields)
                 offsets.append(found[0])
-                duplicates += 1
                 continue
-            offset = conn.execute("insert into log (source, key, digest, body, logged_us) values (?, ?, ?, ?, ?) "
-                                  'returning "offset"', (source, key, digest, body, now)).fetchone()[0]
-            conn.execute('insert into current (source, key, "offset", digest) values (?, ?, ?, ?)',
-                         (source, key, offset, digest))
-            offsets.append(offset)
-            new += 1
-        return Appended(tuple(offsets), new, duplicates)
+            mine[key] = (last + len(mine) + 1, digest, body)
+            offsets.append(mine[key][0])
+        entries = []
+        for key, (offset, digest, body) in mine.items():
+            held[source, key] = (offset, digest)
+            bodies[offset] = body
+            entries.append(LogEntry(offset, source, key, orjson.loads(body)))
+        return Appended(tuple(offsets), len(entries), len(offsets) - len(entries), tuple(entries))
 
     @staticmethod
     def _differing(conn: sqlite3.Connection, offset: int, body: bytes) -> list[str]:
@@ -435,6 +453,14 @@ class RedisEventLog:
             raise LogUnavailable(f"event log {url}: {exc}") from None
 
     def append(self, source: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Appended:
+        return append_one(self, source, rows, keys)
+
+    def append_many(self, batches: Sequence[Batch]) -> list[Appended | LogConflict]:
+        """Each batch by one script call (atomic on the server), in order."""
+        return [self._append_batch(source, rows, keys) for source, rows, keys in batches]
+
+    def _append_batch(self, source: str, rows: Sequence[Mapping[str, Any]],
+                      keys: Sequence[str]) -> Appended | LogConflict:
         import redis
 
         args: list[Any] = [source]
@@ -453,11 +479,11 @@ class RedisEventLog:
             key, offset = result[1].decode(), int(result[2])
             body = bodies[list(keys).index(key)]
             old = self._entry(offset) if offset else None
-            fields = differing(old.row, orjson.loads(body)) if old is not None else []
-            raise LogConflict(source, key, fields)
+            return LogConflict(source, key, differing(old.row, orjson.loads(body)) if old is not None else [])
         offsets = [abs(int(x)) for x in result[1:]]
-        new = sum(int(x) > 0 for x in result[1:])
-        return Appended(tuple(offsets), new, len(offsets) - new)
+        entries = tuple(LogEntry(int(x), source, key, orjson.loads(body))
+                        for x, key, body in zip(result[1:], keys, bodies, strict=True) if int(x) > 0)
+        return Appended(tuple(offsets), len(entries), len(offsets) - len(entries), entries)
 
     def correct(self, source: str, row: Mapping[str, Any], key: str, reason: str) -> int:
         if not reason.strip():

@@ -7,8 +7,9 @@ import hashlib
 import json
 import struct
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,8 @@ from trellis.online.store import OnlineStore, StoreUnavailable, decode_bytes_val
 from trellis.spec import Project
 
 if TYPE_CHECKING:
-    from trellis.online.eventlog import EventLog
+    from trellis.online.eventlog import Appended, EventLog, LogEntry
+    from trellis.online.store import Position
 
 TAIL_CACHE_BYTES = 64 << 20  # decoded tails kept per OnlineFeatures (about; emptied when over)
 
@@ -50,7 +52,17 @@ class StateMismatch(StoreUnavailable):
     """The stored state was built from other definitions than the loaded ones: re-materialize it."""
 
 
+class NotApplied(StoreUnavailable):
+    """Rows logged durably (acknowledged) but not applied to the online state yet: the next catch-up applies
+    them; re-sending them is a duplicate. ``report`` says what was logged."""
+
+    def __init__(self, reason: str, report: IngestReport):
+        super().__init__(reason)
+        self.report = report
+
+
 CATCH_UP_BATCH = 5_000  # log entries applied per transaction when catching up
+WRITE_GROUP_ROWS = 5_000  # rows of waiting requests the writer logs and applies together (at least one request)
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,68 @@ class IngestReport:
     new: int = 0  # rows appended to the event log (without a log: rows applied)
     duplicates: int = 0  # rows the log already held with the same content (counted once)
     offset: int = 0  # the highest log offset of these rows (a duplicate's: where it was first logged; 0: no log)
+
+
+@dataclass
+class _Pending:
+    source: str
+    records: Sequence[Mapping[str, Any]]
+    keys: list[str]
+    future: Future[IngestReport]
+
+
+class _Stage:
+    """A thread that takes everything put meanwhile (at least one item, at most ``limit`` by ``size``), hands
+    it to ``handle``, and what that returns to the next stage ``then``. Every item's future gets an answer:
+    whatever ``handle`` raises ends the futures it left open. ``close`` lets the items already put through,
+    then stops this stage and the next."""
+
+    def __init__(self, name: str, handle: Any, size: Any, then: _Stage | None = None,
+                 limit: int = WRITE_GROUP_ROWS):
+        self.handle, self.size, self.then, self.limit = handle, size, then, limit
+        self._items: deque[Any] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        with self._ready:
+            if self._closed:
+                raise StateError("the online writer is closed")
+            self._items.append(item)
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+        if self.then is not None:
+            self.then.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._items and not self._closed:
+                    self._ready.wait()
+                if not self._items:
+                    return
+                taken = [self._items.popleft()]
+                total = self.size(taken[0])
+                while self._items and total + self.size(self._items[0]) <= self.limit:
+                    total += self.size(self._items[0])
+                    taken.append(self._items.popleft())
+            try:
+                out = self.handle(taken)
+                if self.then is not None and out:
+                    for item in out:
+                        self.then.put(item)
+            except BaseException as exc:  # noqa: BLE001 - every waiting request gets an answer
+                for item in taken:
+                    future = (item[0] if isinstance(item, tuple) else item).future
+                    if not future.done():
+                        future.set_exception(exc)
 
 
 @dataclass(frozen=True)
@@ -100,6 +174,11 @@ class OnlineFeatures:
         self._tails: dict[tuple[str, bytes], tuple[bytes, Tail]] = {}
         self._tails_bytes = 0
         self.fingerprint = state_fingerprint(self.specs)
+        self._held: Position | None = None  # the log position the state was last seen at (checked on write)
+        self.behind: str | None = None  # why rows logged by the writer are not applied yet (None: they are)
+        self._logging: _Stage | None = None  # the writer's two stages (started by the first submit)
+        self._starting = threading.Lock()
+        self._applying: _Stage | None = None
 
     def check_state(self) -> None:
         """Raise ``StateMismatch`` unless the store's state was materialized from these definitions (a store
@@ -112,27 +191,111 @@ class OnlineFeatures:
     # -- ingestion ---------------------------------------------------------------------------------------
 
     def ingest(self, source: str, records: Sequence[Mapping[str, Any]]) -> IngestReport:
-        """Take rows of ``source``. With an event log: append them durably (duplicates counted once, a
-        conflict refused whole: ``LogConflict``), then bring the state up to the log (``catch_up``); a
-        ``StoreUnavailable`` from the catch-up leaves the rows logged but not applied yet (the next catch-up
-        applies them; re-sending them is a duplicate). Without a log (the parity replay, tests): apply them
-        directly. Either way every group the source feeds is updated in one transaction, or none."""
-        if source not in self.project.sources:
-            raise StateError(f"unknown source {source!r}; known: {', '.join(sorted(self.project.sources))}")
-        groups = tuple(self.by_source.get(source, []))
+        """Take rows of ``source``. With an event log: ``submit`` them and wait. Without a log (the parity
+        replay, tests): apply them directly. Either way every group the source feeds is updated in one
+        transaction, or none."""
+        if self.log is not None:
+            return self.submit(source, records).result()
+        groups = self._groups(source)
+        with self._lock:
+            batches, entities = self._merged({source: records})
+            self.store.apply(batches)
+        return IngestReport(source, len(records), groups, entities, new=len(records))
+
+    def submit(self, source: str, records: Sequence[Mapping[str, Any]]) -> Future[IngestReport]:
+        """Hand rows of ``source`` to the writer; the future ends when they are logged durably and applied to
+        the state (an ``IngestReport``), or with the reason they are not: ``LogConflict`` (a row's key logged
+        with other content; nothing of this request logged), ``LogUnavailable`` (nothing logged),
+        ``NotApplied`` (logged durably, acknowledged, not applied yet: the next catch-up applies them and
+        re-sending them is a duplicate).
+
+        The writer is a pipeline of two threads. The first takes every request waiting (up to
+        ``WRITE_GROUP_ROWS`` rows) and appends them to the log in one transaction: one fsync for all, each
+        request still all-or-nothing on its own. The second takes everything the first has logged meanwhile and
+        applies it to the state in one transaction with the log position. So the log's fsync for the next
+        requests overlaps the state's write for the previous ones, concurrent requests cost a commit per group,
+        not each, and the threads answering requests only wait."""
         if self.log is None:
-            with self._lock:
-                batches, entities = self._merged({source: records})
-                self.store.apply(batches)
-            return IngestReport(source, len(records), groups, entities, new=len(records))
+            raise StateError("no event log: use ingest")
         from trellis.online.eventlog import row_key
 
+        self._groups(source)
         pk = self.project.sources[source].primary_key
-        appended = self.log.append(source, records, [row_key(pk, r) for r in records])
+        pending = _Pending(source, records, [row_key(pk, r) for r in records], Future())
+        if self._logging is None:
+            with self._starting:
+                if self._logging is None:
+                    self._applying = _Stage("online-apply", self._apply_group, lambda item: len(item[1].entries))
+                    self._logging = _Stage("online-log", self._log_group, lambda item: len(item.records),
+                                           then=self._applying)
+        self._logging.put(pending)
+        return pending.future
+
+    def close(self) -> None:
+        """Stop the writer once the requests already submitted are answered."""
+        if self._logging is not None:
+            self._logging.close()
+
+    def _groups(self, source: str) -> tuple[str, ...]:
+        if source not in self.project.sources:
+            raise StateError(f"unknown source {source!r}; known: {', '.join(sorted(self.project.sources))}")
+        return tuple(self.by_source.get(source, []))
+
+    def _log_group(self, group: Sequence[_Pending]) -> list[tuple[_Pending, Appended]]:
+        """The writer's first stage: append the requests to the log; a request refused (``LogConflict``) is
+        answered now, the others go on to ``_apply_group``."""
+        from trellis.online.eventlog import Appended
+
+        assert self.log is not None
+        results = self.log.append_many([(p.source, p.records, p.keys) for p in group])
+        logged = []
+        for pending, result in zip(group, results, strict=True):
+            if isinstance(result, Appended):
+                logged.append((pending, result))
+            else:
+                pending.future.set_exception(result)
+        return logged
+
+    def _apply_group(self, logged: Sequence[tuple[_Pending, Appended]]) -> None:
+        """The writer's second stage: apply logged requests to the state and answer them."""
+        from trellis.online.eventlog import LogUnavailable
+
+        reports = []
+        for pending, appended in logged:
+            groups = tuple(self.by_source.get(pending.source, []))
+            entities = len({(g, self.mappers[g].key(r)) for g in groups for r in pending.records})
+            reports.append(IngestReport(pending.source, len(pending.records), groups, entities, new=appended.new,
+                                        duplicates=appended.duplicates, offset=appended.last))
+        try:
+            held = self._apply_logged([e for _, appended in logged for e in appended.entries])
+            if held < max(appended.last for _, appended in logged):  # a duplicate logged but not applied yet
+                self.catch_up()
+        except (StoreUnavailable, StateError, LogUnavailable) as exc:
+            self.behind = str(exc)
+            for (pending, _), report in zip(logged, reports, strict=True):
+                pending.future.set_exception(NotApplied(str(exc), report))
+            return
+        for (pending, _), report in zip(logged, reports, strict=True):
+            pending.future.set_result(report)
+
+    def _apply_logged(self, entries: Sequence[LogEntry]) -> int:
+        """Apply ``entries``, just logged, to the state: directly when they are the next entries of the log
+        after the state's position (the usual case: nothing else wrote to the log meanwhile), else by reading
+        the log (``catch_up``). Returns the offset the state holds after."""
+        from trellis.online.store import PositionMoved
+
+        with self._lock:
+            held = self._held if self._held is not None else self.store.position(LOG_CONSUMER)
+            start = held.offset if held else 0
+            if entries and all(e.offset == start + i for i, e in enumerate(entries, 1)):
+                try:
+                    return self._apply_entries(held, entries).offset
+                except PositionMoved:  # another process applied or refreshed meanwhile
+                    self._held = None
+            elif not entries:
+                return start
         self.catch_up()
-        entities = len({(g, self.mappers[g].key(r)) for g in groups for r in records})
-        return IngestReport(source, len(records), groups, entities, new=appended.new,
-                            duplicates=appended.duplicates, offset=appended.last)
+        return self._held.offset if self._held is not None else 0
 
     def catch_up(self) -> int:
         """Apply every log entry the stored state does not hold yet, ``CATCH_UP_BATCH`` at a time, each batch
@@ -140,28 +303,41 @@ class OnlineFeatures:
         entry is applied twice, whatever crashes); returns the number of entries applied."""
         if self.log is None:
             return 0
-        from trellis.online.eventlog import decode_row
-        from trellis.online.store import Position, PositionMoved
+        from trellis.online.store import PositionMoved
 
         applied = 0
         with self._lock:
             while True:
                 held = self.store.position(LOG_CONSUMER)
+                self._held = held
                 entries = self.log.read(held.offset if held else 0, CATCH_UP_BATCH)
                 if not entries:
                     return applied
-                latest: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # a correction wins
-                for entry in entries:
-                    source = self.project.sources.get(entry.source)
-                    if source is not None:  # a source no longer defined: nothing of the state reads it
-                        latest[entry.source][entry.key] = decode_row(entry.row, source.timestamp_columns)
-                batches, _ = self._merged({name: list(rows.values()) for name, rows in latest.items()})
-                position = Position(held.epoch if held else "", entries[-1].offset)
                 try:
-                    self.store.apply(batches, consumer=LOG_CONSUMER, expect=held, position=position)
+                    self._apply_entries(held, entries)
                 except PositionMoved:  # another process applied or refreshed meanwhile: read again
                     continue
                 applied += len(entries)
+                if len(entries) < CATCH_UP_BATCH:
+                    return applied
+
+    def _apply_entries(self, held: Position | None, entries: Sequence[LogEntry]) -> Position:
+        """Apply log ``entries`` (the ones right after ``held``) and move the position to the last of them, in one
+        transaction; ``PositionMoved`` (nothing written) when the stored position is not ``held``. The caller
+        holds ``_lock``."""
+        from trellis.online.eventlog import decode_row
+        from trellis.online.store import Position
+
+        latest: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # a correction wins
+        for entry in entries:
+            source = self.project.sources.get(entry.source)
+            if source is not None:  # a source no longer defined: nothing of the state reads it
+                latest[entry.source][entry.key] = decode_row(entry.row, source.timestamp_columns)
+        batches, _ = self._merged({name: list(rows.values()) for name, rows in latest.items()})
+        position = Position(held.epoch if held else "", entries[-1].offset)
+        self.store.apply(batches, consumer=LOG_CONSUMER, expect=held, position=position)
+        self._held, self.behind = position, None  # the state holds the log up to here, earlier failures included
+        return position
 
     def _merged(self, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[dict[str, list[Any]], int]:
         """The new state rows of every group fed by ``rows`` ({source: records}): each entity's stored tail
@@ -244,5 +420,5 @@ class OnlineFeatures:
         return self.store.read_many([(state_view(group), key) for group, key in wanted], STATE_FIELD)
 
 
-__all__ = ["LOG_CONSUMER", "STATE_FINGERPRINT", "GroupVector", "IngestReport", "OnlineFeatures", "StateMismatch",
-           "state_fingerprint"]
+__all__ = ["LOG_CONSUMER", "STATE_FINGERPRINT", "GroupVector", "IngestReport", "NotApplied", "OnlineFeatures",
+           "StateMismatch", "state_fingerprint"]
