@@ -7,9 +7,11 @@ project so nothing the other tests read changes, breaks one thing, and runs the 
 * ``models/<model>`` ``promotion_gate``: a challenger worse than the champion must not move the champion alias
   (``models/<model>_champion`` is not materialized);
 * ``monitoring/<model>_parity`` ``parity_within_1e_9``: an offline feature table that no longer matches the
-  online path fails the run, and nothing downstream of the parity asset runs.
+  online path fails the run, and nothing downstream of the parity asset runs;
+* ``features/<group>`` ``pandera_contract``: a feature table that breaks its contract fails the run, and nothing
+  downstream of the feature table runs.
 
-Flipping ``blocking=True`` to ``False`` on either check turns its test red.
+Flipping ``blocking=True`` to ``False`` on any of these checks turns its test red.
 """
 
 from __future__ import annotations
@@ -192,4 +194,43 @@ def test_a_parity_break_fails_the_run_and_stops_what_is_downstream(copied: Copy)
     assert any(name.endswith("tx_count_1d") for name in below), below
     assert PARITY_KEY in _materialized(result)  # the report is kept for whoever investigates...
     assert downstream.key not in _materialized(result)  # ...but nothing downstream runs
+    assert not result.success
+
+
+def test_a_failed_feature_contract_stops_what_is_downstream(copied: Copy) -> None:
+    """A feature table materialized in breach of its Pandera contract (a count below zero): the blocking
+    ``pandera_contract`` check of features/<group> (the code location's own) fails, the run fails, and an asset
+    downstream of the feature table is not materialized. The feature asset and the downstream one are
+    stand-ins: the first writes the broken table instead of running dbt (which would build a correct one), the
+    second does nothing, so that only the check can stop it."""
+    group = "customer_spending"
+    feature_key = dg.AssetKey(["features", group])
+    contract_key = dg.AssetCheckKey(feature_key, "pandera_contract")
+    warehouse = copied.warehouse
+
+    @dg.asset(key=feature_key)
+    def broken_feature_table() -> None:
+        con = duckdb.connect(str(warehouse))
+        try:
+            con.execute(f"update features.feat_{group} set tx_count_1d = -1 "
+                        f"where rowid = (select min(rowid) from features.feat_{group})")
+        finally:
+            con.close()
+
+    @dg.asset(key=["training", "after_features"], deps=[feature_key])
+    def downstream() -> None:
+        """Anything that reads the feature table (a training set, the online materialization)."""
+
+    from assets.resources import Warehouse
+
+    resources = {**copied.defs.resources, "warehouse": Warehouse(path=str(warehouse))}
+    result = dg.materialize([broken_feature_table, copied.check(contract_key), downstream],
+                            instance=copied.instance, resources=resources, raise_on_error=False)
+
+    check = _evaluation(result, contract_key)
+    assert not check.passed
+    failures = check.metadata["failures"].value
+    assert any(name.startswith("tx_count_1d: greater_than_or_equal_to(0)") for name in failures), failures
+    assert feature_key in _materialized(result)
+    assert downstream.key not in _materialized(result)
     assert not result.success
