@@ -31,16 +31,18 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.schemas import (
     BatchScoreResponse,
     IngestResponse,
     Problem,
     ScoreResponse,
+    ValidationProblem,
     rows_body,
     score_request_model,
     source_row_model,
@@ -54,7 +56,8 @@ from trellis.paths import ProjectPaths
 from trellis.spec import load_project
 
 log = logging.getLogger("trellis.serving")
-UNAVAILABLE = {503: {"model": Problem, "description": "Online store or model unavailable (reason given)."},
+UNAVAILABLE = {400: {"model": Problem, "description": "A body that cannot be parsed (not UTF-8 text)."},
+               503: {"model": Problem, "description": "Online store or model unavailable (reason given)."},
                413: {"model": Problem, "description": "Request body over the service's max_body_bytes (refused "
                                                       "before it is read), or a batch over max_batch."}}
 WRITE_ERRORS = {409: {"model": Problem, "description": "A row's key is already logged with other content "
@@ -71,7 +74,7 @@ class ORJSON(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-_TITLES = {409: "Conflict", 413: "Request body too large", 422: "Unprocessable request",
+_TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 409: "Conflict", 413: "Request body too large", 422: "Unprocessable request",
            503: "Service unavailable"}
 
 
@@ -541,6 +544,14 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         return problem(422, **{k: v for k, v in validation_problem(exc.errors()).items()
                                if k in ("detail", "errors")})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Starlette's and FastAPI's own errors (a body that is not UTF-8, an unknown path or method) as problem
+        documents too."""
+        response = problem(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
     def service_of(request: Request) -> Service:
         return request.app.state.service
 
@@ -647,11 +658,34 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
                                                      "alias": model.alias}}
         return ORJSON(body, status_code=200 if not problems else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.openapi = lambda: app.openapi_schema or problems_documented(app, FastAPI.openapi(app))
     return app
+
+
+def problems_documented(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI as the service answers: every 4xx and 5xx is an RFC 9457 problem document
+    (``application/problem+json``), a 422 a ``ValidationProblem`` (FastAPI documents its own
+    ``HTTPValidationError`` as ``application/json``, which this service never sends)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (Problem, ValidationProblem):
+        document = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(document.pop("$defs", {}))
+        components[model.__name__] = document
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[0] in "45":
+                    name = "ValidationProblem" if status == "422" else "Problem"
+                    response["content"] = {"application/problem+json": {
+                        "schema": {"$ref": f"#/components/schemas/{name}"}}}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
 
 
 __all__ = ["LeanPath", "ScoringApp", "Service", "create_app", "write_answer"]

@@ -229,7 +229,8 @@ class IngestResponse(BaseModel):
 
 
 class Problem(BaseModel):
-    """An RFC 9457 problem document."""
+    """An RFC 9457 problem document (``application/problem+json``); some carry extension members (a 409 its
+    ``source``, ``key`` and ``fields``)."""
 
     type: str = "about:blank"
     title: str
@@ -237,12 +238,30 @@ class Problem(BaseModel):
     detail: str
 
 
+class InvalidField(BaseModel):
+    loc: list[str | int] = Field(description="Where: 'body', then the field names and list positions.")
+    field: str = Field(description="The field, dotted ('body' for the body as a whole).")
+    msg: str
+    type: str | None = None
+    input: Any = Field(None, description="The offending value when it is a scalar (never a whole object).")
+
+
+class ValidationProblem(Problem):
+    """The 422 problem: for a request that does not validate, ``detail`` names the first field and value and
+    ``errors`` lists each; for a request the online state cannot answer (a time older than it keeps), the
+    reason."""
+
+    errors: list[InvalidField] = Field(default_factory=list)
+
+
 __all__ = [
     "BatchScoreResponse",
     "IngestResponse",
+    "InvalidField",
     "Problem",
     "ScoreResponse",
     "rows_body",
     "score_request_model",
     "source_row_model",
+    "ValidationProblem",
 ]
