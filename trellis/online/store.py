@@ -575,6 +575,45 @@ class _Reader:
                 self.conn.close()
 
 
+CHECKPOINT_EVERY = 0.05  # seconds between checkpoints of the store's WAL while small writes go on
+
+
+class _Checkpointer:
+    """Copies the WAL of the store at ``path`` back into the file (a passive checkpoint: never waits for a
+    reader or the writer) every ``CHECKPOINT_EVERY`` seconds after a small write, on a thread of its own and a
+    connection of its own, opened for each checkpoint (so a store file replaced meanwhile is simply the file
+    checkpointed next). A failed checkpoint is retried at the next tick; a store left alone checkpoints itself
+    when its last connection closes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-checkpoints", daemon=True)
+        self._thread.start()
+
+    def written(self) -> None:
+        self._dirty.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_EVERY):
+            if not self._dirty.is_set():
+                continue
+            self._dirty.clear()
+            try:
+                conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0, isolation_level=None)
+                try:
+                    conn.execute("pragma wal_checkpoint(passive)")
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                self._dirty.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class OnlineStore:
     """Feast's online store of a generated repo (``feature_repo/``), for Trellis' reads and bulk writes."""
 
@@ -596,6 +635,7 @@ class OnlineStore:
         self._write_lock = threading.Lock()
         self._write_conn: sqlite3.Connection | None = None  # small writes (``apply``), on the file ``_write_identity``
         self._write_identity: tuple[int, int] | None = None
+        self._checkpoints: _Checkpointer | None = None  # started with the small-write connection
         self._feast: Any = None  # FeatureStore, loaded on first use of Feast's interface
 
     def table(self, view: str) -> str:
@@ -683,8 +723,11 @@ class OnlineStore:
         with self._write_lock:
             readers, self._readers = self._readers, []
             self._drop_writer()
+            checkpoints, self._checkpoints = self._checkpoints, None
         for reader in readers:
             reader.close()
+        if checkpoints is not None:
+            checkpoints.close()
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store can be read now."""
@@ -851,6 +894,7 @@ class OnlineStore:
                 if consumer is not None and position is not None:
                     _set_position(conn, consumer, position)
                 conn.execute("commit")
+                self._checkpoints.written()
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("rollback")
@@ -880,6 +924,11 @@ class OnlineStore:
             # The state is derived from the event log, and its position is written in the same transaction: a
             # commit lost to a power cut loses its position too, and the next catch-up applies it again.
             conn.execute("pragma synchronous=normal")
+            # No checkpoint inside a commit: copying the WAL back (whole pages) stalled every write behind it
+            # (p99 of streamed events 17-20 ms against p98 2.9 ms); a thread beside the writes does it instead.
+            conn.execute("pragma wal_autocheckpoint=0")
+            if self._checkpoints is None:
+                self._checkpoints = _Checkpointer(self.path)
             self._write_conn = conn
         return conn
 
