@@ -1,7 +1,7 @@
 """Benchmark streamed ingestion: Trellis' ``POST /v1/events`` over loopback HTTP against Feast's push API.
 
 Usage: .venv/bin/python bench/bench_ingest.py [--scale 0.1] [--days 100] [--rebuild] [--repeat 3]
-                                             [--duration 10] [--connections 16] [--push-rows 2000]
+                                             [--duration 10] [--connections 4] [--push-rows 2000]
 
 Setting (everything real, nothing mocked):
 
@@ -75,6 +75,20 @@ def fresh_state(project: Path, pristine: Path) -> None:
         Path(str(project / "data" / "event_log.db") + suffix).unlink(missing_ok=True)
 
 
+def pristine_store(project: Path, target: Path) -> Path:
+    """A copy of the built online store, made once, that every run starts from."""
+    store = project / "feature_repo" / "data" / "online_store.db"
+    pristine = target / "online_store.pristine.db"
+    if not pristine.exists():
+        import sqlite3
+
+        con = sqlite3.connect(store, isolation_level=None)
+        con.execute("pragma wal_checkpoint(truncate)")
+        con.close()
+        shutil.copy(store, pristine)
+    return pristine
+
+
 def ours(project: Path, pristine: Path, events: list[dict], per_request: int, connections: int,
          duration: float, log_dir: Path, sync: str = "full") -> dict:
     fresh_state(project, pristine)
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--push-rows", type=int, default=2000)
     parser.add_argument("--sync", default="full", choices=["full", "normal"],
                         help="the event log's durability (serving Settings.event_log_sync)")
@@ -148,15 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     target = build_dir(WORK, args.scale, args.days)
     project = build(target, args.scale, args.days, args.rebuild)
-    store = project / "feature_repo" / "data" / "online_store.db"
-    pristine = target / "online_store.pristine.db"
-    if not pristine.exists():
-        import sqlite3
-
-        con = sqlite3.connect(store, isolation_level=None)
-        con.execute("pragma wal_checkpoint(truncate)")
-        con.close()
-        shutil.copy(store, pristine)
+    pristine = pristine_store(project, target)
     events = new_events(project, 400_000)
     log_dir = target / "logs"
     log_dir.mkdir(exist_ok=True)

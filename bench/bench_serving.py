@@ -313,20 +313,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(times: list[float]) -> dict[str, float]:
-    return {"p50": percentile(times, 50), "p99": percentile(times, 99), "mean": statistics.fmean(times)}
+    return {"p50": percentile(times, 50), "p99": percentile(times, 99), "mean": statistics.fmean(times),
+            "max": max(times)}
 
 
 # --------------------------------------------------------------------------------------------- load
 
 
 def _load_worker(port: int, path: str, payloads: list[bytes], connections: int, warmup_s: float,
-                 duration_s: float, rate: float | None = None) -> dict[str, Any]:
+                 duration_s: float, rate: float | None = None, first: int = 0, stride: int = 0) -> dict[str, Any]:
     """One load-generator process: ``connections`` keep-alive connections on an uvloop loop. Closed loop
     (``rate`` None): a connection sends its next request as soon as the answer is in. Open loop (``rate``
     requests/s for this process, wrk2's model): connection ``i`` sends its ``k``-th request at the planned time
     ``start + (k * connections + i) / rate`` (or as soon as its previous answer is in, if that is later), and
     the latency runs from the planned time, so time spent waiting behind a slow answer counts
-    (no coordinated omission)."""
+    (no coordinated omission). Connection ``i`` sends payloads ``first + i``, then every ``stride``-th after it
+    (``stride``: the connections of every process), so no two connections send the same payload before the
+    list wraps around: streamed events are never re-sent as duplicates."""
     import uvloop
 
     origin = 0.0
@@ -338,7 +341,8 @@ def _load_worker(port: int, path: str, payloads: list[bytes], connections: int, 
                          bad: list[int]) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         clock = time.perf_counter
-        i = index * 7919
+        i = first + index
+        step = stride or connections
         interval = None if rate is None else connections / rate
         planned = None if rate is None else origin + index / rate
         try:
@@ -354,7 +358,7 @@ def _load_worker(port: int, path: str, payloads: list[bytes], connections: int, 
                 if t0 >= stop_at:
                     return
                 writer.write(requests[i % len(requests)])
-                i += 1
+                i += step
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.split(b"\r\n"):
@@ -388,11 +392,12 @@ def load_run(port: int, path: str, payloads: list[bytes], connections: int, proc
     """Closed loop, or open loop at ``rate`` requests/s in all (see ``_load_worker``)."""
     procs = max(1, min(procs, connections))
     shares = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
+    firsts = [sum(shares[:i]) for i in range(procs)]
     with ProcessPoolExecutor(max_workers=procs, mp_context=get_context("spawn")) as pool:
         # Spawning and importing take a moment: the warm-up covers it; each process times its own window.
         futures = [pool.submit(_load_worker, port, path, payloads, share, warmup_s + 1.0, duration_s,
-                               None if rate is None else rate * share / connections)
-                   for share in shares]
+                               None if rate is None else rate * share / connections, first, connections)
+                   for share, first in zip(shares, firsts, strict=True)]
         results = [f.result() for f in futures]
     latencies = [x for r in results for x in r["latencies_ms"]]
     return {"rps": len(latencies) / duration_s, "requests": len(latencies),

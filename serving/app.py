@@ -19,6 +19,7 @@ hop for a blocking route) cost about as much CPU as the scoring or the write its
 
 
 import asyncio
+import gc
 import logging
 import math
 import threading
@@ -419,6 +420,7 @@ class Service:
     def start(self) -> None:
         self.reload()
         self.catch_up()
+        self.online.warm()
         self._threads = []
         if self.settings.alias_poll_seconds > 0:
             self._threads.append(threading.Thread(target=self._every, args=(self.settings.alias_poll_seconds,
@@ -525,6 +527,12 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
     async def lifespan(app: FastAPI):
         service = Service(settings)
         service.start()
+        # Everything loaded so far (the libraries, the model, the definitions: millions of objects) lives as
+        # long as the process: out of the collector's sight, a full collection no longer walks it. Without this,
+        # the collections that streamed events trigger stopped the loop for 100-240 ms (soak, 1,000 scores/s +
+        # 500 events/s: score max 180-240 ms, p99 15-120 ms; with it max ~20 ms, p99 ~6 ms).
+        gc.collect()
+        gc.freeze()
         app.state.service = service
         try:
             yield

@@ -3,6 +3,7 @@ vectors as of a request time. Used by the scoring service, the parity replay and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -224,14 +225,27 @@ class OnlineFeatures:
         self._groups(source)
         pk = self.project.sources[source].primary_key
         pending = _Pending(source, records, [row_key(pk, r) for r in records], Future())
+        self._writer().put(pending)
+        return pending.future
+
+    def warm(self) -> None:
+        """Start the writer and open the store's write connection now, so the first write after start-up costs
+        what every other does (``StoreUnavailable`` is left to the first write to report)."""
+        if self.log is None:
+            return
+        self._writer()
+        with contextlib.suppress(StoreUnavailable):
+            self.store.open_writer()
+
+    def _writer(self) -> _Stage:
+        """The writer's first stage (both stages started on first use)."""
         if self._logging is None:
             with self._starting:
                 if self._logging is None:
                     self._applying = _Stage("online-apply", self._apply_group, lambda item: len(item[1].entries))
                     self._logging = _Stage("online-log", self._log_group, lambda item: len(item.records),
                                            then=self._applying)
-        self._logging.put(pending)
-        return pending.future
+        return self._logging
 
     def close(self) -> None:
         """Stop the writer once the requests already submitted are answered."""

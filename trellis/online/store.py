@@ -906,6 +906,13 @@ class OnlineStore:
                 raise
         return written
 
+    def open_writer(self) -> None:
+        """Open the connection small writes use now (and start its checkpoints), so the first write after
+        start-up does not pay for it; ``StoreUnavailable`` when the store cannot be opened."""
+        if self.kind == "sqlite":
+            with self._write_lock:
+                self._writer()
+
     def _writer(self) -> sqlite3.Connection:
         """The connection small writes use (kept open; the caller holds ``_write_lock``)."""
         try:
