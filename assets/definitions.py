@@ -10,7 +10,7 @@ from assets.features.assets import contract_checks, dbt_project, feature_dbt_ass
 from assets.monitoring.assets import parity_assets
 from assets.online.assets import feast_registry, online_materialized
 from assets.project import paths
-from assets.raw.assets import reference_data, source_assets
+from assets.raw.assets import simulation_assets, source_assets
 from assets.resources import Warehouse
 from assets.scoring.assets import scoring_assets, scoring_schedules
 from assets.training.assets import model_assets, model_checks, training_set_assets
@@ -21,9 +21,8 @@ from assets.training.sensors import retrain_sensors
 def defs() -> dg.Definitions:
     project_paths = paths()
     return dg.Definitions(
-        assets=[reference_data, *source_assets(), feature_dbt_assets(), feast_registry, online_materialized, *training_set_assets(),
-                *model_assets(), *evaluation_assets(), *scoring_assets(),
-                *parity_assets()],
+        assets=[*simulation_assets(), *source_assets(), feature_dbt_assets(), feast_registry, online_materialized,
+                *training_set_assets(), *model_assets(), *evaluation_assets(), *scoring_assets(), *parity_assets()],
         asset_checks=[*contract_checks(), *model_checks()],
         sensors=retrain_sensors(),
         schedules=scoring_schedules(),

@@ -99,6 +99,13 @@ def test_a_typed_column_that_is_not_a_number_refuses_the_table(warehouse, projec
         ingest(warehouse, project, project.sources["transactions"], now=NOW)
 
 
+def as_file_source(definition: Path, table: str, path: str) -> None:
+    """A reference source read from the user's file instead of its simulated table: ``path`` for ``table``, and
+    no ``simulated:`` line (a simulated source is a table the simulator writes)."""
+    lines = definition.read_text().replace(table, path).splitlines(keepends=True)
+    definition.write_text("".join(line for line in lines if not line.startswith("simulated:")))
+
+
 def test_csv_values_that_do_not_read_as_their_type_are_quarantined(warehouse, project_copy):
     """A CSV is text: 'true' in an amount column or 1.5 in an id column is a quarantined row, never 1.0 or 1."""
     warehouse.execute("create table raw.bad as select * from raw.transactions")
@@ -107,8 +114,7 @@ def test_csv_values_that_do_not_read_as_their_type_are_quarantined(warehouse, pr
     warehouse.execute("update raw.bad set tx_amount = 'true' where transaction_id = 3")
     warehouse.execute("update raw.bad set terminal_id = 1.5 where transaction_id = 4")
     warehouse.execute(f"copy raw.bad to '{project_copy / 'tx.csv'}' (format csv)")
-    path = project_copy / "definitions/sources/transactions.yaml"
-    path.write_text(path.read_text().replace("table: raw.transactions", "path: tx.csv"))
+    as_file_source(project_copy / "definitions/sources/transactions.yaml", "table: raw.transactions", "path: tx.csv")
     project = load_project(project_copy)
     result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
     assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
@@ -235,8 +241,8 @@ def test_missing_column_is_a_clear_error(warehouse, project_copy):
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_file_sources_are_ingested_like_tables(warehouse, project_copy, fmt):
     warehouse.execute(f"copy raw.fraud_labels to '{project_copy / f'labels.{fmt}'}' (format {fmt})")
-    path = project_copy / "definitions/sources/fraud_labels.yaml"
-    path.write_text(path.read_text().replace("table: raw.fraud_labels", f"path: labels.{fmt}"))
+    as_file_source(project_copy / "definitions/sources/fraud_labels.yaml", "table: raw.fraud_labels",
+                   f"path: labels.{fmt}")
     project = load_project(project_copy)
     result = ingest(warehouse, project, project.sources["fraud_labels"])
     assert result.rows_in == result.rows_accepted > 0

@@ -32,6 +32,12 @@ STD_COLUMN = "    column: tx_amount\n    windows: [7d, 30d]\n"
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "definitions", tmp_path / "definitions")
+    # The reference sources without their `simulated:` line: these tests edit the sources' columns, which a
+    # simulated source must also keep as the simulator writes them (tests/test_own_data.py checks that).
+    for rel in (TRANSACTIONS, LABELS):
+        path = tmp_path / rel
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not line.startswith("simulated:")))
     return tmp_path
 
 

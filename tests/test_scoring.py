@@ -20,9 +20,9 @@ from trellis.scoring import (
     _matrix,
     _value_strings,
     backfill,
+    daily_summary,
     duckdb_frame,
     explainer_for,
-    institution_summary,
     load_champion,
     model_features,
     score_day,
@@ -106,7 +106,9 @@ def test_reason_codes_are_the_top_shap_contributions(world):
 
 def test_institution_summary_adds_up_to_the_day(world):
     as_of = datetime.combine(DAY, datetime.min.time()) + timedelta(days=4)
-    summary = institution_summary(world.con, world.scores, DAY, as_of=as_of, threshold=0.5)
+    # The reference model's declared summary (batch_scoring.summaries: institutions, through raw.customers).
+    assert world.project.models[MODEL].threshold == 0.5
+    summary = daily_summary(world.con, world.project, MODEL, "institutions", world.scores, DAY, as_of=as_of)
     assert summary["transactions"].sum() == len(world.scores) == _day_count(world.con, DAY)
     assert summary["institution_id"].notna().all() and summary["institution_id"].is_unique
     assert len(summary) > 1 and (summary["confirmed_frauds"] <= summary["labelled"]).all()
@@ -120,7 +122,8 @@ def test_institution_summary_adds_up_to_the_day(world):
         "and tx_datetime < ? and coalesce(available_at, tx_datetime) < ?",
         params=[DAY, DAY + timedelta(days=1), as_of]).fetchone()
     assert (summary["labelled"].sum(), summary["confirmed_frauds"].sum()) == labels
-    later = institution_summary(world.con, world.scores, DAY, as_of=as_of + timedelta(days=60))
+    later = daily_summary(world.con, world.project, MODEL, "institutions", world.scores, DAY,
+                          as_of=as_of + timedelta(days=60))
     assert later["labelled"].sum() == len(world.scores) > labels[0]
 
 

@@ -13,12 +13,20 @@ from trellis.spec import FeatureGroup, Model, Project, RequestFeatures, Source, 
 from trellis.types import mapping
 
 _NUMERIC_AGGS = {"sum", "mean", "std"}
+# Schemas Trellis writes into (ingestion, dbt, batch scores): a source table there would be replaced by
+# Trellis' own output, so a definition may not name one.
+TRELLIS_SCHEMAS = ("validated", "quarantine", "staging", "features", "scores")
 
 
 def check_project(project: Project) -> list[Problem]:
     problems: list[Problem] = []
+    broken_sources: set[str] = set()
     for source in project.sources.values():
-        problems += _check_source(project, source)
+        found = _check_source(project, source)
+        if found:
+            broken_sources.add(source.name)
+        problems += found
+    problems += _check_simulation(project, broken_sources)
     broken: set[str] = set()
     for group in project.feature_groups.values():
         found = _check_group(project, group)
@@ -54,6 +62,7 @@ def _check_model(project: Project, model: Model, broken: set[str]) -> list[Probl
             out.append(project.problem(model, ("label", "join_key"),
                                        f"source {table.name!r} has no column {model.label.join_key!r}"
                                        f"{did_you_mean(model.label.join_key, table.columns)}"))
+    out += _check_summaries(project, model, spine)
     if broken:  # the groups' own problems are reported; their features cannot be judged here
         return out
     if model.card_key is not None and model.card_key not in spine.columns:
@@ -77,6 +86,48 @@ def _check_model(project: Project, model: Model, broken: set[str]) -> list[Probl
     return out
 
 
+def _check_summaries(project: Project, model: Model, spine: Source) -> list[Problem]:
+    """Batch summaries: unique names, asset names no other model's scores take, and a 'by' column the spine or
+    the lookup table has (checked against the simulator's table when the simulation writes the lookup)."""
+    if model.batch_scoring is None:
+        return []
+    out = []
+    simulated = {table.lower(): name for s in project.sources.values() for table, name in s.simulated_writes}
+    seen: dict[str, int] = {}
+    for index, summary in enumerate(model.batch_scoring.summaries):
+        at = ("batch_scoring", "summaries", index)
+        if summary.name in seen:
+            out.append(project.problem(model, (*at, "name"), f"duplicate summary {summary.name!r} (also "
+                                                             f"summaries[{seen[summary.name]}])"))
+        seen.setdefault(summary.name, index)
+        asset = f"{model.name}_{summary.name}"
+        if asset in project.models:
+            out.append(project.problem(model, (*at, "name"), f"summary {summary.name!r} would be scores/{asset}, "
+                                                             f"the scores of model {asset!r}; rename it"))
+        if summary.lookup is None:
+            if summary.by not in spine.columns:
+                out.append(project.problem(
+                    model, (*at, "by"),
+                    f"spine {spine.name!r} has no column {summary.by!r}{did_you_mean(summary.by, spine.columns)}; "
+                    f"give a lookup (table and key) where it comes from"))
+            continue
+        if summary.lookup.key not in spine.columns:
+            out.append(project.problem(
+                model, (*at, "lookup", "key"),
+                f"spine {spine.name!r} has no column {summary.lookup.key!r}"
+                f"{did_you_mean(summary.lookup.key, spine.columns)}"))
+        generated = simulated.get(summary.lookup.table.lower())
+        if generated is not None:
+            columns = simulator_columns(generated)
+            for field, column in (("key", summary.lookup.key), ("by", summary.by)):
+                if column not in columns:
+                    out.append(project.problem(
+                        model, (*at, "by") if field == "by" else (*at, "lookup", "key"),
+                        f"{summary.lookup.table} (the simulator's {generated} table) has no column {column!r}"
+                        f"{did_you_mean(column, columns)}"))
+    return out
+
+
 def _check_source(project: Project, source: Source) -> list[Problem]:
     out = []
     if source.table is not None and source.path is not None:
@@ -90,6 +141,11 @@ def _check_source(project: Project, source: Source) -> list[Problem]:
             "or a .parquet / .csv file)"))
     if source.path is not None and not source.path.endswith((".parquet", ".csv")):
         out.append(project.problem(source, ("path",), f"{source.path!r} must be a .parquet or .csv file"))
+    if source.table is not None and _schema_of(source.table) in TRELLIS_SCHEMAS:
+        out.append(project.problem(
+            source, ("table",),
+            f"table {source.table!r} is in schema {_schema_of(source.table)!r}, which Trellis writes (its schemas: "
+            f"{', '.join(TRELLIS_SCHEMAS)}); keep source tables in another schema, e.g. raw"))
     for field in ("event_time", "available_at", "primary_key"):
         column = getattr(source, field)
         if column is None:
@@ -102,6 +158,88 @@ def _check_source(project: Project, source: Source) -> list[Problem]:
             out.append(project.problem(
                 source, (field,), f"column {column!r} must be a timestamp, not {source.columns[column].type}"))
     return out
+
+
+def _schema_of(table: str) -> str:
+    """The schema of 'schema.table' (or 'db.schema.table'); DuckDB's 'main' for a bare name."""
+    parts = table.lower().split(".")
+    return parts[-2] if len(parts) > 1 else "main"
+
+
+def _check_simulation(project: Project, broken: set[str]) -> list[Problem]:
+    """Simulated sources: a table to write, a simulator table whose columns are the declared ones, one world
+    for all of them, and no table written twice or belonging to a source that is not simulated. A source with
+    problems of its own (``broken``, already reported) is not compared with the simulator."""
+    from trellis.spec import SIMULATOR_TABLES
+
+    simulated = [s for s in project.sources.values() if s.simulated is not None]
+    out: list[Problem] = []
+    writer: dict[str, str] = {}  # warehouse table (lower case) -> the simulated source writing it
+    own_data = {s.table.lower(): s.name for s in project.sources.values() if s.simulated is None and s.table}
+    for source in simulated:
+        sim = source.simulated
+        assert sim is not None
+        if source.name in broken:
+            continue
+        if source.table is None:
+            if source.path is not None:  # neither table nor path: _check_source says so
+                out.append(project.problem(
+                    source, ("simulated",),
+                    f"a simulated source is written by the simulator into a DuckDB table: give 'table' (e.g. "
+                    f"raw.transactions), not 'path' ({source.path!r})"))
+            continue
+        name = sim.simulator_table(source.name)
+        if name not in SIMULATOR_TABLES:
+            out.append(project.problem(
+                source, ("simulated",),
+                f"the simulator has no table {name!r}{did_you_mean(name, SIMULATOR_TABLES)}; say which one this "
+                f"source is with simulated.table (one of {', '.join(SIMULATOR_TABLES)})"))
+            continue
+        columns = simulator_columns(name)
+        for column, declared in source.columns.items():
+            if column not in columns:
+                out.append(project.problem(
+                    source, ("columns", column),
+                    f"column {column!r} is not in the simulator's {name} table{did_you_mean(column, columns)} "
+                    f"(its columns: {', '.join(columns)})"))
+            elif columns[column] != declared.type:
+                out.append(project.problem(
+                    source, ("columns", column, "type"),
+                    f"the simulator's {name}.{column} is {columns[column]}, not {declared.type}"))
+        reference = simulated[0].simulated
+        assert reference is not None
+        differ = [f"{field} {mine} vs {theirs}" for field, mine, theirs in
+                  zip(("scale", "days", "seed", "start_date"), sim.world, reference.world, strict=True)
+                  if mine != theirs]
+        if differ:
+            out.append(project.problem(
+                source, ("simulated",),
+                f"simulated sources are one simulation (the labels must match the transactions), but this one "
+                f"differs from source {simulated[0].name!r}: {', '.join(differ)}"))
+        fields = [("simulated", "table") if sim.table else ("table",),
+                  *(("simulated", "also_write", i) for i in range(len(sim.also_write)))]
+        for (table, _), field in zip(source.simulated_writes, fields, strict=True):
+            key = table.lower()
+            if key in own_data:
+                out.append(project.problem(
+                    source, field,
+                    f"the simulation would write {table}, the table of source {own_data[key]!r}, which is not "
+                    f"simulated: Trellis never writes a source's own data"))
+            elif key in writer:
+                out.append(project.problem(
+                    source, field, f"the simulation would write {table} twice (also for source {writer[key]!r})"))
+            else:
+                writer[key] = source.name
+    return out
+
+
+def simulator_columns(table: str) -> dict[str, str]:
+    """Column -> logical type of one of the simulator's tables."""
+    from trellis.simulate import TABLE_SCHEMAS
+
+    logical = {"int64": "int64", "int32": "int32", "double": "float64", "string": "string",
+               "timestamp[us]": "timestamp"}
+    return {field.name: logical[str(field.type)] for field in TABLE_SCHEMAS[table]}
 
 
 def _check_group(project: Project, group: FeatureGroup) -> list[Problem]:

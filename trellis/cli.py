@@ -111,48 +111,117 @@ def sql(project_dir: Path, group_name: str, dialect: str) -> None:
 
 
 @main.command()
-@project_option
-@click.option("--scale", default=1.0, show_default=True, help="Multiply customers and terminals.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--days", "n_days", default=183, show_default=True)
-@click.option("--parquet", "parquet_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write one Parquet file per table here.")
-def simulate(project_dir: Path, scale: float, seed: int, n_days: int, parquet_dir: Path | None) -> None:
-    """Generate the reference transaction network into the warehouse (schema raw)."""
-    from trellis.paths import ProjectPaths
-    from trellis.simulate import SimulationConfig, write_duckdb, write_files
-    from trellis.simulate import simulate as run
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--example", type=click.Choice(["fraud"]), default=None,
+              help="Lay out an example instead of an empty project: fraud is the reference project (simulated "
+                   "card transactions and labels, the card_fraud model).")
+def init(directory: Path, example: str | None) -> None:
+    """Create a project in DIRECTORY (new or empty): definitions, dbt project, Feast repo, Dagster workspace."""
+    from trellis.scaffold import InitError, init_project
 
-    paths = ProjectPaths.of(project_dir)
     try:
-        config = SimulationConfig(seed=seed, n_days=n_days).scaled(scale)
+        written = init_project(directory, example=example)
+    except InitError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"created {'the ' + example + ' example' if example else 'a project'} in {directory} "
+               f"({len(written)} files)")
+    where = "" if directory.resolve() == Path.cwd() else f" --project {directory}"
+    if example:
+        click.echo(f"next: trellis ingest{where}   (simulates the reference data, then validates it)\n"
+                   f"      cd {directory / 'dbt_project'} && dbt build")
+    else:
+        click.echo(f"next: declare your sources and features in {directory / 'definitions'} (each file holds a "
+                   f"commented example), then\n      trellis validate{where} && trellis compile{where} "
+                   f"&& trellis ingest{where}")
+
+
+@main.command()
+@project_option
+@click.option("--scale", type=float, default=None, help="Multiply customers and terminals (default: as declared).")
+@click.option("--seed", type=int, default=None, help="Default: as declared.")
+@click.option("--days", "n_days", type=int, default=None, help="Default: as declared.")
+@click.option("--parquet", "parquet_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write one Parquet file per simulator table here.")
+def simulate(project_dir: Path, scale: float | None, seed: int | None, n_days: int | None,
+             parquet_dir: Path | None) -> None:
+    """Generate the reference data into the tables of the sources that declare `simulated:`, and no other."""
+    from trellis.paths import ProjectPaths
+    from trellis.simulate import declared_simulation, simulate, write_files, write_tables
+
+    project = _load(project_dir)
+    try:
+        declared = declared_simulation(project, scale=scale, days=n_days, seed=seed)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if declared is None:
+        click.echo("error: no source of this project declares `simulated:`, so there is nothing to simulate (the "
+                   "simulator writes only the tables of sources that declare it)", err=True)
+        sys.exit(1)
+    paths = ProjectPaths.of(project_dir)
     started = time.perf_counter()
-    tables = run(config, progress=_step)
+    tables = simulate(declared.config, progress=_step)
     paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
-    counts = write_duckdb(tables, paths.warehouse, schema="raw")
+    counts = write_tables(tables, paths.warehouse, declared.targets)
     if parquet_dir:
         write_files(tables, parquet_dir, fmt="parquet")
-    for name, rows in counts.items():
-        click.echo(f"raw.{name}: {rows:,} rows")
+    for table, rows in counts.items():
+        click.echo(f"{table}: {rows:,} rows")
     click.echo(f"wrote {paths.warehouse} in {time.perf_counter() - started:.1f}s")
+
+
+def _missing_inputs(project, paths, simulated: set[str]) -> list[str]:
+    """What ingestion would read and cannot find: one line each, naming the source, its table or file, and what
+    to do. A table the simulation writes is not missing: ingestion simulates it."""
+    own = {s.table: s for s in project.sources.values() if s.table is not None and s.table not in simulated}
+    where = paths.warehouse.relative_to(project.root) if paths.warehouse.is_relative_to(project.root) \
+        else paths.warehouse
+    lines = []
+    for table in _absent(paths.warehouse, own):
+        lines.append(f"source {own[table].name!r} reads {table}, which is not in the warehouse {where}"
+                     + ("" if paths.warehouse.exists() else " (there is no warehouse yet)")
+                     + f": load your rows into it first (in DuckDB: {_create(table)} as from "
+                       f"'your_file.parquet'), or give the source the file as its path")
+    for source in project.sources.values():
+        if source.path is not None and not (project.root / source.path).exists():
+            lines.append(f"source {source.name!r} reads {source.path}, which does not exist under {project.root}")
+    return lines
 
 
 @main.command()
 @project_option
 def ingest(project_dir: Path) -> None:
-    """Validate every source against its contract into validated.* (rejects go to quarantine.*)."""
+    """Validate every source against its contract into validated.* (rejects go to quarantine.*). A simulated
+    source whose table is not in the warehouse yet is simulated first."""
     import duckdb
 
     from trellis.contracts import ContractViolation
     from trellis.contracts import ingest as run
     from trellis.online.eventlog import read_logged
     from trellis.paths import ProjectPaths
+    from trellis.simulate import declared_simulation, write_declared
 
     project = _load(project_dir)
     paths = ProjectPaths.of(project_dir)
+    if not project.sources:
+        click.echo("no sources declared yet: nothing to ingest (declare one under definitions/sources/)")
+        return
+    declared = declared_simulation(project)
+    simulated = set(declared.targets) if declared else set()
+    missing = _missing_inputs(project, paths, simulated)
+    if missing:
+        for line in missing:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(1)
+    if declared is not None:
+        absent = _absent(paths.warehouse, declared.targets)
+        if absent:
+            _step(f"simulating {', '.join(declared.sources)} (their tables are not in the warehouse yet: "
+                  f"{', '.join(absent)})")
+            for table, rows in write_declared(declared, paths.warehouse, progress=_step).items():
+                click.echo(f"{table}: {rows:,} rows simulated")
     logged = read_logged(paths.event_log, project)
+    paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(paths.warehouse))
     try:
         for source in project.sources.values():
@@ -164,6 +233,26 @@ def ingest(project_dir: Path) -> None:
     except ContractViolation as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    finally:
+        con.close()
+
+
+def _create(table: str) -> str:
+    schema = table.rsplit(".", 1)[0] if "." in table else None
+    return (f"create schema if not exists {schema}; " if schema else "") + f"create table {table}"
+
+
+def _absent(warehouse: Path, tables) -> list[str]:
+    """The tables of ``tables`` the warehouse does not hold (all of them when there is no warehouse)."""
+    import duckdb
+
+    if not warehouse.exists():
+        return list(tables)
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return [t for t in tables if not con.sql(
+            "select count(*) from information_schema.tables where lower(table_schema || '.' || table_name) = ?",
+            params=[t.lower() if "." in t else f"main.{t.lower()}"]).fetchone()[0]]
     finally:
         con.close()
 

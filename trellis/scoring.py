@@ -1,5 +1,5 @@
-"""Batch scoring: every transaction of a day scored with a model (the champion), with top reason codes, and a
-per-institution daily risk summary.
+"""Batch scoring: every transaction of a day scored with a model (the champion), with top reason codes, and the
+daily summaries the model declares (e.g. per institution).
 
 * ``scoring_frame``: the day's spine rows (``[day, day + days)`` on the spine's event time, labelled or not)
   with the model's stored features and request features. It is **the training-set query itself**
@@ -19,8 +19,9 @@ per-institution daily risk summary.
   (contributions in log-odds; they sum with the expected value to the raw score, and equal CatBoost's
   ``ShapValues``). Reasons are the features with the largest contribution toward fraud. Models with
   categorical features take CatBoost's own path (``predict_proba`` + ``ShapValues``);
-* ``institution_summary``: per institution (``customers.institution_id``): transactions, mean score, share
-  of scores at or above the threshold, and labels / confirmed frauds among labels known before ``as_of``;
+* ``daily_summary``: a declared batch product (``batch_scoring.summaries`` of the model, e.g. per institution
+  through the customers table): per value of its column, transactions, mean score, share of scores at or above
+  the threshold, and labels / confirmed frauds among labels known before ``as_of``;
 * ``score_day`` / ``backfill`` / ``load_champion``: the pieces put together for a daily partition.
 """
 
@@ -43,7 +44,7 @@ from trellis.compile.offline import FEATURE_TS
 from trellis.explain import ObliviousExplainer
 from trellis.modeling import prepare_features
 from trellis.registry import CHAMPION, RegistryError, load_alias
-from trellis.spec import Model, Project
+from trellis.spec import BatchSummary, Model, Project
 from trellis.training import EVENT_TIME, FEATURE_SCHEMA, LABEL, _model, _parts, training_set_sql
 
 _PLACEHOLDER = "__trellis_scoring_source__"  # schema the training SQL is rendered against, then replaced
@@ -272,38 +273,54 @@ def score_frame(catboost_model: CatBoostClassifier, frame: pd.DataFrame, feature
     return pd.DataFrame(out)
 
 
-def institution_summary(con: duckdb.DuckDBPyConnection, scores: pd.DataFrame, day: date, *, as_of: datetime,
-                        threshold: float = 0.5, join_key: str = "transaction_id",
-                        transactions_table: str = "validated.transactions",
-                        customers_table: str = "raw.customers", labels_table: str = "validated.fraud_labels",
-                        label_column: str = "tx_fraud") -> pd.DataFrame:
-    """Per institution for one day's ``scores``: ``transactions``, ``mean_score``, ``alert_share`` (share of
-    scores >= ``threshold``), ``labelled`` and ``confirmed_frauds`` (labels with
-    ``coalesce(available_at, tx_datetime) < as_of``), plus ``day`` and ``as_of``. Customers come from the
-    transactions table (unless ``scores`` has ``customer_id``) and institutions from ``customers_table``;
-    transactions without a known institution are grouped under a NULL ``institution_id``."""
+def daily_summary(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model, summary: str | BatchSummary,
+                  scores: pd.DataFrame, day: date, *, as_of: datetime,
+                  source_schema: str = VALIDATED_SCHEMA) -> pd.DataFrame:
+    """A declared batch summary (``batch_scoring.summaries``) of one day's ``scores``: per value of its ``by``
+    column, ``transactions``, ``mean_score``, ``alert_share`` (share of scores >= the model's threshold),
+    ``labelled`` and ``confirmed_frauds`` (labels of the model's label source with ``coalesce(available_at,
+    event time) < as_of``), plus ``day`` and ``as_of``. ``by`` comes from the scores, else the validated spine
+    row; through the summary's lookup table (joined on its key) when it declares one. Rows whose value is not
+    known are grouped under a NULL."""
+    model = _model(project, model)
+    summary = _summary(model, summary)
+    join_key = model.label.join_key
+    spine, labels = project.sources[model.spine], project.sources[model.label.source]
+    lookup = summary.lookup
+    needed = lookup.key if lookup is not None else summary.by  # the column the scored row must give
+    if lookup is not None and not _has_table(con, lookup.table):
+        raise ScoringError(f"summary {summary.name!r} of model {model.name!r} reads {lookup.table} "
+                           f"(batch_scoring.summaries.lookup), which is not in the warehouse")
     name = f"__trellis_scores_{uuid.uuid4().hex}"
-    cols = [join_key, "score", *(["customer_id"] if "customer_id" in scores.columns else [])]
+    cols = [join_key, "score", *([needed] if needed in scores.columns and needed != join_key else [])]
     con.register(name, scores[cols])
-    customer = "s.customer_id" if "customer_id" in scores.columns else "t.customer_id"
-    join_tx = "" if "customer_id" in scores.columns else (
-        f"LEFT JOIN {transactions_table} AS t ON t.{_q(join_key)} = s.{_q(join_key)}")
+    row_value = f"s.{_q(needed)}" if needed in cols else f"t.{_q(needed)}"
+    join_spine = "" if needed in cols else (
+        f"LEFT JOIN {_q(source_schema)}.{_q(spine.name)} AS t ON t.{_q(join_key)} = s.{_q(join_key)}")
+    if lookup is not None:
+        group = f"c.{_q(summary.by)}"
+        join_lookup = f"LEFT JOIN {lookup.table} AS c ON c.{_q(lookup.key)} = {row_value}"
+    else:
+        group, join_lookup = row_value, ""
+    known = f"coalesce({_q(labels.available_at)}, {_q(labels.event_time)})" if labels.available_at else \
+        _q(labels.event_time)
     sql = f"""
-        SELECT c.institution_id, count(*) AS transactions, avg(s.score) AS mean_score,
+        SELECT {group} AS {_q(summary.by)}, count(*) AS transactions, avg(s.score) AS mean_score,
                avg(CASE WHEN s.score >= ? THEN 1.0 ELSE 0.0 END) AS alert_share,
                count(l.{_q(join_key)}) AS labelled,
-               coalesce(sum(CASE WHEN l.{_q(label_column)} = 1 THEN 1 ELSE 0 END), 0) AS confirmed_frauds
+               coalesce(sum(CASE WHEN CAST(l.{_q(model.label.column)} AS INTEGER) = 1 THEN 1 ELSE 0 END), 0)
+                   AS confirmed_frauds
         FROM {_q(name)} AS s
-        {join_tx}
-        LEFT JOIN {customers_table} AS c ON c.customer_id = {customer}
-        LEFT JOIN (SELECT * FROM {labels_table}
-                   WHERE coalesce(available_at, tx_datetime) < ?) AS l ON l.{_q(join_key)} = s.{_q(join_key)}
-        GROUP BY c.institution_id
-        ORDER BY c.institution_id NULLS LAST
+        {join_spine}
+        {join_lookup}
+        LEFT JOIN (SELECT * FROM {_q(source_schema)}.{_q(labels.name)} WHERE {known} < ?) AS l
+               ON l.{_q(join_key)} = s.{_q(join_key)}
+        GROUP BY {group}
+        ORDER BY {group} NULLS LAST
     """
     try:
         as_of_value = as_of.replace(tzinfo=None)
-        out = con.execute(sql, [threshold, as_of_value]).df()
+        out = con.execute(sql, [model.threshold, as_of_value]).df()
     finally:
         con.unregister(name)
     for column in ("transactions", "labelled", "confirmed_frauds"):
@@ -311,6 +328,25 @@ def institution_summary(con: duckdb.DuckDBPyConnection, scores: pd.DataFrame, da
     out.insert(0, "day", pd.Timestamp(_day(day)))
     out["as_of"] = pd.Timestamp(as_of_value)
     return out
+
+
+def _summary(model: Model, summary: str | BatchSummary) -> BatchSummary:
+    if not isinstance(summary, str):
+        return summary
+    declared = {s.name: s for s in (model.batch_scoring.summaries if model.batch_scoring else [])}
+    if summary not in declared:
+        raise ScoringError(f"model {model.name!r} declares no summary {summary!r}"
+                           + (f" (its summaries: {', '.join(declared)})" if declared else
+                              " (batch_scoring.summaries is empty)"))
+    return declared[summary]
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    try:
+        con.sql(f"SELECT * FROM {table} LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
 
 
 def model_features(catboost_model: CatBoostClassifier) -> tuple[list[str], list[str]]:
@@ -355,7 +391,7 @@ __all__ = [
     "ScoringError",
     "backfill",
     "explainer_for",
-    "institution_summary",
+    "daily_summary",
     "load_champion",
     "model_features",
     "score_day",

@@ -20,19 +20,27 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    from trellis.spec import Project
+
 __all__ = [
     "LABEL_DELAYS",
     "TABLE_SCHEMAS",
+    "DeclaredSimulation",
     "FraudSchedule",
     "SimulationConfig",
+    "declared_simulation",
     "simulate",
     "simulate_with_schedule",
+    "write_declared",
     "write_duckdb",
     "write_files",
+    "write_tables",
 ]
 
 LABEL_DELAYS: tuple[str, ...] = ("fixed", "exponential", "uniform")
@@ -263,28 +271,75 @@ def simulate_with_schedule(
 
 
 def write_duckdb(tables: dict[str, pa.Table], database: str | Path, schema: str = "raw") -> dict[str, int]:
-    """Create or replace ``schema.<table>`` for every table in ``database``; returns row counts."""
+    """Create or replace ``schema.<table>`` for every table in ``database``; returns row counts by table name.
+
+    Every table, whatever is there: for a scratch database. A project's warehouse gets only the tables its
+    simulated sources declare (``write_declared``)."""
+    counts = write_tables(tables, database, {f"{schema}.{name}": name for name in tables})
+    return {name: counts[f"{schema}.{name}"] for name in tables}
+
+
+def write_tables(tables: dict[str, pa.Table], database: str | Path, targets: dict[str, str]) -> dict[str, int]:
+    """Create or replace each warehouse table of ``targets`` (``schema.table`` -> the simulator table it
+    holds) in ``database``, in one transaction; returns row counts by warehouse table."""
     import duckdb
 
     counts: dict[str, int] = {}
     with duckdb.connect(str(database)) as con:
         # One transaction, so readers never see a half-replaced dataset (new transactions, old labels).
         con.begin()
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
-        for name, table in tables.items():
+        for target, name in targets.items():
+            parts = target.split(".")
+            qualified = ".".join(_quote(part) for part in parts)
+            if len(parts) > 1:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(_quote(part) for part in parts[:-1])}")
             view = f"__trellis_simulate_{name}"
-            con.register(view, table)
+            con.register(view, tables[name])
             try:
-                con.execute(
-                    f"CREATE OR REPLACE TABLE {_quote(schema)}.{_quote(name)} AS SELECT * FROM {view}"
-                )
+                con.execute(f"CREATE OR REPLACE TABLE {qualified} AS SELECT * FROM {view}")
             finally:
                 con.unregister(view)
-            row = con.execute(f"SELECT count(*) FROM {_quote(schema)}.{_quote(name)}").fetchone()
+            row = con.execute(f"SELECT count(*) FROM {qualified}").fetchone()
             assert row is not None
-            counts[name] = int(row[0])
+            counts[target] = int(row[0])
         con.commit()
     return counts
+
+
+@dataclass(frozen=True)
+class DeclaredSimulation:
+    """A project's simulation: the world its simulated sources declare and the tables it owns."""
+
+    config: SimulationConfig
+    targets: dict[str, str]  # warehouse table -> simulator table, every table the simulation writes
+    sources: tuple[str, ...]  # the simulated sources
+
+
+def declared_simulation(project: Project, *, scale: float | None = None, days: int | None = None,
+                        seed: int | None = None) -> DeclaredSimulation | None:
+    """The simulation the project's sources declare (``simulated:``), with ``scale``, ``days`` or ``seed``
+    overriding the declared ones (a smaller world for a test or a benchmark); None when no source is
+    simulated. The definitions are validated, so the simulated sources agree on one world."""
+    simulated = [s for s in project.sources.values() if s.simulated is not None]
+    if not simulated:
+        return None
+    world = simulated[0].simulated
+    assert world is not None
+    config = SimulationConfig(seed=world.seed if seed is None else seed,
+                              n_days=world.days if days is None else days,
+                              start_date=world.start_date.isoformat())
+    targets = {table: name for source in simulated for table, name in source.simulated_writes}
+    return DeclaredSimulation(config.scaled(world.scale if scale is None else scale), targets,
+                              tuple(s.name for s in simulated))
+
+
+def write_declared(simulation: DeclaredSimulation, database: str | Path,
+                   progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Simulate ``simulation``'s world and write the tables it owns, and only those, into ``database``;
+    returns row counts by warehouse table."""
+    tables = simulate(simulation.config, progress=progress)
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    return write_tables(tables, database, simulation.targets)
 
 
 def write_files(tables: dict[str, pa.Table], directory: str | Path, fmt: str = "parquet") -> dict[str, Path]:

@@ -171,6 +171,47 @@ class Column(_Strict):
         return self
 
 
+# The tables trellis.simulate generates (its TABLE_SCHEMAS; a test keeps the two in step).
+SimulatorTable = Literal["transactions", "fraud_labels", "customers", "terminals", "institutions"]
+SIMULATOR_TABLES: tuple[str, ...] = get_args(SimulatorTable)
+
+
+class Simulated(_Strict):
+    """The source's rows come from Trellis' reference simulator (design section 7), not from your data.
+
+    The simulation writes the source's ``table`` (and the tables named in ``also_write``) whenever it runs: the
+    declaration is what gives it that table. A source without ``simulated`` is never written by Trellis. Every
+    simulated source of a project is one simulation: labels must match the transactions, so the sources agree
+    on ``scale``, ``days``, ``seed`` and ``start_date``."""
+
+    table: SimulatorTable | None = Field(
+        None, description="The simulator's table this source is (default: the source's name).")
+    scale: float = Field(1.0, gt=0, description="Multiplies the 5,000 customers and 10,000 terminals.")
+    days: int = Field(183, gt=0, description="Days simulated from start_date.")
+    seed: int = Field(0, ge=0)
+    start_date: date = Field(date(2018, 4, 1), description="The first simulated day.")
+    also_write: list[SimulatorTable] = Field(
+        default_factory=list,
+        description="Other simulator tables written beside the source's table, in the same schema (e.g. "
+                    "customers, for a batch summary by institution).")
+
+    @field_validator("also_write")
+    @classmethod
+    def _unique(cls, tables: list[str]) -> list[str]:
+        repeated = sorted({t for t in tables if tables.count(t) > 1})
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is listed twice in also_write")
+        return tables
+
+    def simulator_table(self, source_name: str) -> str:
+        return self.table or source_name
+
+    @property
+    def world(self) -> tuple[float, int, int, date]:
+        """What the simulated sources of one project must agree on."""
+        return self.scale, self.days, self.seed, self.start_date
+
+
 class Source(_Strict):
     """A table or file of rows with an event time.
 
@@ -199,12 +240,25 @@ class Source(_Strict):
     max_future: MaxFuture | None = Field(
         None, description="How far past the clock (at ingestion or request time) a timestamp may be, e.g. '1d'. "
                           "Unset: ingestion sets no bound and the API uses its own setting.")
+    simulated: Simulated | None = Field(
+        None, description="Rows come from Trellis' reference simulator instead of your data; the simulation "
+                          "then owns (writes) this source's table. Without it Trellis never writes the table.")
     description: str = ""
     owner: str = ""
 
     @property
     def relation(self) -> str:
         return self.table or f"read_file({self.path!r})"
+
+    @property
+    def simulated_writes(self) -> list[tuple[str, str]]:
+        """(warehouse table, simulator table) for every table the simulation writes for this source: its own
+        table, then the ``also_write`` tables beside it (same schema). Empty when the source is not simulated."""
+        if self.simulated is None or self.table is None:
+            return []
+        schema = self.table.rsplit(".", 1)[0] + "." if "." in self.table else ""
+        return [(self.table, self.simulated.simulator_table(self.name)),
+                *((f"{schema}{extra}", extra) for extra in self.simulated.also_write)]
 
     @property
     def timestamp_columns(self) -> list[str]:
@@ -298,9 +352,29 @@ class PromotionGates(_Strict):
     max_drop: float = Field(0.01, ge=0, description="How much worse than the champion a challenger may be.")
 
 
+class SummaryLookup(_Strict):
+    table: str = Field(description="The DuckDB table holding the summary's column, as schema.table.")
+    key: Name = Field(description="Column of that table and of the spine that joins them, e.g. customer_id.")
+
+
+class BatchSummary(_Strict):
+    """A daily batch product over the day's scores (asset ``scores/<model>_<name>``, table
+    ``scores.<model>_<name>``): per value of ``by`` and day, transactions, mean score, alert share (scores at or
+    above the model's threshold) and the labels / confirmed frauds known when the partition was built."""
+
+    name: Name
+    by: Name = Field(description="The column rows are grouped by, e.g. institution_id: a spine column, or one of "
+                                 "the lookup table.")
+    lookup: SummaryLookup | None = Field(
+        None, description="Where 'by' comes from when the spine has no such column: a table joined on a key.")
+    description: str = ""
+
+
 class BatchScoring(_Strict):
     start_date: date = Field(description="First day of the daily score partitions.")
     hour_of_day: int = Field(2, ge=0, le=23, description="When each night yesterday's transactions are scored.")
+    summaries: list[BatchSummary] = Field(
+        default_factory=list, description="Daily batch products built on the scores (optional).")
 
 
 class Model(_Strict):
@@ -779,6 +853,7 @@ __all__ = [
     "AGGREGATIONS",
     "LOGICAL_TYPES",
     "Aggregation",
+    "BatchSummary",
     "Column",
     "Entity",
     "Feature",
@@ -786,6 +861,7 @@ __all__ = [
     "Project",
     "RequestFeature",
     "RequestFeatures",
+    "Simulated",
     "Source",
     "json_schema",
     "load_project",

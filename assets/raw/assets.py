@@ -1,4 +1,5 @@
-"""Landing data and validated sources: simulate the reference data, then enforce each source's contract."""
+"""Landing data and validated sources: the simulation of the sources that declare it, then each source's
+contract. A source without ``simulated:`` is the user's own table: no asset writes it."""
 
 import hashlib
 
@@ -8,26 +9,45 @@ from assets.project import paths, trellis_project
 from assets.resources import Warehouse
 from trellis.contracts import ingest
 from trellis.online.eventlog import read_logged
-from trellis.simulate import SimulationConfig, simulate, write_duckdb
+
+SIMULATION_KEY = dg.AssetKey(["landing", "reference_data"])
 
 
 class SimulationRun(dg.Config):
-    scale: float = 1.0
-    seed: int = 0
-    n_days: int = 183
+    """Overrides of the world the simulated sources declare (a smaller one for a test); unset: as declared."""
+
+    scale: float | None = None
+    seed: int | None = None
+    n_days: int | None = None
 
 
-@dg.asset(
-    key=["landing", "reference_data"],
-    group_name="raw",
-    kinds={"duckdb", "python"},
-    description="The simulated card-transaction network (design section 7), written to the raw schema.",
-)
-def reference_data(context: dg.AssetExecutionContext, config: SimulationRun, warehouse: Warehouse):
-    sim = SimulationConfig(seed=config.seed, n_days=config.n_days).scaled(config.scale)
-    tables = simulate(sim, progress=context.log.info)
-    counts = write_duckdb(tables, warehouse.path, schema="raw")
-    return dg.MaterializeResult(metadata={f"rows/{name}": dg.MetadataValue.int(n) for name, n in counts.items()})
+def simulation_assets() -> list[dg.AssetsDefinition]:
+    """``landing/reference_data`` when a source declares ``simulated:``: the simulated network, written to the
+    tables those sources declare and to no other. None otherwise."""
+    from trellis.simulate import declared_simulation
+
+    declared = declared_simulation(trellis_project())
+    if declared is None:
+        return []
+
+    @dg.asset(
+        key=SIMULATION_KEY,
+        group_name="raw",
+        kinds={"duckdb", "python"},
+        description="The simulated card-transaction network (design section 7), written to the tables of the "
+                    f"sources that declare `simulated:` ({', '.join(declared.sources)}): "
+                    f"{', '.join(declared.targets)}.",
+        metadata={"tables": dg.MetadataValue.json(declared.targets)},
+    )
+    def reference_data(context: dg.AssetExecutionContext, config: SimulationRun, warehouse: Warehouse):
+        from trellis.simulate import declared_simulation, write_declared
+
+        run = declared_simulation(trellis_project(), scale=config.scale, days=config.n_days, seed=config.seed)
+        assert run is not None
+        counts = write_declared(run, warehouse.path, progress=context.log.info)
+        return dg.MaterializeResult(metadata={f"rows/{table}": dg.MetadataValue.int(n) for table, n in counts.items()})
+
+    return [reference_data]
 
 
 def _source_asset(source_name: str) -> dg.AssetsDefinition:
@@ -37,7 +57,7 @@ def _source_asset(source_name: str) -> dg.AssetsDefinition:
         name=source_name,
         key_prefix=["raw"],
         group_name="raw",
-        deps=[dg.AssetKey(["landing", "reference_data"])],
+        deps=[SIMULATION_KEY] if source.simulated is not None else None,
         kinds={"duckdb", "pandera"},
         owners=[source.owner] if "@" in source.owner else None,
         code_version=hashlib.sha256(source.model_dump_json().encode()).hexdigest()[:12],

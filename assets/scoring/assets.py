@@ -1,4 +1,5 @@
-"""Daily batch scores with the champion model, and the per-institution risk summary built on them."""
+"""Daily batch scores with the champion model, and the summaries the model declares on them (e.g. per
+institution)."""
 
 from datetime import datetime
 
@@ -6,7 +7,7 @@ import dagster as dg
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
-from trellis.scoring import institution_summary, load_champion, score_day
+from trellis.scoring import daily_summary, load_champion, score_day
 
 
 def _replace_partition(con, table: str, frame, day) -> None:
@@ -52,25 +53,35 @@ def _scoring_assets(model_name: str) -> list[dg.AssetsDefinition]:
                                                   if len(frame) else 0.0),
         })
 
+    return [scores, *(_summary_asset(model_name, summary.name) for summary in model.batch_scoring.summaries)]
+
+
+def _summary_asset(model_name: str, summary_name: str) -> dg.AssetsDefinition:
+    """A summary the model declares under ``batch_scoring.summaries``: ``scores/<model>_<summary>``."""
+    model = trellis_project().models[model_name]
+    summary = next(s for s in model.batch_scoring.summaries if s.name == summary_name)
+    by = f"{summary.by} (from {summary.lookup.table} by {summary.lookup.key})" if summary.lookup else summary.by
+
     @dg.asset(
-        key=["scores", f"{model_name}_institutions"],
+        key=["scores", f"{model_name}_{summary_name}"],
         group_name="scores",
         kinds={"duckdb"},
-        partitions_def=partitions,
+        partitions_def=_daily(model_name),
         deps=[dg.AssetKey(["scores", model_name])],
-        description="Bank intelligence: per institution and day, volume, scored risk, alert share and the frauds "
-                    "confirmed so far (labels known when this partition was built).",
+        description=(summary.description.strip() or f"Per {summary.by} and day: volume, scored risk, alert share "
+                     "and the frauds confirmed so far (labels known when this partition was built).")
+                    + f" Grouped by {by}.",
     )
-    def institutions(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         day = datetime.fromisoformat(context.partition_key).date()
         with warehouse.connect() as con:
             scores = con.sql(f"select * from scores.{model_name} where cast(event_time as date) = ?",
                              params=[day]).df()
-            summary = institution_summary(con, scores, day, as_of=datetime.now(), threshold=model.threshold)
-            _replace_partition(con, f"scores.{model_name}_institutions", summary, day)
-        return dg.MaterializeResult(metadata={"dagster/row_count": dg.MetadataValue.int(len(summary))})
+            frame = daily_summary(con, trellis_project(), model, summary, scores, day, as_of=datetime.now())
+            _replace_partition(con, f"scores.{model_name}_{summary_name}", frame, day)
+        return dg.MaterializeResult(metadata={"dagster/row_count": dg.MetadataValue.int(len(frame))})
 
-    return [scores, institutions]
+    return _asset
 
 
 def _schedule(model_name: str) -> dg.ScheduleDefinition:
@@ -78,7 +89,8 @@ def _schedule(model_name: str) -> dg.ScheduleDefinition:
     assert model.batch_scoring is not None
     job = dg.define_asset_job(
         f"{model_name}_daily_scores",
-        selection=[dg.AssetKey(["scores", model_name]), dg.AssetKey(["scores", f"{model_name}_institutions"])],
+        selection=[dg.AssetKey(["scores", model_name]),
+                   *(dg.AssetKey(["scores", f"{model_name}_{s.name}"]) for s in model.batch_scoring.summaries)],
         partitions_def=_daily(model_name),
     )
     return dg.build_schedule_from_partitioned_job(job, hour_of_day=model.batch_scoring.hour_of_day)
