@@ -24,6 +24,7 @@ from trellis.online.state import (
     empty_values,
     evaluate,
     group_spec,
+    merge_encoded,
     row_mapper,
     state_view,
     unanswerable,
@@ -372,12 +373,13 @@ class OnlineFeatures:
         batches: dict[str, list[Any]] = {}
         entities = 0
         for g, by_key in per_group.items():
-            spec, mapper = self.specs[g], self.mappers[g]
+            mapper = self.mappers[g]
             keys = list(by_key)
             encoded = [self.encoders[g](k) for k in keys]
             current = self.store.read_values(state_view(g), encoded, STATE_FIELD)
-            blobs = [Tail.decode(spec, decode_bytes_value(blob)).merge(spec, mapper.tail(by_key[key])).encode()
-                     for key, blob in zip(keys, current, strict=True)]
+            # Every entity of the write at once (numpy calls per group, not per entity): the bytes of
+            # Tail.decode(...).merge(spec, mapper.tail(rows)).encode() for each.
+            blobs = merge_encoded(mapper, [decode_bytes_value(blob) for blob in current], [by_key[k] for k in keys])
             batches[state_view(g)] = [(key_bytes, {STATE_FIELD: value}, now)
                                       for key_bytes, value in zip(encoded, encode_values("bytes", blobs), strict=True)]
             entities += len(keys)
