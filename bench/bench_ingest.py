@@ -101,14 +101,18 @@ def ours(project: Path, pristine: Path, events: list[dict], per_request: int, co
         result = load_run(server.port, "/v1/events", payloads, connections, 1, 2.0, duration)
     finally:
         server.stop()
+    result["events_per_s"] = result["rps"] * per_request
+    result["appended"] = logged(project)
+    return result
+
+
+def logged(project: Path) -> int:
+    """The event log's last offset: the rows really appended."""
     log = SqliteEventLog(project / "data" / "event_log.db")
     try:
-        appended = log.last_offset()
+        return log.last_offset()
     finally:
         log.close()
-    result["events_per_s"] = result["rps"] * per_request
-    result["appended"] = appended
-    return result
 
 
 def feast_push(n_rows: int, total: int, events: list[dict]) -> dict:

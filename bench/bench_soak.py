@@ -9,9 +9,11 @@ a fresh copy of its online store and an empty event log; ``uvicorn serving.app:c
 in processes of its own (``bench_serving.load_run`` with a rate: requests leave at planned times and latency
 counts from the planned time, so a stall is not hidden by the client waiting):
 
-* ``POST /v1/score`` at ``--score-rate`` requests/s: the last day's transactions of the warehouse, in turn;
+* ``POST /v1/score`` at ``--score-rate`` requests/s: the last day's transactions of the warehouse a day later, in
+  turn;
 * ``POST /v1/events`` at ``--event-rate`` requests/s, one new transaction each (unique ids, after the newest
-  data, on existing customers, terminals and devices): every window of every group it feeds kept exact.
+  data, on existing terminals, customers and devices drawn from the existing ones and ``--population`` new ones):
+  every window of every group it feeds kept exact.
 
 The first event and the first score after ``/readyz`` answers 200 are timed on their own (the service warms
 at start-up: they should cost what any other does). The server's resident memory (``VmRSS`` of its process) is read every 5 s. Growth is reported from the first
@@ -29,16 +31,16 @@ import json
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_ingest import fresh_state, new_events, pristine_store  # noqa: E402
+from bench_ingest import fresh_state, logged, new_events, pristine_store  # noqa: E402
 from bench_serving import WORK, build, build_dir, last_day_transactions, load_run, ours_server  # noqa: E402
-
-from trellis.online.eventlog import SqliteEventLog  # noqa: E402
 
 WARMUP_S = 60.0
 
@@ -48,6 +50,29 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def spread(events: list[dict], population: int, seed: int = 1) -> list[dict]:
+    """The events' customers and devices drawn from the existing ones plus ``population`` new ids each, uniformly:
+    at scale 0.1 the data has 498 customers and 502 devices, and 500 events/s on those alone would be one event a
+    second for every customer and device for ten minutes, each tail growing fourfold (a card-testing attack, not a
+    network's traffic)."""
+    rng = np.random.default_rng(seed)
+    for column in ("customer_id", "device_id"):
+        existing = sorted({e[column] for e in events})
+        ids = np.concatenate([existing, max(existing) + 1 + np.arange(population)])
+        for e, i in zip(events, rng.integers(0, len(ids), len(events)).tolist(), strict=True):
+            e[column] = int(ids[i])
+    return events
+
+
+def later(transactions: list[dict]) -> list[dict]:
+    """The last day's transactions a day later: scored after the data's newest event, as the stream's own
+    transactions are (a request more than a day older than an entity's newest event is refused, 422: the state
+    keeps a day of slack, ``trellis.online.state.SLACK_US``, and the stream moves entities' newest events on)."""
+    shift = timedelta(days=1)
+    return [{**tx, "tx_datetime": (datetime.fromisoformat(tx["tx_datetime"]) + shift).isoformat()}
+            for tx in transactions]
 
 
 def first_requests(port: int, requests: list[tuple[str, bytes]]) -> list[str]:
@@ -75,15 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=0.1)
     parser.add_argument("--days", type=int, default=100)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--population", type=int, default=100_000,
+                        help="new customers and devices the events are spread over, beside the existing ones")
     args = parser.parse_args(argv)
 
     target = build_dir(WORK, args.scale, args.days)
     project = build(target, args.scale, args.days, args.rebuild)
     pristine = pristine_store(project, target)
     duration = args.minutes * 60
-    events = new_events(project, int(args.event_rate * (duration + WARMUP_S + 30)))
+    events = spread(new_events(project, int(args.event_rate * (duration + WARMUP_S + 30))), args.population)
     event_bodies = [json.dumps(e).encode() for e in events]
-    score_bodies = [json.dumps(tx).encode() for tx in last_day_transactions(project)]
+    score_bodies = [json.dumps(tx).encode() for tx in later(last_day_transactions(project))]
     log_dir = target / "logs"
     log_dir.mkdir(exist_ok=True)
 
@@ -123,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         done.set()
         sampler.join()
         server.stop()
-    log = SqliteEventLog(project / "data" / "event_log.db")
-    try:
-        appended = log.last_offset()
-    finally:
-        log.close()
+    appended = logged(project)
 
     warm = next((rss for t, rss in samples if t >= WARMUP_S + 2), samples[0][1])
     at_ready, last = samples[0][1], samples[-1][1]
