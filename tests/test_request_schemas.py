@@ -218,3 +218,35 @@ def test_the_scoring_request_of_the_card_fraud_model() -> None:
     assert request.model_validate({**minimal, "tx_datetime": "2024-01-01T02:00:00+02:00"}).tx_datetime == \
         datetime(2024, 1, 1)
     assert _refused(request, {**minimal, "merchant": 1}, "merchant")["type"] == "extra_forbidden"
+
+
+def test_the_event_time_is_a_plausible_timestamp_without_request_features() -> None:
+    """A model whose request features do not name the spine's event time: the scoring request still requires it,
+    as a timestamp in the spine's plausible range (the request-feature loop must not be what declares it)."""
+    project = load_project(REPO)
+    model = project.models["card_fraud"].model_copy(
+        update={"features": [f for f in project.models["card_fraud"].features if f != "transaction_context"]})
+    request = score_request_model(project, model, MAX_FUTURE)
+    assert request.model_validate({"tx_datetime": "2024-01-01T02:00:00+02:00"}).tx_datetime == datetime(2024, 1, 1)
+    assert _refused(request, {}, "tx_datetime")["type"] == "missing"
+    assert _refused(request, {"tx_datetime": "not a time"}, "tx_datetime")["type"] != "extra_forbidden"
+    assert _refused(request, {"tx_datetime": "1999-01-01T00:00:00"}, "tx_datetime")["type"] == "time_not_before"
+    assert _refused(request, {"tx_amount": 10.5, "tx_datetime": "2024-01-01T00:00:00"},
+                    "tx_amount")["type"] == "extra_forbidden"
+
+
+def test_a_request_timestamp_other_than_the_event_time_is_checked_like_it() -> None:
+    """A request feature set with a timestamp of its own (not the event time): the same plausible range and the
+    same conversion to naive UTC as the event time."""
+    project = load_project(REPO)
+    context = project.request_features["transaction_context"]
+    project.request_features["transaction_context"] = context.model_copy(
+        update={"request_schema": {**context.request_schema, "card_issued_at": "timestamp"}})
+    request = score_request_model(project, project.models["card_fraud"], MAX_FUTURE)
+    valid = {"tx_datetime": "2024-01-01T00:00:00", "tx_amount": 10.5}
+    parsed = request.model_validate({**valid, "card_issued_at": "2023-06-01T01:00:00+01:00"})
+    assert parsed.card_issued_at == datetime(2023, 6, 1)
+    assert _refused(request, {**valid, "card_issued_at": "1999-01-01T00:00:00"},
+                    "card_issued_at")["type"] == "time_not_before"
+    later = (_now() + timedelta(minutes=6)).isoformat()
+    assert _refused(request, {**valid, "card_issued_at": later}, "card_issued_at")["type"] == "time_max_future"
