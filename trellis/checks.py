@@ -10,7 +10,7 @@ from __future__ import annotations
 from trellis import expr
 from trellis.errors import Problem, did_you_mean
 from trellis.spec import FeatureGroup, Model, Project, RequestFeatures, Source, column_name
-from trellis.types import mapping
+from trellis.types import from_arrow, mapping
 
 _NUMERIC_AGGS = {"sum", "mean", "std"}
 # Schemas Trellis writes into (ingestion, dbt, batch scores): a source table there would be replaced by
@@ -237,9 +237,7 @@ def simulator_columns(table: str) -> dict[str, str]:
     """Column -> logical type of one of the simulator's tables."""
     from trellis.simulate import TABLE_SCHEMAS
 
-    logical = {"int64": "int64", "int32": "int32", "double": "float64", "string": "string",
-               "timestamp[us]": "timestamp"}
-    return {field.name: logical[str(field.type)] for field in TABLE_SCHEMAS[table]}
+    return {field.name: from_arrow(field.type) for field in TABLE_SCHEMAS[table]}
 
 
 def _check_group(project: Project, group: FeatureGroup) -> list[Problem]:

@@ -69,6 +69,23 @@ def pandas_dtype(logical: str, nullable: bool) -> str:
     return mapping(logical).pandas
 
 
+# Arrow's names (``str(pa.DataType)``) of the types Trellis writes itself (the simulator's tables).
+_ARROW_ALIASES = {
+    "int64": "int64",
+    "int32": "int32",
+    "double": "float64",
+    "bool": "bool",
+    "string": "string",
+    "timestamp[us]": "timestamp",
+    "date32[day]": "date",
+}
+
+
+def from_arrow(arrow_type: object) -> str | None:
+    """Logical type for an Arrow type (``pyarrow.DataType``), or None when Trellis has no mapping for it."""
+    return _ARROW_ALIASES.get(str(arrow_type))
+
+
 def from_duckdb(sql_type: str) -> str | None:
     """Logical type for a DuckDB column type, or None when Trellis has no mapping for it."""
     return _DUCKDB_ALIASES.get(sql_type.upper())

@@ -37,6 +37,12 @@ MICROS = 1_000_000
 SLACK_US = 24 * 3600 * MICROS  # requests may be up to a day older than the newest event seen
 STATE_FIELD = "state"  # the one field of a group's state view
 _MAGIC = b"TS1"
+# The encoded tail: _MAGIC, the row count, event times, available-at times, then per input its values (numbers:
+# the column, then _NO_MASK or b"\x01" and the packed null mask; strings: each value's length, or _NULL_STRING,
+# then its UTF-8 bytes). Tail.encode/decode write and read one tail; _encode_many/_decode_many many at once.
+_COUNT = struct.Struct("<I")
+_NO_MASK = b"\x00"
+_NULL_STRING = b"\xff\xff\xff\xff"
 FEAST_SAMPLE_BYTES = b"hello world"  # feast.OnDemandFeatureView._get_sample_values_by_type, ValueType.BYTES
 _EPOCH = datetime(1970, 1, 1)
 
@@ -329,25 +335,21 @@ class Tail:
 
     def encode(self) -> bytes:
         n = len(self)
-        parts = [_MAGIC, struct.pack("<I", n), self.event_us.astype("<i8").tobytes(),
+        parts = [_MAGIC, _COUNT.pack(n), self.event_us.astype("<i8").tobytes(),
                  self.avail_us.astype("<i8").tobytes()]
         for column, mask in zip(self.columns, self.nulls, strict=True):
             if column.dtype == object:
-                items = [b"\xff\xff\xff\xff" if v is None else struct.pack("<I", len(b := v.encode())) + b
-                         for v in column]
-                parts.append(b"".join(items))
+                parts.append(b"".join(map(_string_item, column)))
             else:
                 parts.append(column.astype("<" + column.dtype.str[1:]).tobytes())
-                parts.append(b"\x00" if mask is None else b"\x01" + np.packbits(mask).tobytes())
+                parts.append(_NO_MASK if mask is None else b"\x01" + np.packbits(mask).tobytes())
         return b"".join(parts)
 
     @classmethod
     def decode(cls, spec: GroupSpec, blob: bytes | None) -> Tail:
         if not blob:
             return cls.empty(spec)
-        if blob[:3] != _MAGIC:
-            raise StateError(f"state of group {spec.group!r} is not a Trellis tail (header {blob[:3]!r})")
-        (n,) = struct.unpack_from("<I", blob, 3)
+        n = _row_count(spec, blob)
         offset = 7
         event = np.frombuffer(blob, "<i8", n, offset)
         offset += 8 * n
@@ -371,17 +373,34 @@ class Tail:
                 offset += size
             else:
                 nulls.append(None)
-        if offset != len(blob):
-            raise StateError(f"state of group {spec.group!r} has {len(blob) - offset} trailing bytes")
+        _check_end(spec, blob, offset)
         return cls(event, avail, columns, nulls)
 
 
+def _row_count(spec: GroupSpec, blob: bytes) -> int:
+    """The row count in an encoded tail's header; ``StateError`` when ``blob`` is not an encoded tail."""
+    if blob[:3] != _MAGIC:
+        raise StateError(f"state of group {spec.group!r} is not a Trellis tail (header {blob[:3]!r})")
+    return _COUNT.unpack_from(blob, 3)[0]
+
+
+def _check_end(spec: GroupSpec, blob: bytes, offset: int) -> None:
+    """``StateError`` unless reading an encoded tail ended at the end of ``blob``."""
+    if offset != len(blob):
+        raise StateError(f"state of group {spec.group!r} has {len(blob) - offset} trailing bytes")
+
+
+def _string_item(value: str | None) -> bytes:
+    """One value of an encoded string column (``_strings`` reads them back)."""
+    return _NULL_STRING if value is None else _COUNT.pack(len(data := value.encode())) + data
+
+
 def _strings(blob: bytes, offset: int, n: int) -> tuple[list[str | None], int]:
-    """The ``n`` values of an encoded string column at ``offset`` (each: its length, or 0xFFFFFFFF for null,
-    then its UTF-8 bytes), and the offset after them."""
+    """The ``n`` values of an encoded string column at ``offset`` (``_string_item`` writes each), and the offset
+    after them."""
     values: list[str | None] = []
     for _ in range(n):
-        (size,) = struct.unpack_from("<I", blob, offset)
+        (size,) = _COUNT.unpack_from(blob, offset)
         offset += 4
         if size == 0xFFFFFFFF:
             values.append(None)
@@ -411,11 +430,6 @@ def _concat_masks(a: np.ndarray | None, na: int, b: np.ndarray | None, nb: int) 
 # cost is a few dozen numpy calls on tiny arrays per entity, and the one writer thread spends most of each
 # event there. ``merge_encoded`` holds the rows of every entity of the write in one set of columns (``owner[i]``
 # is row i's entity; an entity's rows are together, in tail order) and takes each step once for all of them.
-
-_COUNT = struct.Struct("<I")
-_NO_MASK = b"\x00"
-_NULL_STRING = b"\xff\xff\xff\xff"
-
 
 def merge_encoded(mapper: RowMapper, blobs: Sequence[bytes | None],
                   records: Sequence[Sequence[Mapping[str, Any]]]) -> list[bytes]:
@@ -559,9 +573,7 @@ def _decode_many(spec: GroupSpec, blobs: Sequence[bytes | None]) -> tuple[Tail, 
         if not blob:
             counts.append(0)
             continue
-        if blob[:3] != _MAGIC:
-            raise StateError(f"state of group {spec.group!r} is not a Trellis tail (header {blob[:3]!r})")
-        (n,) = _COUNT.unpack_from(blob, 3)
+        n = _row_count(spec, blob)
         width = 8 * n
         offset = 7 + 2 * width
         events.append(blob[7:7 + width])
@@ -576,8 +588,7 @@ def _decode_many(spec: GroupSpec, blobs: Sequence[bytes | None]) -> tuple[Tail, 
             if blob[offset - 1]:  # the null-mask flag
                 mask.append((row, np.unpackbits(np.frombuffer(blob, np.uint8, (n + 7) // 8, offset), count=n)))
                 offset += (n + 7) // 8
-        if offset != len(blob):
-            raise StateError(f"state of group {spec.group!r} has {len(blob) - offset} trailing bytes")
+        _check_end(spec, blob, offset)
         counts.append(n)
         row += n
     columns: list[np.ndarray] = []
@@ -608,8 +619,7 @@ def _encode_many(tail: Tail, owner: np.ndarray, n_keys: int) -> list[bytes]:
     columns: list[tuple[bytes | None, list[bytes]]] = []
     for column, mask in zip(tail.columns, tail.nulls, strict=True):
         if column.dtype == object:
-            columns.append((None, [_NULL_STRING if v is None else _COUNT.pack(len(b := v.encode())) + b
-                                   for v in column.tolist()]))
+            columns.append((None, [_string_item(v) for v in column.tolist()]))
             continue
         flags = [_NO_MASK] * n_keys
         if mask is not None:  # a mask only for the entities with a null row, as ``Tail._take`` leaves them
