@@ -26,7 +26,16 @@ from pit_reference import DAY, HOUR
 from test_online_state import record
 from test_point_in_time import FILTER_SQL, KEY, SMALL, group_definition, scenarios, write_project
 
-from trellis.online.state import SLACK_US, GroupSpec, RowMapper, Tail, group_spec, merge_encoded, row_mapper
+from trellis.online.state import (
+    SLACK_US,
+    GroupSpec,
+    RowMapper,
+    Tail,
+    group_spec,
+    merge_encoded,
+    merge_tails,
+    row_mapper,
+)
 from trellis.spec import Project
 
 Records = list[dict[str, Any]]
@@ -68,11 +77,14 @@ def check_write(mapper: RowMapper, blobs: Mapping[Any, bytes], write: Mapping[An
     stored = [blobs.get(key) for key in keys]
     rows = [write[key] for key in keys]
     expected = outcome(one_by_one, mapper, stored, rows)
-    actual = outcome(merge_encoded, mapper, stored, rows)
-    if expected[0] == "blobs" and actual[0] == "blobs":
-        for key, want, got in zip(keys, expected[1], actual[1], strict=True):
-            assert got == want, f"entity {key!r}: {got!r} != {want!r}"
-    assert actual == expected
+    # The batched merge for every size of write, and what the writer stores (``merge_tails``: one entity at a
+    # time for the smallest writes, batched from ``BATCHED_FROM``).
+    for merge in (merge_encoded, merge_tails):
+        actual = outcome(merge, mapper, stored, rows)
+        if expected[0] == "blobs" and actual[0] == "blobs":
+            for key, want, got in zip(keys, expected[1], actual[1], strict=True):
+                assert got == want, f"{merge.__name__}, entity {key!r}: {got!r} != {want!r}"
+        assert actual == expected, merge.__name__
 
 
 # ---------------------------------------------------------------------------------------------------------

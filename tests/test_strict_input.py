@@ -7,11 +7,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import hypothesis.strategies as st
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
 from test_serving import last_day_transactions, request_of
 
 from serving.app import create_app
+from trellis.types import on_scale
 
 SENTINEL = 7_654_321  # a device id no bad case touches: the 422 body must not show it (no echo of the request)
 FAR_FUTURE = f"{datetime.now(UTC).year + 4}-01-01T00:00:00"
@@ -178,3 +182,17 @@ def test_the_time_bounds_are_in_the_json_schema():
     assert error is not None and list(error.absolute_path) == ["max_future"], error
     properties = json_schema()["$defs"]["Source"]["properties"]
     assert {"not_before", "max_future"} <= set(properties)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(value=st.one_of(st.floats(), st.integers(-(2**70), 2**70),
+                       st.builds(lambda cents, nudge: cents / 100 + nudge, st.integers(-(10**9), 10**9),
+                                 st.sampled_from([0.0, 0.0, 1e-9, -1e-9, 0.005, 5e-7]))),
+       scale=st.integers(0, 6))
+def test_the_api_scale_check_is_the_ingestion_contract_s(value: float, scale: int) -> None:
+    """The API checks one value at a time (``on_scale`` of a number), ingestion a column (``on_scale`` of an
+    array): the same answer for every value, NaN, infinities and integers beyond 2**53 included."""
+    one = on_scale(value, scale)
+    column = on_scale(np.array([value, 0.0], dtype=np.float64), scale)
+    assert type(one) is bool
+    assert one == bool(column[0]), (value, scale)

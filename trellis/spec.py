@@ -66,8 +66,13 @@ def _duration_hint(text: str) -> str:
     return f" (did you mean '{int(match.group(1))}{unit}'?)" if unit else ""
 
 
+_DURATIONS: dict[str, timedelta] = {}  # parse_duration's answers for the texts it has read
+
+
 def parse_duration(text: str, what: str = "duration") -> timedelta:
     """'30m', '1h', '7d', '2w' -> timedelta. Raises ValueError naming the bad value."""
+    if type(text) is str and (known := _DURATIONS.get(text)) is not None:  # checked per request field
+        return known
     match = _DURATION.match(str(text).strip())
     if not match:
         if re.match(r"^\s*-\s*\d", str(text)):
@@ -76,7 +81,10 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
             f"invalid {what} {text!r}: expected a whole number followed by s, m, h, d or w (e.g. '7d', '1h')"
             f"{_duration_hint(str(text))}"
         )
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    parsed = timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    if type(text) is str and len(_DURATIONS) < 1024:
+        _DURATIONS[text] = parsed
+    return parsed
 
 
 def _duration_field(what: str, positive: bool) -> Any:

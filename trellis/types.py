@@ -8,6 +8,7 @@ here means a new type is added once and every target agrees on it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -106,6 +107,9 @@ def aggregate_output_type(agg: str, input_type: str | None) -> str:
 def on_scale(values, scale: int):  # noqa: ANN001, ANN201 (a float or an array in, a bool or a bool array out)
     """Whether each value is a multiple of 10^-scale (a column's declared ``scale``), up to the float error of
     writing such a multiple in binary: 12.34 is, 12.345 is not at scale 2. NaN is not."""
+    if type(values) is float or type(values) is int:  # one value (the API's check, per field): no array
+        x = float(values) * 10.0**scale
+        return math.isfinite(x) and abs(x - round(x)) <= max(1e-6, abs(x) * 1e-15)
     import numpy as np
 
     x = np.asarray(values, dtype=np.float64) * 10.0**scale

@@ -24,7 +24,7 @@ from trellis.online.state import (
     empty_values,
     evaluate,
     group_spec,
-    merge_encoded,
+    merge_tails,
     row_mapper,
     state_view,
     unanswerable,
@@ -200,8 +200,7 @@ class OnlineFeatures:
             return self.submit(source, records).result()
         groups = self._groups(source)
         with self._lock:
-            batches, entities = self._merged({source: records})
-            self.store.apply(batches)
+            entities = self._write({source: records})
         return IngestReport(source, len(records), groups, entities, new=len(records))
 
     def submit(self, source: str, records: Sequence[Mapping[str, Any]]) -> Future[IngestReport]:
@@ -350,15 +349,17 @@ class OnlineFeatures:
             source = self.project.sources.get(entry.source)
             if source is not None:  # a source no longer defined: nothing of the state reads it
                 latest[entry.source][entry.key] = decode_row(entry.row, source.timestamp_columns)
-        batches, _ = self._merged({name: list(rows.values()) for name, rows in latest.items()})
         position = Position(held.epoch if held else "", entries[-1].offset)
-        self.store.apply(batches, consumer=LOG_CONSUMER, expect=held, position=position)
+        self._write({name: list(rows.values()) for name, rows in latest.items()}, consumer=LOG_CONSUMER,
+                    expect=held, position=position)
         self._held, self.behind = position, None  # the state holds the log up to here, earlier failures included
         return position
 
-    def _merged(self, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[dict[str, list[Any]], int]:
-        """The new state rows of every group fed by ``rows`` ({source: records}): each entity's stored tail
-        with its rows merged in (rows of one entity merged together). Returns ({state view: rows}, entities)."""
+    def _write(self, rows: Mapping[str, Sequence[Mapping[str, Any]]], **position: Any) -> int:
+        """Merge ``rows`` ({source: records}) into the state of every group they feed, in one transaction of the
+        store (``OnlineStore.merge``: each entity's stored tail read, its rows merged in, written back), with
+        ``position`` (``consumer``, ``expect``, ``position``) as ``OnlineStore.apply`` takes it. Returns the
+        number of (group, entity) states written."""
         per_group: dict[str, dict[Any, list[Mapping[str, Any]]]] = {}
         for source, records in rows.items():
             for g in self.by_source.get(source, []):
@@ -369,21 +370,23 @@ class OnlineFeatures:
                     if key is None:
                         raise StateError(f"{source} row has no {spec.key_column!r}")
                     by_key[key].append(record)
-        now = datetime.now(UTC)
-        batches: dict[str, list[Any]] = {}
-        entities = 0
-        for g, by_key in per_group.items():
-            mapper = self.mappers[g]
-            keys = list(by_key)
-            encoded = [self.encoders[g](k) for k in keys]
-            current = self.store.read_values(state_view(g), encoded, STATE_FIELD)
-            # Every entity of the write at once (numpy calls per group, not per entity): the bytes of
-            # Tail.decode(...).merge(spec, mapper.tail(rows)).encode() for each.
-            blobs = merge_encoded(mapper, [decode_bytes_value(blob) for blob in current], [by_key[k] for k in keys])
-            batches[state_view(g)] = [(key_bytes, {STATE_FIELD: value}, now)
-                                      for key_bytes, value in zip(encoded, encode_values("bytes", blobs), strict=True)]
-            entities += len(keys)
-        return batches, entities
+        encoded = {state_view(g): [self.encoders[g](k) for k in by_key] for g, by_key in per_group.items()}
+
+        def merged(current: dict[str, list[bytes | None]]) -> dict[str, list[Any]]:
+            # The bytes of Tail.decode(...).merge(spec, mapper.tail(rows)).encode() for each entity, most
+            # writes computed for all entities at once (numpy calls per group, not per entity).
+            now = datetime.now(UTC)
+            out = {}
+            for g, by_key in per_group.items():
+                view = state_view(g)
+                blobs = merge_tails(self.mappers[g], [decode_bytes_value(b) for b in current[view]],
+                                      list(by_key.values()))
+                out[view] = [(key, {STATE_FIELD: value}, now)
+                             for key, value in zip(encoded[view], encode_values("bytes", blobs), strict=True)]
+            return out
+
+        self.store.merge(encoded, STATE_FIELD, merged, **position)
+        return sum(len(keys) for keys in encoded.values())
 
     # -- serving -----------------------------------------------------------------------------------------
 
