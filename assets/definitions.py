@@ -7,7 +7,7 @@ from dagster_dbt import DbtCliResource
 
 from assets.evaluation.assets import evaluation_assets
 from assets.features.assets import contract_checks, dbt_project, feature_dbt_assets
-from assets.monitoring.assets import parity_assets
+from assets.monitoring.assets import decisions, parity_assets
 from assets.online.assets import feast_registry, online_materialized
 from assets.project import paths
 from assets.raw.assets import simulation_assets, source_assets
@@ -22,7 +22,8 @@ def defs() -> dg.Definitions:
     project_paths = paths()
     return dg.Definitions(
         assets=[*simulation_assets(), *source_assets(), feature_dbt_assets(), feast_registry, online_materialized,
-                *training_set_assets(), *model_assets(), *evaluation_assets(), *scoring_assets(), *parity_assets()],
+                *training_set_assets(), *model_assets(), *evaluation_assets(), *scoring_assets(), *parity_assets(),
+                decisions],
         asset_checks=[*contract_checks(), *model_checks()],
         sensors=retrain_sensors(),
         schedules=scoring_schedules(),

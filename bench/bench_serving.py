@@ -410,11 +410,11 @@ def load_run(port: int, path: str, payloads: list[bytes], connections: int, proc
 def in_process(project: Path, transactions: list[dict[str, Any]], calls: int, profile_calls: int,
                top: int) -> dict[str, Any]:
     """Per-call timings of the online lookup and of Scorer.score in this process, and a profile."""
-    from serving.scorer import Scorer
     from trellis.online.service import OnlineFeatures
     from trellis.online.state import STATE_FIELD, state_view, to_us
     from trellis.online.store import OnlineStore
     from trellis.registry import load_alias
+    from trellis.scorer import Scorer
     from trellis.spec import load_project
 
     spec = load_project(project)

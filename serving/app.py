@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -48,12 +49,14 @@ from serving.schemas import (
     score_request_model,
     source_row_model,
 )
-from serving.scorer import ModelNotLoaded, Scorer
 from serving.settings import Settings
+from trellis.decisionlog import DecisionLog, DecisionLogUnavailable
 from trellis.online.eventlog import LogConflict, LogUnavailable
 from trellis.online.state import StateError
 from trellis.online.store import StoreUnavailable
 from trellis.paths import ProjectPaths
+from trellis.pii import keyed_hash, pii_key
+from trellis.scorer import ModelNotLoaded, Scorer
 from trellis.spec import load_project
 
 log = logging.getLogger("trellis.serving")
@@ -272,14 +275,16 @@ class LeanPath:
             return status, orjson.dumps(result)
         try:
             if path == "/v1/score":
-                result = self.score_one(service, request, flags.get("include_features", False),
-                                        flags.get("explain", True))
+                scored = [self.score_one(service, request, flags.get("include_features", False),
+                                         flags.get("explain", True))]
             else:
-                result = {"results": [self.score_one(service, item) for item in requests]}
-        except (StoreUnavailable, ModelNotLoaded) as exc:
+                scored = [self.score_one(service, item) for item in requests]
+            results = await logged(service, scored)
+        except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return 503, orjson.dumps(problem_body(503, str(exc)))
         except StateError as exc:
             return 422, orjson.dumps(problem_body(422, str(exc)))
+        result = results[0] if path == "/v1/score" else {"results": results}
         return 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
 
     async def __call__(self, scope: dict, receive: Any, send: Any, fallback: Any) -> None:
@@ -322,6 +327,16 @@ class LeanPath:
                 if counter is None:
                     counter = self.requests[path, status] = self.metrics.requests.labels(path, str(status))
                 counter.inc()
+
+
+async def logged(service: "Service", scored: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]
+                 ) -> list[dict[str, Any]]:
+    """The answers of ``scored`` (``score_one``'s), once their decision records are durable in the decision log:
+    a decision answered is a decision logged (``DecisionLogUnavailable``: none answered)."""
+    records = [record for _, record in scored if record is not None]
+    if service.decisions is not None and records:
+        await asyncio.wrap_future(service.decisions.submit(records))
+    return [result for result, _ in scored]
 
 
 def write_answer(source: str, rows: int, outcome: Any) -> tuple[int, dict[str, Any]]:
@@ -386,10 +401,26 @@ class Service:
         self.catch_up_error: str | None = None
         self.state_error: str | None = None  # the stored state does not fit the loaded definitions
         self.scorer = Scorer(self.project, settings.model, self.online, top_k=settings.top_k)
+        self.decisions = DecisionLog(settings.decision_log or self.paths.decision_log,
+                                     sync=settings.event_log_sync) if settings.decision_log_enabled else None
+        self._pii_key = pii_key(self.paths.data)
+        self._definitions = self.project.fingerprint()
         self.model_error: str | None = "not loaded yet"
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+
+    def decision_record(self, result: Mapping[str, Any], request: Mapping[str, Any], latency_us: int
+                        ) -> dict[str, Any]:
+        """What the decision log keeps of an answer to ``request``: no feature value, every entity key as a
+        keyed hash (``trellis.pii``), the scored event's own key as sent."""
+        join_key = self.scorer.definition.label.join_key
+        return {"request_id": result["request_id"], "at_us": time.time_ns() // 1000, "latency_us": latency_us,
+                join_key: request.get(join_key),
+                "entities": {key: keyed_hash(self._pii_key, request.get(key)) for _, key in self.scorer.groups},
+                "model": result["model"], "policy": result["policy"], "definitions": self._definitions,
+                "score": result["score"], "decision": result["decision"], "reason_codes": result["reason_codes"],
+                "defaults": result["defaults"]}
 
     @property
     def mlflow_uri(self) -> str:
@@ -469,6 +500,8 @@ class Service:
         self.online.close()  # the requests already submitted are answered first
         self.store.close()
         self.log.close()
+        if self.decisions is not None:
+            self.decisions.close()
 
 
 def _unavailable(reason: str) -> ORJSON:
@@ -566,17 +599,23 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
     decisions: dict[tuple[str, str, str], Any] = {}  # (decision, model, version) -> counter child
 
     def score_one(service: Service, body: dict[str, Any], include_features: bool = False,
-                  explain: bool = True) -> dict[str, Any]:
+                  explain: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The answer to one scoring request (with a new ``request_id``) and its decision record (None: no
+        decision log)."""
         if service.state_error is not None:
             raise StoreUnavailable(service.state_error)
-        result = service.scorer.score(body, explain=explain, with_features=include_features)
+        started = time.perf_counter_ns()
+        result = {"request_id": uuid.uuid4().hex,
+                  **service.scorer.score(body, explain=explain, with_features=include_features)}
+        record = None if service.decisions is None else \
+            service.decision_record(result, body, (time.perf_counter_ns() - started) // 1000)
         model = result["model"]
         key = (result["decision"], model["name"], model["version"])
         counter = decisions.get(key)
         if counter is None:
             counter = decisions[key] = metrics.decisions.labels(*key)
         counter.inc()
-        return result
+        return result, record
 
     if settings.lean_path:
         app.lean_path = LeanPath(app, metrics, settings.max_batch, ScoreRequest, score_one,
@@ -588,9 +627,11 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
                     include_features: bool = False, explain: bool = True) -> Any:
         """Score one transaction; ``include_features`` adds every model input the score used;
         ``explain=false`` leaves out the reason codes."""
+        service = service_of(request)
         try:
-            return ORJSON(score_one(service_of(request), body.model_dump(), include_features, explain))
-        except (StoreUnavailable, ModelNotLoaded) as exc:
+            (result,) = await logged(service, [score_one(service, body.model_dump(), include_features, explain)])
+            return ORJSON(result)
+        except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return _unavailable(str(exc))
         except StateError as exc:
             return problem(422, str(exc))
@@ -600,8 +641,9 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
             max_length=settings.max_batch)]) -> Any:
         service = service_of(request)
         try:
-            return ORJSON({"results": [score_one(service, item.model_dump()) for item in body]})
-        except (StoreUnavailable, ModelNotLoaded) as exc:
+            scored = [score_one(service, item.model_dump()) for item in body]
+            return ORJSON({"results": await logged(service, scored)})
+        except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return _unavailable(str(exc))
         except StateError as exc:
             return problem(422, str(exc))

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from trellis.decisions import policy_of
 from trellis.spec import Column, Model, Project, Source
 from trellis.types import on_scale
 
@@ -175,6 +176,10 @@ def score_request_model(project: Project, model: Model, max_future: timedelta) -
     for request_set in requests:
         for name, logical in request_set.request_schema.items():
             fields[name] = _annotation(logical, spine.columns.get(name))
+    for override in policy_of(model).overrides:  # what picks a decision override (a product, a partner...)
+        for name in override.when:
+            if name not in fields:
+                fields[name] = _annotation(spine.columns[name].type, spine.columns[name], optional=True)
     times = [n for n in fields if n == spine.event_time or
              any(r.request_schema.get(n) == "timestamp" for r in requests)]
     return _model(f"{_camel(model.name)}ScoreRequest", fields,
@@ -199,12 +204,21 @@ class ServedModel(BaseModel):
     alias: str
 
 
+class DecisionPolicyRef(BaseModel):
+    version: int = Field(description="The policy's declared version (0: the one the model's threshold implies).")
+    fingerprint: str = Field(description="Hash of the policy as declared.")
+
+
 class ScoreResponse(BaseModel):
     model_config = ConfigDict(extra="allow")  # the label join key is echoed back under its own name
 
+    request_id: str = Field(description="This answer's id in the decision log.")
     score: float
-    decision: str = Field(description="'alert' when score >= threshold, else 'pass'.")
-    threshold: float
+    decision: str = Field(description="The decision policy's decision for this score (without a policy: 'alert' "
+                                      "when score >= threshold, else 'pass').")
+    reason_codes: list[str] = Field(default_factory=list, description="The policy's codes for that decision.")
+    policy: DecisionPolicyRef
+    threshold: float = Field(description="The model's alert threshold (evaluation and batch summaries).")
     model: ServedModel
     defaults: list[str] = Field(description="Feature groups whose entity was unknown (declared defaults used).")
     reasons: list[Reason] = Field(default_factory=list, description="Top contributions toward fraud.")

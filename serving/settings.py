@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     event_log_sync: Literal["full", "normal"] = Field(
         "full", description="full: every acknowledged append is fsynced (survives a power cut); normal: left to "
                             "the OS (survives a killed process, not a power cut).")
+    decision_log: str | None = Field(None, description="The decision log's SQLite file; default "
+                                                       "<data>/decision_log.db (ProjectPaths.decision_log).")
+    decision_log_enabled: bool = Field(True, description="Log every decision durably before answering it.")
     catch_up_seconds: float = Field(1.0, ge=0, description="How often the online state is brought up to the "
                                                            "event log in the background; 0: only on ingestion.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; a larger one is a 413 "

@@ -63,6 +63,7 @@ def _check_model(project: Project, model: Model, broken: set[str]) -> list[Probl
                                        f"source {table.name!r} has no column {model.label.join_key!r}"
                                        f"{did_you_mean(model.label.join_key, table.columns)}"))
     out += _check_summaries(project, model, spine)
+    out += _check_decision(project, model, spine)
     if broken:  # the groups' own problems are reported; their features cannot be judged here
         return out
     if model.card_key is not None and model.card_key not in spine.columns:
@@ -83,6 +84,28 @@ def _check_model(project: Project, model: Model, broken: set[str]) -> list[Probl
                                        f"feature {feature.qualified!r} is keyed by {key!r}, which spine "
                                        f"{spine.name!r} does not have"))
             break
+    return out
+
+
+_OVERRIDE_TYPES = {"int64": int, "int32": int, "string": str, "bool": bool}  # what a `when` value may match
+
+
+def _check_decision(project: Project, model: Model, spine: Source) -> list[Problem]:
+    """A decision override names spine columns (the request carries them) with values of their type."""
+    out = []
+    for index, override in enumerate(model.decision.overrides if model.decision is not None else ()):
+        for name, value in override.when.items():
+            where = ("decision", "overrides", index, "when", name)
+            column = spine.columns.get(name)
+            if column is None:
+                out.append(project.problem(model, where, f"spine {spine.name!r} has no column {name!r}"
+                                           f"{did_you_mean(name, spine.columns)}"))
+            elif column.type not in _OVERRIDE_TYPES:
+                out.append(project.problem(model, where, f"column {name!r} is a {column.type}: overrides match "
+                                           f"{', '.join(_OVERRIDE_TYPES)} columns"))
+            elif type(value) is not _OVERRIDE_TYPES[column.type]:
+                out.append(project.problem(model, where, f"{value!r} can never equal column {name!r} "
+                                           f"({column.type})"))
     return out
 
 

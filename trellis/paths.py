@@ -47,6 +47,12 @@ class ProjectPaths:
         return os.environ.get("TRELLIS_EVENT_LOG") or str(self.data / "event_log.db")
 
     @property
+    def decision_log(self) -> Path:
+        """The decision log the scoring service appends to (``trellis.decisionlog``): ``TRELLIS_DECISION_LOG``, or
+        ``<data>/decision_log.db``."""
+        return Path(os.environ.get("TRELLIS_DECISION_LOG") or self.data / "decision_log.db").resolve()
+
+    @property
     def mlflow_uri(self) -> str:
         """MLflow tracking and registry store: a local SQLite file by default, any MLflow URI via the env."""
         return os.environ.get("TRELLIS_MLFLOW_URI") or f"sqlite:///{self.data / 'mlflow.db'}"

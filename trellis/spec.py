@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -21,6 +22,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
@@ -385,6 +389,54 @@ class BatchScoring(_Strict):
         default_factory=list, description="Daily batch products built on the scores (optional).")
 
 
+class DecisionBand(_Strict):
+    """One band of scores and the decision taken in it."""
+
+    from_: float | None = Field(None, alias="from", ge=0, lt=1, description="Lowest score of the band "
+                                "(included); the first band has none: it starts at 0.")
+    decision: Name = Field(description="What the partner is told to do, e.g. approve, review, decline.")
+    reason_codes: list[Name] = Field(default_factory=list, description="Codes returned with the decision.")
+
+
+def _check_bands(bands: list[DecisionBand]) -> list[DecisionBand]:
+    if bands[0].from_ is not None:
+        raise ValueError(f"the first band starts at 0 and has no 'from' (it has from {bands[0].from_})")
+    for index, (low, high) in enumerate(pairwise(bands), 1):
+        if high.from_ is None:
+            raise ValueError(f"band {index} ({high.decision}) needs 'from': only the first band starts at 0")
+        if low.from_ is not None and high.from_ <= low.from_:
+            raise ValueError(f"bands must go up: band {index} ({high.decision}) starts at {high.from_}, not above "
+                             f"the band before it ({low.from_})")
+    return bands
+
+
+class DecisionOverride(_Strict):
+    """Other bands where every field of ``when`` has its value in the request (a product, a partner...)."""
+
+    when: dict[Name, StrictInt | StrictStr | StrictBool] = Field(
+        min_length=1, description="Spine columns and the values they must all have, e.g. {channel: online}.")
+    bands: list[DecisionBand] = Field(min_length=1)
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, bands: list[DecisionBand]) -> list[DecisionBand]:
+        return _check_bands(bands)
+
+
+class DecisionPolicy(_Strict):
+    """Score bands -> decisions with reason codes; overrides per product or partner, the first that matches wins.
+    Versioned by hand (``version``) and fingerprinted (``trellis.decisions``): every response names both."""
+
+    version: int = Field(ge=1, description="Raised with every change of the policy; returned with each decision.")
+    bands: list[DecisionBand] = Field(min_length=1)
+    overrides: list[DecisionOverride] = Field(default_factory=list)
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, bands: list[DecisionBand]) -> list[DecisionBand]:
+        return _check_bands(bands)
+
+
 class Model(_Strict):
     kind: Literal["model"]
     name: Name
@@ -399,7 +451,10 @@ class Model(_Strict):
     split: SplitPlan = SplitPlan()
     backtest: BacktestPlan = BacktestPlan()
     gates: PromotionGates = PromotionGates()
-    threshold: float = Field(0.5, gt=0, lt=1, description="Score at or above which the decision is 'review'.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Score at or above which a transaction counts as "
+                                                         "alerted in evaluation and batch summaries; without a "
+                                                         "decision policy, the decision 'alert' (else 'pass').")
+    decision: DecisionPolicy | None = Field(None, description="Score bands -> decisions, per product or partner.")
     card_key: str | None = Field(None, description="Spine column identifying the card (customer) for card "
                                                    "precision@100 per day.")
     retrain_min_new_labels: int = Field(10_000, gt=0)

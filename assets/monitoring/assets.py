@@ -1,4 +1,5 @@
-"""Monitoring: measured online/offline parity, one asset per model, with a blocking check."""
+"""Monitoring: measured online/offline parity, one asset per model, with a blocking check; the decision log in
+the warehouse."""
 
 from datetime import date
 
@@ -8,6 +9,7 @@ from pydantic import Field
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
 from trellis.compile.dbt import VALIDATED_SCHEMA
+from trellis.decisionlog import DECISIONS_TABLE, load_decisions
 from trellis.online.parity import REL_TOL, replay_day
 from trellis.registry import CHAMPION, load_alias
 
@@ -74,3 +76,21 @@ def _parity_asset(model_name: str) -> dg.AssetsDefinition:
 
 def parity_assets() -> list[dg.AssetsDefinition]:
     return [_parity_asset(name) for name in trellis_project().models]
+
+
+@dg.asset(
+    key=dg.AssetKey(["logs", "decisions"]),
+    group_name="monitoring",
+    kinds={"duckdb", "sqlite"},
+    description=f"Every decision the scoring service answered (its decision log, trellis.decisionlog) as the "
+                f"warehouse table {DECISIONS_TABLE}: request id, the scored event's key, entity keys as keyed "
+                f"hashes, model version, policy version and fingerprint, score, decision, reason codes, latency. "
+                f"Replaced whole at each materialization.",
+)
+def decisions(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    log_path = paths().decision_log
+    with warehouse.connect() as con:
+        rows = load_decisions(con, log_path)
+    context.log.info(f"{rows} decisions from {log_path}")
+    return dg.MaterializeResult(metadata={"rows": dg.MetadataValue.int(rows),
+                                          "table": dg.MetadataValue.text(DECISIONS_TABLE)})

@@ -6,7 +6,7 @@ path and compare with the offline values.
 2. The day's events are replayed in time order through the ingestion path (``OnlineFeatures.ingest``, which
    writes through Feast's online-store interface): spine rows (transactions) at their event time, labels at
    their ``available_at``. Each transaction is first **scored at its own time** by the serving code
-   (``serving.scorer.Scorer``: online features, request features, model, reason codes), then ingested. Rows
+   (``trellis.scorer.Scorer``: online features, request features, model, reason codes), then ingested. Rows
    at the same instant are all scored before any of them is ingested (``available_at < t`` is strict).
 3. Offline: the training-set query for the day (``trellis.scoring.scoring_frame``: point-in-time features and
    request features exactly as training sees them) and the batch scores of the same model version.
@@ -134,7 +134,7 @@ def replay_day(con: duckdb.DuckDBPyConnection, project: Project, model: str | Mo
                workdir: Path | None = None) -> ParityReport:
     """Replay ``day`` through the online path and compare with offline (see the module docstring).
     ``batch_scores`` (``join key, score``) defaults to scoring the day's offline rows with the same model."""
-    from serving.scorer import Scorer
+    from trellis.scorer import Scorer
     from trellis.scoring import model_features, score_frame, scoring_frame
 
     started = time.perf_counter()

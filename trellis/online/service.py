@@ -8,13 +8,14 @@ import hashlib
 import json
 import struct
 import threading
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from trellis.batching import Stage, WriterClosed
 from trellis.online.state import (
     STATE_FIELD,
     GroupSpec,
@@ -86,60 +87,6 @@ class _Pending:
     future: Future[IngestReport]
 
 
-class _Stage:
-    """A thread that takes everything put meanwhile (at least one item, at most ``limit`` by ``size``), hands
-    it to ``handle``, and what that returns to the next stage ``then``. Every item's future gets an answer:
-    whatever ``handle`` raises ends the futures it left open. ``close`` lets the items already put through,
-    then stops this stage and the next."""
-
-    def __init__(self, name: str, handle: Any, size: Any, then: _Stage | None = None,
-                 limit: int = WRITE_GROUP_ROWS):
-        self.handle, self.size, self.then, self.limit = handle, size, then, limit
-        self._items: deque[Any] = deque()
-        self._ready = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def put(self, item: Any) -> None:
-        with self._ready:
-            if self._closed:
-                raise StateError("the online writer is closed")
-            self._items.append(item)
-            self._ready.notify()
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
-        self._thread.join()
-        if self.then is not None:
-            self.then.close()
-
-    def _run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._items and not self._closed:
-                    self._ready.wait()
-                if not self._items:
-                    return
-                taken = [self._items.popleft()]
-                total = self.size(taken[0])
-                while self._items and total + self.size(self._items[0]) <= self.limit:
-                    total += self.size(self._items[0])
-                    taken.append(self._items.popleft())
-            try:
-                out = self.handle(taken)
-                if self.then is not None and out:
-                    for item in out:
-                        self.then.put(item)
-            except BaseException as exc:  # noqa: BLE001 - every waiting request gets an answer
-                for item in taken:
-                    future = (item[0] if isinstance(item, tuple) else item).future
-                    if not future.done():
-                        future.set_exception(exc)
-
-
 @dataclass(frozen=True)
 class GroupVector:
     values: dict[str, Any]
@@ -178,9 +125,9 @@ class OnlineFeatures:
         self.fingerprint = state_fingerprint(self.specs)
         self._held: Position | None = None  # the log position the state was last seen at (checked on write)
         self.behind: str | None = None  # why rows logged by the writer are not applied yet (None: they are)
-        self._logging: _Stage | None = None  # the writer's two stages (started by the first submit)
+        self._logging: Stage | None = None  # the writer's two stages (started by the first submit)
         self._starting = threading.Lock()
-        self._applying: _Stage | None = None
+        self._applying: Stage | None = None
 
     def check_state(self) -> None:
         """Raise ``StateMismatch`` unless the store's state was materialized from these definitions (a store
@@ -225,7 +172,10 @@ class OnlineFeatures:
         self._groups(source)
         pk = self.project.sources[source].primary_key
         pending = _Pending(source, records, [row_key(pk, r) for r in records], Future())
-        self._writer().put(pending)
+        try:
+            self._writer().put(pending)
+        except WriterClosed:
+            raise StoreUnavailable("the online writer is closed: the service is stopping") from None
         return pending.future
 
     def warm(self) -> None:
@@ -237,14 +187,15 @@ class OnlineFeatures:
         with contextlib.suppress(StoreUnavailable):
             self.store.open_writer()
 
-    def _writer(self) -> _Stage:
+    def _writer(self) -> Stage:
         """The writer's first stage (both stages started on first use)."""
         if self._logging is None:
             with self._starting:
                 if self._logging is None:
-                    self._applying = _Stage("online-apply", self._apply_group, lambda item: len(item[1].entries))
-                    self._logging = _Stage("online-log", self._log_group, lambda item: len(item.records),
-                                           then=self._applying)
+                    self._applying = Stage("online-apply", self._apply_group, lambda item: len(item[1].entries),
+                                          limit=WRITE_GROUP_ROWS)
+                    self._logging = Stage("online-log", self._log_group, lambda item: len(item.records),
+                                          then=self._applying, limit=WRITE_GROUP_ROWS)
         return self._logging
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from trellis.decisions import Policy
 from trellis.explain import ObliviousExplainer
 from trellis.online.service import OnlineFeatures
 from trellis.online.state import to_us
@@ -68,6 +69,8 @@ class Scorer:
         for request_set in requests:
             for item in request_set.features:
                 self.request_features[f"{request_set.name}__{item.name}"] = compile_row(item.expr, types, check=False)
+        self.policy = Policy(self.definition)
+        self._policy = self.policy.describe()
         self._model: LoadedModel | None = None
         self._swap_lock = threading.Lock()
 
@@ -132,11 +135,13 @@ class Scorer:
         context, defaults = self.features(request)
         x = self.row(context, model)
         result = model.explainer.explain_row(x)
-        threshold = self.definition.threshold
+        decided = self.policy.decide(result.probability, request)
         out: dict[str, Any] = {
             "score": result.probability,
-            "decision": "alert" if result.probability >= threshold else "pass",
-            "threshold": threshold,
+            "decision": decided.decision,
+            "reason_codes": list(decided.reason_codes),
+            "policy": self._policy,
+            "threshold": self.definition.threshold,
             "model": {"name": model.name, "version": model.version, "alias": model.alias},
             "defaults": defaults,
         }

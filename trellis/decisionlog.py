@@ -1,0 +1,171 @@
+"""The decision log: every decision the scoring service answers, appended durably before the answer leaves.
+
+Each record names the request (a fresh ``request_id``, returned in the response), the model version and alias
+served, the decision policy's version and fingerprint, the definitions' fingerprint, the score, the decision and
+its reason codes, and the time scoring took. The scored event's key (the label join key, e.g.
+``transaction_id``) is kept as sent, so matured labels join to decisions; every entity key (``customer_id``...)
+is kept only as a keyed hash (``trellis.pii``): the log holds no raw identifier of a person.
+
+Embedded default: a SQLite file (WAL, ``synchronous=full``) under ``data/``. Appends go through one writer thread
+that commits everything waiting at once (group commit: one fsync for all the requests in flight), and a request
+waits for its own record to be durable: a decision answered is a decision logged, whatever crash follows, and a
+request id is logged once (a re-sent record with the same id is a duplicate, not a second row).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from trellis.batching import Stage, WriterClosed
+from trellis.online.eventlog import canonical
+
+_SCHEMA = """
+create table if not exists decisions (
+    "offset" integer primary key autoincrement,
+    request_id text not null unique,
+    logged_us integer not null,
+    body blob not null
+);
+"""
+WRITE_GROUP = 2_000  # records committed together at most
+
+
+class DecisionLogUnavailable(RuntimeError):
+    """The decision log cannot be written: the decision is not answered."""
+
+
+class _Pending:
+    __slots__ = ("future", "records")
+
+    def __init__(self, records: Sequence[Mapping[str, Any]]):
+        self.records = records
+        self.future: Future[None] = Future()
+
+
+class DecisionLog:
+    """The embedded decision log at ``path`` (created with its folder); ``sync``: SQLite's ``synchronous``."""
+
+    def __init__(self, path: str | Path, *, sync: str = "full"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            self._conn.execute("pragma journal_mode=wal")
+            self._conn.execute(f"pragma synchronous={sync}")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise DecisionLogUnavailable(f"decision log: {exc}") from None
+        self._lock = threading.Lock()
+        self._writer = Stage("decision-log", self._commit, lambda p: len(p.records), limit=WRITE_GROUP)
+
+    def submit(self, records: Sequence[Mapping[str, Any]]) -> Future[None]:
+        """Hand ``records`` (each with a ``request_id``) to the writer; the future ends once they are durable (a
+        request id logged before is kept as it was), or with ``DecisionLogUnavailable`` (none of them logged)."""
+        pending = _Pending(records)
+        try:
+            self._writer.put(pending)
+        except WriterClosed:
+            raise DecisionLogUnavailable("the decision log is closed: the service is stopping") from None
+        return pending.future
+
+    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        self.submit(records).result()
+
+    def _commit(self, group: Sequence[_Pending]) -> None:
+        now = time.time_ns() // 1000
+        rows = [(r["request_id"], now, canonical(r)) for p in group for r in p.records]
+        with self._lock:
+            try:
+                self._conn.execute("begin immediate")
+                self._conn.executemany("insert or ignore into decisions (request_id, logged_us, body) "
+                                       "values (?, ?, ?)", rows)
+                self._conn.execute("commit")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("rollback")
+                error = DecisionLogUnavailable(f"decision log: {exc}; nothing was logged")
+                for pending in group:
+                    pending.future.set_exception(error)
+                return
+        for pending in group:
+            pending.future.set_result(None)
+
+    def read(self, after: int = 0, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Records after offset ``after``, in order, each with its ``offset``."""
+        with self._lock:
+            rows = self._conn.execute('select "offset", body from decisions where "offset" > ? order by "offset" '
+                                      "limit ?", (after, limit)).fetchall()
+        return [{"offset": offset, **orjson.loads(body)} for offset, body in rows]
+
+    def close(self) -> None:
+        self._writer.close()
+        with self._lock:
+            self._conn.close()
+
+
+DECISIONS_TABLE = "logs.decisions"
+
+
+def decisions_frame(records: Sequence[Mapping[str, Any]]) -> Any:
+    """The log's records as one Arrow table, a column per field (an entity key's hash as ``<key>_hash``; times
+    as naive-UTC timestamps), ordered by offset."""
+    import pyarrow as pa
+
+    entity_keys = sorted({k for r in records for k in r.get("entities", {})})
+    fixed = {"offset", "request_id", "at_us", "latency_us", "entities", "model", "policy", "definitions", "score",
+             "decision", "reason_codes", "defaults"}
+    event_keys = sorted({k for r in records for k in r} - fixed)  # the scored event's key (e.g. transaction_id)
+    at = pa.array([r["at_us"] for r in records], pa.int64()).cast(pa.timestamp("us"))
+    columns = {
+        "offset": pa.array([r["offset"] for r in records], pa.int64()),
+        "request_id": pa.array([r["request_id"] for r in records], pa.string()),
+        "at": at,
+        **{k: pa.array([r.get(k) for r in records]) for k in event_keys},
+        **{f"{k}_hash": pa.array([r.get("entities", {}).get(k) for r in records], pa.string())
+           for k in entity_keys},
+        "model": pa.array([r["model"]["name"] for r in records], pa.string()),
+        "model_version": pa.array([r["model"]["version"] for r in records], pa.string()),
+        "alias": pa.array([r["model"]["alias"] for r in records], pa.string()),
+        "policy_version": pa.array([r["policy"]["version"] for r in records], pa.int64()),
+        "policy_fingerprint": pa.array([r["policy"]["fingerprint"] for r in records], pa.string()),
+        "definitions": pa.array([r["definitions"] for r in records], pa.string()),
+        "score": pa.array([r["score"] for r in records], pa.float64()),
+        "decision": pa.array([r["decision"] for r in records], pa.string()),
+        "reason_codes": pa.array([r["reason_codes"] for r in records], pa.list_(pa.string())),
+        "defaults": pa.array([r["defaults"] for r in records], pa.list_(pa.string())),
+        "latency_us": pa.array([r["latency_us"] for r in records], pa.int64()),
+    }
+    return pa.table(columns)
+
+
+def load_decisions(con: Any, path: str | Path, table: str = DECISIONS_TABLE) -> int:
+    """The decision log at ``path`` into the warehouse table ``table`` (DuckDB connection ``con``), replaced in
+    one transaction (readers see the previous copy or this one); returns its rows."""
+    log = DecisionLog(path)
+    try:
+        frame = decisions_frame(log.read(0, limit=1 << 62))
+    finally:
+        log.close()
+    schema = table.split(".")[0]
+    con.execute("begin")
+    try:
+        con.execute(f'create schema if not exists "{schema}"')
+        con.register("trellis_decisions", frame)
+        con.execute(f"create or replace table {table} as select * from trellis_decisions order by \"offset\"")
+        con.unregister("trellis_decisions")
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    return frame.num_rows
+
+
+__all__ = ["DECISIONS_TABLE", "DecisionLog", "DecisionLogUnavailable", "decisions_frame", "load_decisions"]
