@@ -16,7 +16,9 @@ Setting (everything real, nothing mocked):
 * the peer: Feast's ``FeatureStore.push(push_source, df, to=PushMode.ONLINE)`` in-process into its SQLite online
   store (the store ``feast apply`` makes: a feature view of the transaction's columns, keyed by customer),
   latest value only, no windows, no log: the peer at its best (no HTTP, no durability). Timed per call for
-  frames of 1, 100 and 1,000 rows (``--push-rows`` rows each).
+  frames of 1, 100 and 1,000 rows (``--push-rows`` rows each);
+* the writer alone, in process: ``OnlineFeatures.ingest`` of 1 and of 100 events on a copy of the store (no
+  HTTP, no log), median per event: the part a change to the merge or the store moves, less noisy than HTTP.
 
 The ratios: ours single-event events/s over Feast's 1-row push rows/s (target >= 5x, and >= 1,750 events/s with
 p99 <= 5 ms); ours 100-event requests over Feast's 100-row push (target >= 1x). Medians over ``--repeat``
@@ -106,6 +108,40 @@ def ours(project: Path, pristine: Path, events: list[dict], per_request: int, co
     return result
 
 
+def writer_in_process(project: Path, pristine: Path, events: list[dict], writes: int = 200) -> dict:
+    """The online writer alone, in this process, on a copy of the built store (no HTTP, no event log): median
+    microseconds per event of ``OnlineFeatures.ingest`` for writes of 1 and of 100 events (each event merged into
+    every group it feeds, read and written in one store transaction). Less noisy than the HTTP figures: what a
+    change to the merge or the store costs, before the service's other threads share the machine."""
+    from trellis.online.eventlog import decode_row
+    from trellis.online.service import OnlineFeatures
+    from trellis.online.store import OnlineStore
+    from trellis.spec import load_project
+
+    spec = load_project(project)
+    rows = [decode_row(e, spec.sources["transactions"].timestamp_columns) for e in events]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "feature_repo"
+        shutil.copytree(project / "feature_repo", repo, ignore=shutil.ignore_patterns("*.db", "*.db-*"))
+        shutil.copy(pristine, repo / "data" / "online_store.db")
+        store = OnlineStore(repo)
+        online = OnlineFeatures(spec, store)
+        start = 0
+        for per in (1, 100):
+            times = []
+            for i in range(writes // (1 if per == 1 else 4) + 20):
+                batch = rows[start:start + per]
+                start += per
+                t0 = time.perf_counter()
+                online.ingest("transactions", batch)
+                if i >= 20:  # after a warm-up
+                    times.append((time.perf_counter() - t0) / per)
+            out[f"us_per_event_{per}"] = statistics.median(times) * 1e6
+        store.close()
+    return out
+
+
 def logged(project: Path) -> int:
     """The event log's last offset: the rows really appended."""
     log = SqliteEventLog(project / "data" / "event_log.db")
@@ -172,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(exist_ok=True)
 
     rounds: dict[str, list[dict]] = {"ours_1": [], "ours_100": [], "feast_1": [], "feast_100": [], "feast_1000": []}
+    writer = [writer_in_process(project, pristine, events[-50_000:]) for _ in range(args.repeat)]
     for r in range(args.repeat):
         rounds["feast_1"].append(feast_push(1, args.push_rows, events))
         rounds["feast_100"].append(feast_push(100, args.push_rows * 50, events))
@@ -197,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| ours, 100 events/request | {ours_100:,.0f} | {med('ours_100', 'p50'):.2f} | {p99_100:.2f} |")
     for k, v in (("1", feast_1), ("100", feast_100), ("1000", feast_1000)):
         print(f"| feast push, {k} rows/call | {v:,.0f} | {med('feast_' + k, 'p50_ms'):.2f} | |")
+    print(f"| the writer in process (no HTTP, no log), 1 event/write | "
+          f"{1e6 / statistics.median(w['us_per_event_1'] for w in writer):,.0f} | "
+          f"{statistics.median(w['us_per_event_1'] for w in writer) / 1e3:.2f} | |")
+    print(f"| the writer in process, 100 events/write | "
+          f"{1e6 / statistics.median(w['us_per_event_100'] for w in writer):,.0f} | "
+          f"{statistics.median(w['us_per_event_100'] for w in writer) * 100 / 1e3:.2f} | |")
     print(f"\nratio single: {ours_1 / feast_1:.2f}x (target >= 5x, >= 1,750 events/s, p99 <= 5 ms: "
           f"{'met' if ours_1 / feast_1 >= 5 and ours_1 >= 1750 and p99_1 <= 5 else 'MISSED'})")
     print(f"ratio 100: {ours_100 / feast_100:.2f}x (target >= 1x: {'met' if ours_100 >= feast_100 else 'MISSED'})")

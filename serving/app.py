@@ -335,7 +335,10 @@ async def logged(service: "Service", scored: Sequence[tuple[dict[str, Any], dict
     a decision answered is a decision logged (``DecisionLogUnavailable``: none answered)."""
     records = [record for _, record in scored if record is not None]
     if service.decisions is not None and records:
-        await asyncio.wrap_future(service.decisions.submit(records))
+        if service.decisions.inline:  # a write into the OS's file cache: no hand-over to a thread
+            service.decisions.append(records)
+        else:
+            await asyncio.wrap_future(service.decisions.submit(records))
     return [result for result, _ in scored]
 
 
@@ -402,7 +405,7 @@ class Service:
         self.state_error: str | None = None  # the stored state does not fit the loaded definitions
         self.scorer = Scorer(self.project, settings.model, self.online, top_k=settings.top_k)
         self.decisions = DecisionLog(settings.decision_log or self.paths.decision_log,
-                                     sync=settings.event_log_sync) if settings.decision_log_enabled else None
+                                     sync=settings.decision_log_sync) if settings.decision_log_enabled else None
         self._pii_key = pii_key(self.paths.data)
         self._definitions = self.project.fingerprint()
         self.model_error: str | None = "not loaded yet"

@@ -145,3 +145,17 @@ SCRATCH_HOME = Path(tempfile.mkdtemp(prefix="trellis-tests-"))
 atexit.register(shutil.rmtree, SCRATCH_HOME, ignore_errors=True)
 os.environ["TRELLIS_SQL_CACHE"] = str(SCRATCH_HOME / "sql_cache")
 os.environ["MPLCONFIGDIR"] = str(SCRATCH_HOME / "matplotlib")
+
+
+# Variables that point a project's paths elsewhere (trellis.paths.ProjectPaths): `assets.project.paths()` sets them
+# for dbt in this process (os.environ.setdefault), so a test that builds a project of its own in tmp_path and
+# reads ProjectPaths.of(root) would otherwise be sent to the repository's warehouse.
+PATH_VARIABLES = ("TRELLIS_WAREHOUSE", "TRELLIS_DATA_DIR", "TRELLIS_FEATURE_EXPORTS", "DBT_PROFILES_DIR",
+                  "TRELLIS_EVENT_LOG", "TRELLIS_DECISION_LOG")
+
+
+@pytest.fixture
+def own_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's projects use their own folders, whatever an earlier test left in the environment."""
+    for name in PATH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)

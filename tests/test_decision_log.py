@@ -3,11 +3,7 @@ model and definitions that made it, and no raw entity key (keyed hashes, ``trell
 
 from __future__ import annotations
 
-import os
-import signal
 import stat
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from test_serving import last_day_transactions, request_of
-from test_write_path import free_port, start_service
+from test_write_path import free_port, start_service, stream_and_kill
 
 from serving.app import create_app
 from trellis.decisionlog import DecisionLog, DecisionLogUnavailable
@@ -26,14 +22,16 @@ from trellis.spec import load_project
 MODEL = "card_fraud"
 
 
-def test_concurrent_appends_are_all_durable_and_a_request_id_is_logged_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["full", "normal"])  # the writer thread's group commit; the caller's own commit
+def test_concurrent_appends_are_all_durable_and_a_request_id_is_logged_once(tmp_path: Path, sync: str) -> None:
     path = tmp_path / "decisions.db"
-    log = DecisionLog(path)
+    log = DecisionLog(path, sync=sync)
+    assert log.inline == (sync == "normal")
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: log.append([{"request_id": f"r{i}", "score": i / 1000}]), range(400)))
     log.append([{"request_id": "r7", "score": 0.999}])  # re-sent: kept as first logged
     log.close()
-    reopened = DecisionLog(path)
+    reopened = DecisionLog(path, sync=sync)
     try:
         records = reopened.read()
     finally:
@@ -45,9 +43,10 @@ def test_concurrent_appends_are_all_durable_and_a_request_id_is_logged_once(tmp_
         reopened.append([{"request_id": "late"}])
 
 
-def test_an_unwritable_log_fails_the_append_and_keeps_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_an_unwritable_log_fails_the_append_and_keeps_nothing(tmp_path: Path, sync: str) -> None:
     path = tmp_path / "decisions.db"
-    log = DecisionLog(path)
+    log = DecisionLog(path, sync=sync)
     log.append([{"request_id": "a"}])
     import sqlite3
 
@@ -117,33 +116,12 @@ def test_sigkill_of_the_service_loses_no_answered_decision(served) -> None:
     txs = [request_of(tx) for tx in last_day_transactions(paths, 40)]
     port = free_port()
     process = start_service(root, port)
-    answered: list[str] = []
-    stop = threading.Event()
 
-    def stream(offset: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            i = offset
-            while not stop.is_set():
-                try:
-                    response = http.post("/v1/score", json=txs[i % len(txs)])
-                except httpx.HTTPError:
-                    return
-                if response.status_code == 200:
-                    answered.append(response.json()["request_id"])
-                i += 1
+    def send(http: httpx.Client, i: int) -> str | None:
+        response = http.post("/v1/score", json=txs[i % len(txs)])
+        return response.json()["request_id"] if response.status_code == 200 else None
 
-    threads = [threading.Thread(target=stream, args=(k,)) for k in range(2)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 60
-    while len(answered) < 300 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    stop.set()
-    for thread in threads:
-        thread.join()
-    assert len(answered) >= 300, "the stream did not get going"
+    answered = stream_and_kill(process, port, send, 300)
     log = DecisionLog(root / "data" / "decision_log.db")
     try:
         logged = [r["request_id"] for r in log.read()]

@@ -29,9 +29,16 @@ from test_modeling import PLAN, small_world
 
 from trellis import evaluation, registry
 from trellis.evaluation import BASELINE, METRICS, MODEL, EvaluationError
-from trellis.modeling import TrainedModel, card_precision_at_k, register, time_split, train_catboost
+from trellis.modeling import (
+    TrainedModel,
+    card_precision_at_k,
+    known_compromised,
+    register,
+    time_split,
+    train_catboost,
+)
 from trellis.spec import BacktestPlan, load_project
-from trellis.training import PARQUET_OPTIONS, read_training_set
+from trellis.training import LABEL_AVAILABLE_AT, PARQUET_OPTIONS, attach_label_times, read_training_set
 
 pytestmark = pytest.mark.slow  # trains, evaluates and backtests CatBoost models
 
@@ -44,6 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     world = small_world(tmp_path_factory.mktemp("evaluation"), iterations=120, name=NAME)
     project, root, con, training_set, model = world.project, world.root, world.con, world.training_set, world.model
     frame = evaluation.attach_spine_columns(con, project, model, read_training_set(training_set.path), ["tx_amount"])
+    frame = attach_label_times(con, project, model, frame, training_set.as_of)  # each part's label cutoff
     amounts = con.sql("select transaction_id, tx_amount from validated.transactions").df()
     trained = train_catboost(frame, model, training_set.feature_columns)
     report = evaluation.held_out(frame, model, trained.model, end=trained.split_end, amount_column="tx_amount")
@@ -97,15 +105,20 @@ def test_held_out_scores_the_split_test_part_with_the_same_baseline(world):
     # The baseline refitted for evaluation is the one training fitted on the same train part.
     np.testing.assert_allclose(report.scores[BASELINE], trained.baseline.predict_proba(trained.features(test))[:, 1],
                                rtol=0, atol=1e-12)
-    window = report.window
-    assert window.test_end == frame["event_time"].max() and window.closed_end
+    window = report.window  # whole days: the test part ends at the midnight that ends the latest event's day
+    assert window.test_end == frame["event_time"].max().normalize() + timedelta(days=1) and not window.closed_end
     assert window.test_start == window.test_end - timedelta(days=PLAN.test_days)
     assert window.gap == timedelta(days=PLAN.gap_days + PLAN.validation_days)
     # The amounts are the warehouse's, row for row; card precision uses the card key and the event day.
     expected = test[["transaction_id"]].merge(world.amounts, on="transaction_id", how="left")["tx_amount"]
     np.testing.assert_array_equal(report.scores["amount"], expected.to_numpy())
-    assert report.model["card_precision_at_100"] == card_precision_at_k(
+    assert report.model["card_precision_at_100_excl_detected"] == card_precision_at_k(
         test["customer_id"], test["event_time"], test["label"], trained.predict(test))
+    # The literature's variant also drops the cards with a fraud label known before the day (whole set).
+    known = known_compromised(frame["customer_id"], frame["label"], frame[LABEL_AVAILABLE_AT])
+    assert report.model["card_precision_at_100_excl_known"] == card_precision_at_k(
+        test["customer_id"], test["event_time"], test["label"], trained.predict(test), known=known)
+    assert report.model["card_precision_at_100_excl_known"] != report.model["card_precision_at_100_excl_detected"]
     for name in METRICS:  # the baseline is in the report, every metric, and the lift is their difference
         assert name in report.model and name in report.baseline
         assert report.lift[name] == pytest.approx(report.model[name] - report.baseline[name])
@@ -143,8 +156,11 @@ def test_backtest_folds_roll_forward_with_the_declared_gap_to_the_data_end(world
         assert w.train_end - w.train_start == timedelta(days=plan.train_days)
         assert w.test_start - w.train_end == timedelta(days=plan.gap_days)
         assert w.test_end - w.test_start == timedelta(days=plan.test_days)
-        # The rows each fold trained and tested on: inside its periods, nothing from the gap.
-        assert fold.train_rows == ((times >= w.train_start) & (times < w.train_end)).sum() > 500
+        # The rows each fold trained and tested on: inside its periods, nothing from the gap; a fold trains only
+        # on labels known when its test period starts (labels here arrive 0 to 14 days late: some are not).
+        in_period = (times >= w.train_start) & (times < w.train_end)
+        assert fold.train_rows == (in_period & (frame[LABEL_AVAILABLE_AT] < w.test_start)).sum() > 500
+        assert fold.train_rows < in_period.sum()
         tested = fold.scores["event_time"]
         assert tested.is_monotonic_increasing and tested.min() >= w.test_start
         assert (tested <= w.test_end).all() if w.closed_end else (tested < w.test_end).all()

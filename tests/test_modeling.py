@@ -51,12 +51,13 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 def test_time_split_boundaries():
     start = datetime(2024, 1, 1)
     frame = pd.DataFrame({"t": [start + timedelta(hours=h) for h in range(24 * 30)][::-1], "x": range(720)})
-    end = frame["t"].max()  # 2024-01-30 23:00
+    end = frame["t"].max()  # 2024-01-30 23:00: the split ends at the midnight that ends its day
     plan = SplitPlan(train_days=10, validation_days=5, gap_days=2, test_days=7)
     train, validation, test = time_split(frame, plan, "t")
-    test_start, gap_start = end - timedelta(days=7), end - timedelta(days=9)
+    midnight = datetime(2024, 1, 31)
+    test_start, gap_start = midnight - timedelta(days=7), midnight - timedelta(days=9)
     val_start, train_start = gap_start - timedelta(days=5), gap_start - timedelta(days=15)
-    assert test["t"].min() == test_start and test["t"].max() == end and len(test) == 7 * 24 + 1
+    assert test["t"].min() == test_start and test["t"].max() == end and len(test) == 7 * 24
     assert validation["t"].min() == val_start and validation["t"].max() == gap_start - timedelta(hours=1)
     assert train["t"].min() == train_start and train["t"].max() == val_start - timedelta(hours=1)
     assert (len(train), len(validation)) == (10 * 24, 5 * 24)
@@ -66,9 +67,9 @@ def test_time_split_boundaries():
     for part in (train, validation, test):
         assert part["t"].is_monotonic_increasing
     assert train["t"].max() < validation["t"].min() and validation["t"].max() < test["t"].min()
-    # An explicit end anchors the split there.
-    _, _, early_test = time_split(frame, plan, "t", end=datetime(2024, 1, 25))
-    assert early_test["t"].max() == datetime(2024, 1, 25)
+    # An explicit end (the training cutoff) anchors the split at its last midnight, whole days before it.
+    _, _, early_test = time_split(frame, plan, "t", end=datetime(2024, 1, 25, 6))
+    assert early_test["t"].min() == datetime(2024, 1, 18) and early_test["t"].max() == datetime(2024, 1, 24, 23)
 
 
 @pytest.mark.parametrize(("field", "plan", "hours", "end"), [
@@ -121,7 +122,8 @@ def test_training_is_deterministic_and_beats_chance(world):
     assert set(b) == {k for k in m if k != "best_iteration"} and 0.5 < b["validation_roc_auc"] <= 1
     # Training does not look at the held-out test part (trellis.evaluation does), but records the split anchor.
     assert not [k for k in (*m, *b) if k.startswith("test_")]
-    assert trained.split_end == world.frame["event_time"].max()
+    assert trained.split_end is None  # no cutoff given: the split is anchored at the frame's latest event
+    assert trained.periods.test.end == world.frame["event_time"].max().normalize() + timedelta(days=1)
     _, validation, test = time_split(world.frame, world.model.split, "event_time")
     assert trained.split_rows == {"train": trained.split_rows["train"], "validation": len(validation),
                                   "test": len(test)}
@@ -178,7 +180,9 @@ def test_register_versions_aliases_and_reload(world, tmp_path, monkeypatch):
         world.trained.baseline_metrics["validation_average_precision"])
     assert run.data.metrics["lift_validation_roc_auc"] == pytest.approx(
         world.trained.metrics["validation_roc_auc"] - world.trained.baseline_metrics["validation_roc_auc"])
-    assert version.tags["trellis.split_end"] == world.trained.split_end.isoformat()
+    assert version.tags["trellis.split_end"] == ""  # trained without a cutoff: anchored at the latest event
+    test = world.trained.periods.test
+    assert run.data.params["split.test_period_utc"] == f"[{test.start.isoformat()}, {test.end.isoformat()})"
     assert (tmp_path / "mlartifacts").is_dir()
 
     mlflow.set_tracking_uri(uri)

@@ -279,6 +279,40 @@ def start_service(root: Path, port: int) -> subprocess.Popen:
     raise AssertionError("the service did not become ready")
 
 
+def stream_and_kill(process: subprocess.Popen, port: int, send: Any, wanted: int) -> list[Any]:
+    """``send(http, i)`` from two client threads (``i`` = 0, 2, 4... and 1, 3, 5...), keeping what it returns
+    (None: nothing), until ``wanted`` are kept (60 s at most); then the service is SIGKILLed mid-stream.
+    Returns what was kept: the requests the service answered before it died."""
+    kept: list[Any] = []
+    stop = threading.Event()
+
+    def stream(offset: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            i = offset
+            while not stop.is_set():
+                try:
+                    answer = send(http, i)
+                except httpx.HTTPError:
+                    return
+                if answer is not None:
+                    kept.append(answer)
+                i += 2
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(kept) < wanted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert len(kept) >= wanted, "the stream did not get going"
+    return kept
+
+
 def test_sigkill_of_the_service_during_a_stream_loses_no_acknowledged_event(served) -> None:
     """Events streamed from two client threads; the service is SIGKILLed mid-stream and restarted: every
     acknowledged event is in the log, and the online state counts every logged event exactly once."""
@@ -287,33 +321,12 @@ def test_sigkill_of_the_service_during_a_stream_loses_no_acknowledged_event(serv
     customers = [NEW_CUSTOMER + k for k in range(4)]
     port = free_port()
     process = start_service(root, port)
-    acknowledged: list[int] = []
-    stop = threading.Event()
 
-    def stream(offset: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            i = offset
-            while not stop.is_set():
-                body = event(i, t + timedelta(milliseconds=i), customer=customers[i % 4], device=NEW_DEVICE + i % 3)
-                try:
-                    if http.post("/v1/events", json=body).status_code == 200:
-                        acknowledged.append(body["transaction_id"])
-                except httpx.HTTPError:
-                    return
-                i += 2
+    def send(http: httpx.Client, i: int) -> int | None:
+        body = event(i, t + timedelta(milliseconds=i), customer=customers[i % 4], device=NEW_DEVICE + i % 3)
+        return body["transaction_id"] if http.post("/v1/events", json=body).status_code == 200 else None
 
-    threads = [threading.Thread(target=stream, args=(k,)) for k in range(2)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 60
-    while len(acknowledged) < 150 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    stop.set()
-    for thread in threads:
-        thread.join()
-    assert len(acknowledged) >= 150, "the stream did not get going"
+    acknowledged = stream_and_kill(process, port, send, 150)
 
     log = SqliteEventLog(root / "data" / "event_log.db")
     try:

@@ -151,19 +151,53 @@ def _check_summaries(project: Project, model: Model, spine: Source) -> list[Prob
     return out
 
 
+_LOCATIONS = ("table", "path", "postgres", "derived_from")  # where a source's rows are: exactly one
+
+
 def _check_source(project: Project, source: Source) -> list[Problem]:
     out = []
-    if source.table is not None and source.path is not None:
+    given = [field for field in _LOCATIONS if getattr(source, field) is not None]
+    if len(given) > 1:
+        shown = {"postgres": source.postgres.table if source.postgres else None}
+        values = ", ".join(f"{field}: {shown.get(field) or getattr(source, field)!r}" for field in given)
         out.append(project.problem(
-            source, ("path",),
-            f"give either 'table' or 'path', not both (table: {source.table!r}, path: {source.path!r})"))
-    elif source.table is None and source.path is None:
+            source, (given[1],),
+            (f"give either {given[0]!r} or {given[1]!r}, not both" if len(given) == 2 else
+             f"give one of {', '.join(map(repr, given))}, not several") + f" ({values})"))
+    elif not given:
         out.append(project.problem(
             source, ("table",),
-            "missing 'table' or 'path': where the rows are (a DuckDB table such as raw.transactions, "
-            "or a .parquet / .csv file)"))
+            "missing 'table' or 'path' (or 'postgres', 'derived_from'): where the rows are (a DuckDB table such "
+            "as raw.transactions, a .parquet / .csv file or glob, postgres: {table: schema.table, dsn_env: VAR}, "
+            "or derived_from: another source whose rows these are)"))
     if source.path is not None and not source.path.endswith((".parquet", ".csv")):
-        out.append(project.problem(source, ("path",), f"{source.path!r} must be a .parquet or .csv file"))
+        out.append(project.problem(source, ("path",), f"{source.path!r} must be a .parquet or .csv file, or a "
+                                                      f"glob of them (e.g. data/*.parquet)"))
+    if source.derived_from is not None:
+        parent = project.sources.get(source.derived_from)
+        if parent is None or parent.name == source.name:
+            out.append(project.problem(
+                source, ("derived_from",),
+                f"unknown source {source.derived_from!r}"
+                f"{did_you_mean(source.derived_from, [s for s in project.sources if s != source.name])}"
+                if parent is None else "a source cannot be derived from itself"))
+        elif parent.derived_from is not None:
+            out.append(project.problem(
+                source, ("derived_from",),
+                f"source {parent.name!r} is itself derived from {parent.derived_from!r}: derive from "
+                f"{parent.derived_from!r} directly"))
+    if source.available_after is not None:
+        after = source.available_after.column
+        if after not in source.columns or after == source.available_at:
+            out.append(project.problem(
+                source, ("available_at",),
+                f"unknown column {after!r} in available_at {after} + {source.available_after.delay}"
+                f"{did_you_mean(after, [c for c in source.columns if c != source.available_at])}"))
+        elif source.columns[after].type != "timestamp":
+            out.append(project.problem(
+                source, ("available_at",),
+                f"available_at {after} + {source.available_after.delay}: column {after!r} must be a timestamp, "
+                f"not {source.columns[after].type}"))
     if source.table is not None and _schema_of(source.table) in TRELLIS_SCHEMAS:
         out.append(project.problem(
             source, ("table",),
@@ -205,11 +239,12 @@ def _check_simulation(project: Project, broken: set[str]) -> list[Problem]:
         if source.name in broken:
             continue
         if source.table is None:
-            if source.path is not None:  # neither table nor path: _check_source says so
+            given = next((f for f in ("path", "postgres", "derived_from") if getattr(source, f) is not None), None)
+            if given is not None:  # no location at all: _check_source says so
                 out.append(project.problem(
                     source, ("simulated",),
                     f"a simulated source is written by the simulator into a DuckDB table: give 'table' (e.g. "
-                    f"raw.transactions), not 'path' ({source.path!r})"))
+                    f"raw.transactions), not {given!r}"))
             continue
         name = sim.simulator_table(source.name)
         if name not in SIMULATOR_TABLES:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -71,13 +76,18 @@ def schema(out: Path | None) -> None:
 @main.command(name="compile")
 @project_option
 @click.option("--check", is_flag=True, help="Fail if any generated file is stale instead of writing.")
-def compile_(project_dir: Path, check: bool) -> None:
+@click.option("--target", "target_name", type=click.Choice(["duckdb", "postgres", "spark"]), envvar="TRELLIS_TARGET",
+              default="duckdb", show_default=True, show_envvar=True,
+              help="Engine whose dbt project is written: duckdb (dbt_project/), postgres or spark (dbt_project_<target>/).")
+def compile_(project_dir: Path, check: bool, target_name: str) -> None:
     """Generate the dbt models and the Feast repo from the definitions."""
     from trellis import compile as compiler
+    from trellis.compile.targets import target
 
     project = _load(project_dir)
+    chosen = target(target_name)
     if check:
-        problems = compiler.stale(project)
+        problems = compiler.stale(project, chosen)
         if problems:
             click.echo("generated files are stale; run `trellis compile`:", err=True)
             for line in problems:
@@ -85,7 +95,7 @@ def compile_(project_dir: Path, check: bool) -> None:
             sys.exit(1)
         click.echo("generated files are up to date")
         return
-    changed = compiler.write(project)
+    changed = compiler.write(project, chosen)
     for rel in changed:
         _step(f"wrote {rel}")
     click.echo(f"{len(changed)} file(s) changed" if changed else "generated files are up to date")
@@ -182,9 +192,13 @@ def _missing_inputs(project, paths, simulated: set[str]) -> list[str]:
                      + ("" if paths.warehouse.exists() else " (there is no warehouse yet)")
                      + f": load your rows into it first (in DuckDB: {_create(table)} as from "
                        f"'your_file.parquet'), or give the source the file as its path")
+    from trellis.external import files_of
+
     for source in project.sources.values():
-        if source.path is not None and not (project.root / source.path).exists():
-            lines.append(f"source {source.name!r} reads {source.path}, which does not exist under {project.root}")
+        if source.path is not None and not files_of(project, source):
+            what = "matches no file" if any(c in source.path for c in "*?[") else "does not exist"
+            under = "" if Path(source.path).expanduser().is_absolute() else f" under {project.root}"
+            lines.append(f"source {source.name!r} reads {source.path}, which {what}{under}")
     return lines
 
 
@@ -195,8 +209,8 @@ def ingest(project_dir: Path) -> None:
     source whose table is not in the warehouse yet is simulated first."""
     import duckdb
 
-    from trellis.contracts import ContractViolation
-    from trellis.contracts import ingest as run
+    from trellis.contracts import ContractViolation, ingest_all
+    from trellis.external import SourceUnavailable
     from trellis.online.eventlog import read_logged
     from trellis.paths import ProjectPaths
     from trellis.simulate import declared_simulation, write_declared
@@ -224,13 +238,16 @@ def ingest(project_dir: Path) -> None:
     paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(paths.warehouse))
     try:
-        for source in project.sources.values():
+        def validating(source) -> None:
             _step(f"validating {source.name}" + (f" (+{len(logged[source.name]):,} logged rows)"
                                                  if source.name in logged else ""))
-            result = run(con, project, source, logged=logged.get(source.name, ()))
-            click.echo(f"{source.name}: {result.rows_in:,} in = {result.rows_accepted:,} accepted "
+
+        # All sources or none: each is read and validated, then all are written in one transaction.
+        results = ingest_all(con, project, list(project.sources.values()), logged=logged, progress=validating)
+        for result in results:
+            click.echo(f"{result.source}: {result.rows_in:,} in = {result.rows_accepted:,} accepted "
                        f"+ {result.rows_quarantined:,} quarantined {result.reasons or ''}")
-    except ContractViolation as exc:
+    except (ContractViolation, SourceUnavailable) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     finally:
@@ -331,6 +348,386 @@ def models_rollback(project_dir: Path, tracking_uri: str | None, name: str, why:
     event = _registry_call(registry.rollback, uri, name, who=registry.current_user(), why=why)
     click.echo(f"{name}: champion rolled back v{event['from'] or '-'} -> v{event['to']} "
                f"by {event['who']} at {event['when']}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The lifecycle: build, train, evaluate, backtest, score, materialize, serve (trellis.lifecycle: the same
+# functions the Dagster assets call). A refused command prints one line `error: ...` and changes nothing stored;
+# exit code 2 for a malformed argument, 1 for anything else.
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Known failures as one line and exit code 1; anything unexpected too, with its type (TRELLIS_DEBUG=1: the
+    traceback instead)."""
+    import duckdb
+
+    from trellis.contracts import ContractViolation
+    from trellis.evaluation import EvaluationError
+    from trellis.lifecycle import LifecycleError
+    from trellis.registry import RegistryError
+    from trellis.scoring import ScoringError
+
+    try:
+        yield
+    except (LifecycleError, RegistryError, ContractViolation, EvaluationError, ScoringError, ValueError,
+            duckdb.Error) as exc:
+        _fail(_first_line(exc))
+    except Exception as exc:
+        if os.environ.get("TRELLIS_DEBUG"):
+            raise
+        _fail(f"{type(exc).__name__}: {_first_line(exc)} (TRELLIS_DEBUG=1 shows the traceback)")
+
+
+@contextmanager
+def _progress(description: str, total: int | None = None) -> Iterator[Any]:
+    """A progress bar on stderr (a spinner and the time elapsed when ``total`` is unknown); yields
+    ``update(completed=None, total=None, description=None, advance=0)``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+
+        def update(completed: int | None = None, total: int | None = None, description: str | None = None,
+                   advance: int = 0) -> None:
+            progress.update(task, completed=completed, total=total, description=description, advance=advance)
+
+        started = time.perf_counter()
+        yield update
+    _step(f"{description}: done in {time.perf_counter() - started:.1f}s")
+
+
+def _lifecycle_project(project_dir: Path):
+    """The project at ``project_dir`` and its paths; one line when there is none."""
+    from trellis.paths import ProjectPaths
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines (its database set-up) are noise here
+    if not (project_dir / "definitions").is_dir():
+        _fail(f"no Trellis project at {project_dir} (no definitions/ folder); `trellis init {project_dir}` makes one, "
+              "or pass --project DIR")
+    return _load(project_dir), ProjectPaths.of(project_dir)
+
+
+def _datetime(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} {value!r} is not a date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)", 2)
+    # The warehouse holds naive UTC times: an offset given is converted, none means UTC.
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo is not None else parsed
+
+
+def _date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} {value!r} is not a date (YYYY-MM-DD)", 2)
+
+
+@contextmanager
+def _warehouse(paths) -> Iterator[Any]:
+    """The project's warehouse, read only (steps that read it write Parquet files, reports and the registry)."""
+    import duckdb
+
+    con = duckdb.connect(str(paths.warehouse), read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@main.command()
+@project_option
+def build(project_dir: Path) -> None:
+    """Build the feature tables: compile the definitions (if they changed), then `dbt build` of the project's dbt
+    project (staging views, feature tables with their Parquet copies for Feast, data tests)."""
+    from trellis import compile as compiler
+    from trellis import lifecycle
+    from trellis.compile.targets import target
+
+    project, paths = _lifecycle_project(project_dir)
+    with _one_line_errors():
+        if not project.feature_groups:
+            _fail("no feature groups declared yet: nothing to build (declare one under definitions/features/)")
+        lifecycle.require_tables(paths, lifecycle.source_tables(project), f"trellis ingest --project {project_dir}")
+        for rel in compiler.write(project, target("duckdb")):
+            _step(f"compiled {rel}")
+        with _progress("dbt build") as update:
+            result = lifecycle.build_features(
+                paths, on_node=lambda done, total, name: update(completed=done, total=total,
+                                                                description=f"dbt build {name}"))
+        if result.failed:
+            more = f" (and {len(result.failed) - 1} more)" if len(result.failed) > 1 else ""
+            _fail(f"dbt build failed: {result.failed[0]}{more}; dbt's log: {result.log}")
+        tables = [f"features.feat_{g}" for g in project.feature_groups]
+        with _warehouse(paths) as con:
+            for table in tables:
+                rows = con.sql(f"select count(*) from {table}").fetchone()[0]
+                click.echo(f"{table}: {rows:,} rows")
+    click.echo(f"built {len(tables)} feature table(s): {result.passed} dbt nodes passed, {result.skipped} skipped "
+               f"in {result.seconds:.1f}s")
+
+
+def _training_set(project, paths, model, cutoff: datetime | None, as_of: str | None):
+    """The model's training set as of ``cutoff`` (None: the latest event); one line when no label can be known
+    before it."""
+    from trellis import lifecycle
+
+    with _warehouse(paths) as con:
+        first, _ = lifecycle.data_span(con, project, model)
+        if cutoff is not None and cutoff <= first:
+            _fail(f"--as-of {as_of} is not after the first event of {model.spine} ({first}): no label is known "
+                  "before it")
+        with _progress(f"training set of {model.name}"):
+            return lifecycle.training_set(con, project, model, paths, cutoff)
+
+
+@main.command()
+@project_option
+@click.argument("model_name", metavar="MODEL")
+@click.option("--as-of", "as_of", default=None,
+              help="Training cutoff T (YYYY-MM-DD or an ISO time, UTC): only labels known before T enter. "
+                   "Default: the latest event of the model's spine.")
+def train(project_dir: Path, model_name: str, as_of: str | None) -> None:
+    """Build MODEL's training set (point in time, matured labels), train CatBoost and the baseline, and register the
+    model in the project's MLflow registry as the challenger."""
+    from trellis import lifecycle
+
+    project, paths = _lifecycle_project(project_dir)
+    cutoff = _datetime(as_of, "--as-of")
+    with _one_line_errors():
+        model = lifecycle.model_of(project, model_name)
+        lifecycle.require_model_inputs(project, paths, model)
+        built = _training_set(project, paths, model, cutoff, as_of)
+        click.echo(f"training set as of {built.as_of}: {built.rows:,} rows, {built.positives:,} positives "
+                   f"({built.path})")
+        with _progress(f"training {model.name} and registering it"):
+            registered = lifecycle.train(project, model, built, paths)
+    trained = registered.trained
+    for name in ("roc_auc", "average_precision"):
+        key = f"validation_{name}"
+        if key in trained.metrics:
+            click.echo(f"  validation {name}: {trained.metrics[key]:.4f} "
+                       f"(baseline {trained.baseline_metrics.get(key, float('nan')):.4f})")
+    click.echo(f"registered {registered.name} v{registered.version} (challenger) in {paths.mlflow_uri}")
+
+
+def _amount_column(project, model, option: str | None) -> str | None:
+    from trellis import lifecycle
+
+    if option is None:
+        return lifecycle.default_amount_column(project, model)
+    return lifecycle.spine_column(project, model, option or None, "--amount-column")
+
+
+amount_option = click.option(
+    "--amount-column", default=None,
+    help="Spine column holding the amount, for the share of fraud amount caught (default: tx_amount if the spine "
+         "has it; '' for none).")
+
+
+def _metric_lines(model_metrics: dict, baseline_metrics: dict) -> list[str]:
+    """One line per metric: the model's value and the baseline's ('-' where undefined, e.g. no positive)."""
+    def number(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, int | float) and value == value else "-"
+
+    return [f"  {name:<36} {number(value):>9}   baseline {number(baseline_metrics.get(name))}"
+            for name, value in model_metrics.items() if name not in ("rows", "positives")]
+
+
+@main.command()
+@project_option
+@click.argument("model_name", metavar="MODEL")
+@click.option("--version", "version", default=None,
+              help="Registered version to evaluate (default: the challenger, i.e. the latest `trellis train`).")
+@amount_option
+def evaluate(project_dir: Path, model_name: str, version: str | None, amount_column: str | None) -> None:
+    """Evaluate a registered version of MODEL and the baseline on the held-out test period of its split: metrics,
+    plots and metrics.json under <data>/reports/, logged to the version's MLflow run."""
+    from trellis import lifecycle
+    from trellis.registry import CHALLENGER, alias_version
+
+    project, paths = _lifecycle_project(project_dir)
+    with _one_line_errors():
+        model = lifecycle.model_of(project, model_name)
+        amount = _amount_column(project, model, amount_column)
+        lifecycle.require_tables(paths, [f"validated.{model.spine}"], f"trellis ingest --project {project_dir}")
+        lifecycle.require_registry(paths, model)
+        version = version or alias_version(paths.mlflow_uri, model.name, CHALLENGER)
+        with _progress(f"evaluating {model.name} v{version}"):
+            result = lifecycle.evaluate(lambda: _warehouse(paths), project, model, version, paths, amount)
+    report = result.report
+    click.echo(f"{model.name} v{result.version} on its test period {report.window.test_start} to "
+               f"{report.window.test_end}: {report.rows:,} rows, {report.positives:,} positives")
+    for line in _metric_lines(report.model, report.baseline):
+        click.echo(line)
+    click.echo(f"report: {result.out}")
+
+
+@main.command()
+@project_option
+@click.argument("model_name", metavar="MODEL")
+@click.option("--as-of", "as_of", default=None, help="Cutoff of the training set backtested (default: the latest "
+                                                     "event of the model's spine).")
+@amount_option
+def backtest(project_dir: Path, model_name: str, as_of: str | None, amount_column: str | None) -> None:
+    """Prequential backtest of MODEL's definition (its `backtest` plan: CatBoost and the baseline retrained per
+    fold) over its training set; per-fold table, plot and backtest.json under <data>/reports/."""
+    from trellis import lifecycle
+
+    project, paths = _lifecycle_project(project_dir)
+    cutoff = _datetime(as_of, "--as-of")
+    with _one_line_errors():
+        model = lifecycle.model_of(project, model_name)
+        amount = _amount_column(project, model, amount_column)
+        lifecycle.require_model_inputs(project, paths, model)
+        built = _training_set(project, paths, model, cutoff, as_of)
+        with _progress(f"backtest of {model.name}", total=model.backtest.folds) as update:
+            def fold_done(message: str) -> None:
+                update(advance=1)
+                _step(message)
+
+            run = lifecycle.backtest(lambda: _warehouse(paths), project, model, built, paths, amount,
+                                     progress=fold_done)
+    summary = run.as_dict["summary"]
+    click.echo(f"{model.name}: {len(run.result.folds)} folds over the training set as of {built.as_of} "
+               "(mean and standard deviation over the folds)")
+    for name, stats in summary["model"].items():
+        if stats.get("mean") is None:
+            continue
+        base = summary["baseline"].get(name, {})
+        click.echo(f"  {name:<36} {stats['mean']:.4f} ± {stats.get('std') or 0:.4f}"
+                   + (f"   baseline {base['mean']:.4f}" if base.get("mean") is not None else ""))
+    click.echo(f"report: {run.out}")
+
+
+@main.command()
+@project_option
+@click.argument("model_name", metavar="MODEL")
+@click.option("--from", "from_", required=True, help="First day scored (YYYY-MM-DD).")
+@click.option("--to", "to", required=True, help="Last day scored, included (YYYY-MM-DD).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Parquet (.parquet) or CSV (.csv) file written (default: <data>/scores/<model>_<from>_<to>.parquet).")
+@click.option("--version", "version", default=None, help="Registered version (default: the champion).")
+def score(project_dir: Path, model_name: str, from_: str, to: str, out: Path | None, version: str | None) -> None:
+    """Score every event of MODEL's spine from --from to --to with the champion (or --version): one row per event
+    with its ids (transaction id, entity keys, event time), score, model version and top-3 reasons."""
+    from trellis import lifecycle
+    from trellis.registry import CHAMPION, load_alias, load_version
+
+    project, paths = _lifecycle_project(project_dir)
+    start, end = _date(from_, "--from"), _date(to, "--to")
+    if start > end:
+        _fail(f"--from {start} is after --to {end}", 2)
+    if out is not None and out.suffix not in (".parquet", ".csv"):
+        _fail(f"--out {out}: the file name must end in .parquet or .csv", 2)
+    with _one_line_errors():
+        model = lifecycle.model_of(project, model_name)
+        lifecycle.require_model_inputs(project, paths, model)
+        with _warehouse(paths) as con:
+            rows = lifecycle.check_score_range(con, project, model, start, end)
+            lifecycle.require_registry(paths, model)
+            if version is None:
+                classifier, version = load_alias(paths.mlflow_uri, model.name, CHAMPION)
+            else:
+                classifier = load_version(paths.mlflow_uri, model.name, version)
+            days = (end - start).days + 1
+            with _progress(f"scoring {rows:,} events with {model.name} v{version}", total=days) as update:
+                frame = lifecycle.score(con, project, model, classifier, version, start, end,
+                                        on_day=lambda day, n: update(advance=1))
+        target = out or paths.data / "scores" / f"{model.name}_{start}_{end}.parquet"
+        lifecycle.write_scores(frame, target)
+    alerts = int((frame["score"] >= model.threshold).sum())
+    click.echo(f"scored {len(frame):,} events from {start} to {end} with {model.name} v{version}: {alerts:,} at or "
+               f"above the threshold {model.threshold}")
+    click.echo(f"wrote {target} (columns: {', '.join(frame.columns[:5])}, ...)")
+
+
+@main.command()
+@project_option
+def materialize(project_dir: Path) -> None:
+    """Fill the online store from the feature tables: `feast apply` on the generated Feast repo, then every online
+    group's latest values and streaming state (with the event log's rows folded in), in one transaction."""
+    from trellis import lifecycle
+
+    project, paths = _lifecycle_project(project_dir)
+    online = [g.name for g in project.feature_groups.values() if g.online]
+    with _one_line_errors():
+        if not online:
+            _fail("no feature group is declared `online: true`: nothing to materialize")
+        lifecycle.require_tables(paths, [f"features.feat_{g}" for g in online], f"trellis build --project {project_dir}")
+        with _progress("feast apply"):
+            lifecycle.apply_feature_repo(paths)
+        with _warehouse(paths) as con, _progress(f"materializing {len(online)} online group(s)"):
+            report = lifecycle.materialize_online(con, project, paths)
+    for group in report.groups:
+        click.echo(f"{group.group}: {group.entities:,} entities, {group.value_rows:,} latest rows, "
+                   f"{group.state_rows:,} rows in tails")
+    click.echo(f"materialized {report.values_written:,} values as of {report.as_of} in {report.seconds:.1f}s "
+               f"into {paths.feature_repo}")
+
+
+@main.command()
+@project_option
+@click.option("--model", "model_name", default=None, help="Model served (default: the project's only model).")
+@click.option("--alias", default="champion", show_default=True, help="Registry alias served.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(project_dir: Path, model_name: str | None, alias: str, host: str, port: int) -> None:
+    """Run the scoring service (/v1/score, /v1/events, ...; OpenAPI at /docs) on the project's online store and
+    registry."""
+    from trellis import lifecycle
+    from trellis.online.store import OnlineStore, StoreUnavailable
+    from trellis.registry import alias_version
+
+    project, paths = _lifecycle_project(project_dir)
+    with _one_line_errors():
+        if model_name is None:
+            if len(project.models) != 1:
+                _fail(f"--model is needed: the project defines {len(project.models)} models "
+                      f"({', '.join(sorted(project.models)) or 'none'})", 2)
+            model_name = next(iter(project.models))
+        model = lifecycle.model_of(project, model_name)
+        try:
+            store = OnlineStore(paths.feature_repo)
+        except StoreUnavailable as exc:
+            _fail(_first_line(exc))
+        if store.path is not None and not store.path.exists():
+            _fail(f"no online store at {store.path}; run `trellis materialize --project {project_dir}` first")
+        lifecycle.require_registry(paths, model)
+        version = alias_version(paths.mlflow_uri, model.name, alias)
+        import uvicorn
+
+        from serving.app import create_app
+        from serving.settings import Settings
+
+        app = create_app(Settings(project=paths.root, model=model.name, alias=alias, mlflow_uri=paths.mlflow_uri,
+                                  event_log=paths.event_log))
+    _step(f"serving {model.name} v{version} ({alias}) on http://{host}:{port} (OpenAPI: /docs)")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ quarantined row.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from trellis.compile.dbt import VALIDATED_SCHEMA, FeatureModel
+from trellis.external import SourceUnavailable, origin, source_relation  # noqa: F401 (ingest raises it)
 from trellis.spec import Project, Source
 from trellis.types import mapping, on_scale, pandas_dtype
 
@@ -134,8 +135,8 @@ class IngestResult:
 def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
            now: datetime | None = None, logged: Sequence[Mapping[str, Any]] = ()) -> IngestResult:
     """Validate a source against its contract; write accepted rows to ``validated.<name>`` and rejected ones
-    (with a ``_reason``) to ``quarantine.<name>``. ``now`` (naive UTC, default the clock) is where the
-    source's ``max_future`` counts from. ``logged``: the source's rows from the event log
+    (with a ``_reason``) to ``quarantine.<name>``, in one transaction (``ingest_all``: several sources at once).
+    ``now`` (naive UTC, default the clock) is where the source's ``max_future`` counts from. ``logged``: the source's rows from the event log
     (``trellis.online.eventlog.logged_rows``), taken after the source's own relation, through the same contract:
     so the warehouse holds every acknowledged event, and the offline features of streamed events are computed
     from the same rows that were served.
@@ -143,13 +144,55 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
     A primary key seen more than once among the rows that pass every check keeps one copy: the first by event
     time, then ``available_at`` (a null one counts as the event time), then position in the relation (the
     file's order, the table's scan order). The other copies are quarantined as ``duplicate of <key>=<value>``.
-    A copy that breaks a check is quarantined for that reason and is not the kept copy."""
+    A copy that breaks a check is quarantined for that reason and is not the kept copy.
+
+    The source's rows are read where they live (``trellis.external``: a DuckDB table, Parquet / CSV files, a
+    PostgreSQL table, another source's rows), under the Trellis names. A file, column or database that cannot be
+    read raises SourceUnavailable before anything is written."""
+    return ingest_all(con, project, [source], now=now, logged={source.name: logged} if logged else None)[0]
+
+
+def ingest_all(con: duckdb.DuckDBPyConnection, project: Project, sources: Sequence[Source], *,
+               now: datetime | None = None, logged: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+               progress: Callable[[Source], None] | None = None) -> list[IngestResult]:
+    """``ingest`` for several sources, all or nothing: every source is read and validated first, then all of
+    them are written in one transaction. A source that cannot be read, or that breaks its contract under
+    ``on_violation: fail``, leaves every table as it was. ``progress`` is called before each source is read."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    relation = source.table if source.table else _file_relation(project, source)
+    try:
+        checked = []
+        for source in sources:
+            if progress is not None:
+                progress(source)
+            checked.append(_validated(con, project, source, now, (logged or {}).get(source.name, ())))
+        # Every table of every source in one transaction: a reader (or a crash) never sees one source's new
+        # validated rows beside its old quarantine, nor one source's new rows beside another's old ones.
+        con.execute("begin transaction")
+        try:
+            for source, _, accepted, rejected in checked:
+                for schema_name, table in ((VALIDATED_SCHEMA, accepted), (QUARANTINE_SCHEMA, rejected)):
+                    _write(con, schema_name, source.name, table)
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        return [_written(con, source, relation) for source, relation, _, _ in checked]
+    finally:
+        # The staged copies of PostgreSQL tables (temporary, this connection's only): the next run reads afresh.
+        for home in {origin(project, source).name: origin(project, source) for source in sources}.values():
+            if home.postgres is not None:
+                con.execute(f'drop table if exists temp.main."__postgres_{home.name}"')
+
+
+def _validated(con: duckdb.DuckDBPyConnection, project: Project, source: Source, now: datetime,
+               logged: Sequence[Mapping[str, Any]]) -> tuple[Source, str, pd.DataFrame, pd.DataFrame]:
+    """(source, relation read, accepted rows, rejected rows with ``_reason``): nothing written."""
+    location = source_relation(con, project, source)
+    relation = location.relation
     if logged:
         relation = _with_logged(con, source, relation, logged)
     raw = con.sql(f"select * from {relation}")
-    _check_types(source, relation, raw)
+    _check_types(source, location.where, raw, text=location.text)
     frame = raw.df()
     schema = source_schema(source, now)
     rows_in = len(frame)
@@ -159,7 +202,7 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
         accepted = schema.validate(candidates, lazy=True)
         reasons = early
     except pa.errors.SchemaErrors as exc:
-        reasons = pd.concat([early, _reasons(exc.failure_cases, candidates, source, relation)])
+        reasons = pd.concat([early, _reasons(exc.failure_cases, candidates, source, location.where)])
         reasons = reasons.groupby(level=0).agg("; ".join)
         accepted = schema.validate(read[~read.index.isin(reasons.index)], lazy=True)
     extras = _duplicates(source, accepted)
@@ -176,17 +219,7 @@ def ingest(con: duckdb.DuckDBPyConnection, project: Project, source: Source, *,
             f"source {source.name!r}: {len(rejected)} of {rows_in} rows break the contract "
             f"(on_violation: fail). First: {sample}"
         ) from None
-    # Both tables in one transaction: a reader (or a crash) never sees one source's new validated rows beside
-    # its old quarantine.
-    con.execute("begin transaction")
-    try:
-        for schema_name, table in ((VALIDATED_SCHEMA, accepted), (QUARANTINE_SCHEMA, rejected)):
-            _write(con, schema_name, source.name, table)
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
-    return _written(con, source, relation)
+    return source, relation, accepted, rejected
 
 
 def _with_logged(con: duckdb.DuckDBPyConnection, source: Source, relation: str,
@@ -237,11 +270,11 @@ def _duplicates(source: Source, rows: pd.DataFrame) -> pd.Series:
     return pd.Series([f"duplicate of {key}={value}" for value in extra["key"]], index=extra.index, dtype="object")
 
 
-def _check_types(source: Source, relation: str, raw: duckdb.DuckDBPyRelation) -> None:
+def _check_types(source: Source, relation: str, raw: duckdb.DuckDBPyRelation, *, text: bool) -> None:
     """A typed relation whose column is BOOLEAN or VARCHAR where the definition declares a number: coercion
     would read ``true`` as 1 and ``'812.15'`` as 812.15, so the table does not match its definition."""
-    if source.path is not None and source.path.endswith(".csv"):
-        return  # text: each value is read as the declared type, a row that does not read is quarantined
+    if text:
+        return  # CSV: each value is read as the declared type, a row that does not read is quarantined
     types = dict(zip(raw.columns, (str(t) for t in raw.dtypes), strict=True))
     wrong = [f"{name} is {types[name]}, the definition declares {col.type}"
              for name, col in source.columns.items()
@@ -250,6 +283,8 @@ def _check_types(source: Source, relation: str, raw: duckdb.DuckDBPyRelation) ->
         raise ContractViolation(f"source {source.name!r} ({relation}) does not match its definition: "
                                 + "; ".join(wrong))
 
+
+_BOOL_WORDS = {"true": True, "t": True, "yes": True, "1": True, "false": False, "f": False, "no": False, "0": False}
 
 # What pandas (and so Pandera, which coerces timestamps to nanoseconds) can hold.
 _NS_RANGE = (pd.Timestamp.min.as_unit("us"), pd.Timestamp.max.as_unit("us"))
@@ -273,6 +308,17 @@ def _before_coercion(source: Source, frame: pd.DataFrame, now: datetime) -> tupl
             bad = values.notna() & numbers.isna()
             reasons.append(f"{name}: not a number (got " + values[bad].astype(str) + ")")
             values = frame[name] = numbers.where(~bad)
+        if col.type == "bool" and values.dtype == object:  # text: astype(bool) would read 'false' as True
+            words = values.astype("string").str.strip().str.lower()
+            read = words.map(_BOOL_WORDS).astype("boolean")
+            bad = values.notna() & read.isna()
+            reasons.append(f"{name}: not true or false (got " + values[bad].astype(str) + ")")
+            values = frame[name] = read
+        if col.type == "timestamp" and values.dtype == object:  # ISO 8601 text; an offset becomes naive UTC
+            read = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True).dt.tz_localize(None)
+            bad = values.notna() & read.isna()
+            reasons.append(f"{name}: not a timestamp (got " + values[bad].astype(str) + ")")
+            values = frame[name] = read
         if col.type in ("int64", "int32") and pd.api.types.is_float_dtype(values):
             bad = values.notna() & np.isfinite(values) & (values != np.trunc(values))
             reasons.append(f"{name}: not an integer (got " + values[bad].astype(str) + ")")
@@ -324,11 +370,3 @@ def _reasons(cases: pd.DataFrame, frame: pd.DataFrame, source: Source, relation:
             [f"{known}: before {happened} (got {known}={frame.at[i, known]}, {happened}={frame.at[i, happened]})"
              for i in rows], index=rows, dtype="object"))
     return pd.concat(reasons).groupby(level=0).agg("; ".join)
-
-
-def _file_relation(project: Project, source: Source) -> str:
-    path = (project.root / source.path).resolve()
-    if not path.exists():
-        raise ContractViolation(f"source {source.name!r}: file {path} does not exist")
-    reader = "read_parquet" if path.suffix == ".parquet" else "read_csv_auto"
-    return f"{reader}('{path}')"

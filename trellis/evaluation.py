@@ -9,18 +9,22 @@
   and both are tested on the next ``test_days``. Folds roll forward by ``test_days`` so that their test
   periods are consecutive and the last one ends at the end of the data; the first fold's train period must
   start inside the data. There is no validation part in a fold, so CatBoost runs its declared iterations
-  without early stopping (``catboost_params(..., early_stopping=False)``);
+  without early stopping (``catboost_params(..., early_stopping=False)``). With label times in the frame
+  (``training.attach_label_times``) a fold trains only on labels known when its test period starts;
 * metrics (``score_metrics``) for model and baseline on the same rows: ROC AUC, average precision, card
-  precision@100 per day (the handbook's, ``modeling.card_precision_at_k``), and at a 1% alert rate the
-  share of fraud amount and of frauds caught, the precision and the false-positive rate;
+  precision@100 per day in two variants named in every key, table and MLflow metric:
+  ``card_precision_at_100_excl_detected`` (cards detected on earlier days excluded, Trellis' former figure)
+  and ``card_precision_at_100_excl_known`` (cards already known compromised before the day, a fraud label of
+  theirs known, excluded as well: the literature's; it needs the label times, else it is n/a); and at a 1%
+  alert rate the share of fraud amount and of frauds caught, the precision and the false-positive rate;
 * plots (ROC, precision-recall, score distributions of frauds vs genuine transactions, metrics per fold)
   as PNG files, drawn with matplotlib's Agg canvas (no pyplot, no global backend switch), and markdown
   tables (model vs baseline with lift; per fold; a summary) for the Dagster UI and the demo;
 * ``log_to_mlflow``: held-out metrics (``test_*``, ``baseline_test_*``, ``lift_test_*``) and the plots as
   artifacts of the evaluated version's run, so ``trellis models list`` shows them.
 
-Periods are half-open ``[start, end)`` except the held-out test part and the last fold's test period, which
-include their end (the latest event), as in ``modeling.time_split``. Everything is deterministic: the same
+Periods are half-open ``[start, end)``; the held-out periods are whole days of the split's time zone
+(``trellis.splits``), and the last backtest fold's test period includes its end (the latest event). Everything is deterministic: the same
 training set gives the same numbers and the same PNG bytes.
 """
 
@@ -42,15 +46,19 @@ from catboost import CatBoostClassifier, Pool
 
 from trellis.compile.dbt import VALIDATED_SCHEMA
 from trellis.modeling import (
-    card_precision_at_k,
+    CARD_PRECISION_VARIANTS,
+    card_precision_name,
+    card_precisions,
     catboost_params,
     categorical_columns,
     evaluate,
     fit_baseline,
+    known_compromised,
     prepare_features,
-    time_split,
+    split_frame,
 )
 from trellis.spec import BacktestPlan, Model, Project
+from trellis.splits import LABEL_AVAILABLE_AT
 
 MODEL = "model"
 BASELINE = "baseline"
@@ -59,7 +67,8 @@ CARD_K = 100
 METRICS = {  # key -> how tables name it, in the order they show it
     "roc_auc": "ROC AUC",
     "average_precision": "average precision",
-    f"card_precision_at_{CARD_K}": f"card precision@{CARD_K} per day",
+    **{card_precision_name(CARD_K, variant): f"card precision@{CARD_K} per day, {excluded}"
+       for variant, excluded in CARD_PRECISION_VARIANTS.items()},
     "fraud_amount_caught_at_1pct": "fraud amount caught (top 1% alerted)",
     "fraud_caught_at_1pct": "frauds caught (top 1% alerted)",
     "precision_at_1pct": "precision of the top 1%",
@@ -77,14 +86,17 @@ class EvaluationError(ValueError):
 
 
 def score_metrics(y_true: Any, scores: Any, *, amounts: Any = None, cards: Any = None, times: Any = None,
-                  k: int = CARD_K) -> dict[str, float]:
+                  k: int = CARD_K, known: pd.Series | None = None, time_zone: str = "UTC") -> dict[str, float]:
     """``modeling.evaluate`` (AUC, AP, and at the 1% alert rate: frauds / fraud amount caught, precision,
-    false-positive rate) plus, given ``cards`` and ``times``, card precision@``k`` per day."""
+    false-positive rate) plus, given ``cards`` and ``times``, card precision@``k`` per day (days in
+    ``time_zone``) in both variants: ``card_precision_at_<k>_excl_detected`` (cards detected on earlier days
+    excluded) and ``card_precision_at_<k>_excl_known`` (cards known compromised before the day excluded too, the
+    literature's; ``known`` from ``modeling.known_compromised``, NaN without it)."""
     metrics = evaluate(y_true, scores, amounts)
     if cards is not None:
         if times is None:
             raise EvaluationError("score_metrics: card precision needs the event times (one day per row)")
-        metrics[f"card_precision_at_{k}"] = card_precision_at_k(cards, times, y_true, scores, k)
+        metrics.update(card_precisions(cards, times, y_true, scores, k, known=known, time_zone=time_zone))
     return metrics
 
 
@@ -162,7 +174,7 @@ class Report:
 
 def _report(name: str, window: Window, train_rows: int, test: pd.DataFrame, model_scores: np.ndarray,
             baseline_scores: np.ndarray, *, label_column: str, time_column: str, amount_column: str | None,
-            card_column: str | None) -> Report:
+            card_column: str | None, known: pd.Series | None = None, time_zone: str = "UTC") -> Report:
     y = test[label_column].astype(int).to_numpy()
     times = pd.to_datetime(test[time_column]).to_numpy()
     scores = pd.DataFrame({"event_time": times, "label": y, MODEL: model_scores, BASELINE: baseline_scores})
@@ -173,7 +185,8 @@ def _report(name: str, window: Window, train_rows: int, test: pd.DataFrame, mode
     if card_column is not None:
         cards = test[card_column].to_numpy()
         scores["card"] = cards
-    metrics = {who: score_metrics(y, scores[who].to_numpy(), amounts=amounts, cards=cards, times=times)
+    metrics = {who: score_metrics(y, scores[who].to_numpy(), amounts=amounts, cards=cards, times=times,
+                                  known=known, time_zone=time_zone)
                for who in (MODEL, BASELINE)}
     return Report(name=name, window=window, train_rows=train_rows, scores=scores, model=metrics[MODEL],
                   baseline=metrics[BASELINE])
@@ -192,6 +205,15 @@ def _columns(frame: pd.DataFrame, model: Model, feature_columns: list[str], labe
     return model.card_key
 
 
+def _known(frame: pd.DataFrame, card_column: str | None, label_column: str,
+           known: pd.Series | None) -> pd.Series | None:
+    """Cards known compromised (card -> since when): as given, else from the frame's label times (the whole
+    training set: every fraud label known before its cutoff), else None (the literature's variant is then NaN)."""
+    if known is not None or card_column is None or LABEL_AVAILABLE_AT not in frame.columns:
+        return known
+    return known_compromised(frame[card_column], frame[label_column], frame[LABEL_AVAILABLE_AT])
+
+
 def _cat_features(classifier: CatBoostClassifier, columns: list[str]) -> list[str]:
     return [columns[i] for i in classifier.get_cat_feature_indices()]
 
@@ -202,30 +224,31 @@ def _cat_features(classifier: CatBoostClassifier, columns: list[str]) -> list[st
 
 def held_out(frame: pd.DataFrame, model: Model, classifier: CatBoostClassifier,
              feature_columns: list[str] | None = None, *, end: datetime | None = None, label_column: str = "label",
-             time_column: str = "event_time", amount_column: str | None = None) -> Report:
+             time_column: str = "event_time", amount_column: str | None = None,
+             known: pd.Series | None = None) -> Report:
     """``classifier`` (the trained / registered model) and the baseline refitted on the same train part,
-    both scored on the test part of ``time_split(frame, model.split, end=end)``. ``end`` must be the split
-    anchor training used (``TrainedModel.split_end``, tag ``trellis.split_end``); None anchors at the latest
-    event, which is what training does by default."""
+    both scored on the test part of ``split_frame(frame, model.split, end=end)``. ``end`` must be the training
+    cutoff the split was laid out for (``TrainedModel.split_end``, tag ``trellis.split_end``; None: anchored at
+    the latest event, as training without a cutoff does). With label times in the frame
+    (``training.attach_label_times``) or ``known``, the literature's card precision is defined too."""
     columns = list(feature_columns) if feature_columns else list(classifier.feature_names_)
     if len(columns) != len(classifier.feature_names_):
         raise EvaluationError(f"held_out: {len(columns)} feature columns given, the model has "
                               f"{len(classifier.feature_names_)}")
     card_column = _columns(frame, model, columns, label_column, time_column, amount_column)
-    train, _, test = time_split(frame, model.split, time_column, end=end)
+    split = split_frame(frame, model.split, time_column, end=end)
+    train, test = split.train, split.test
     cat_features = _cat_features(classifier, columns)
     x_train = prepare_features(train, columns, cat_features)
     baseline = fit_baseline(x_train, train[label_column].to_numpy(), cat_features, model.seed)
     x_test = prepare_features(test, columns, cat_features)
-    stop = pd.Timestamp(end) if end is not None else pd.to_datetime(frame[time_column]).max()
-    plan = model.split
-    test_start = stop - timedelta(days=plan.test_days)
-    train_end = test_start - timedelta(days=plan.gap_days + plan.validation_days)
-    window = Window(train_start=train_end - timedelta(days=plan.train_days), train_end=train_end,
-                    test_start=test_start, test_end=stop, closed_end=True)
+    periods = split.periods
+    window = Window(train_start=pd.Timestamp(periods.train.start), train_end=pd.Timestamp(periods.train.end),
+                    test_start=pd.Timestamp(periods.test.start), test_end=pd.Timestamp(periods.test.end))
     return _report("held-out", window, len(train), test, classifier.predict_proba(x_test)[:, 1],
                    baseline.predict_proba(x_test)[:, 1], label_column=label_column, time_column=time_column,
-                   amount_column=amount_column, card_column=card_column)
+                   amount_column=amount_column, card_column=card_column,
+                   known=_known(frame, card_column, label_column, known), time_zone=periods.time_zone)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,7 +312,7 @@ class Backtest:
 
 def backtest(frame: pd.DataFrame, model: Model, feature_columns: list[str], *, plan: BacktestPlan | None = None,
              label_column: str = "label", time_column: str = "event_time", amount_column: str | None = None,
-             progress: Callable[[str], None] | None = None) -> Backtest:
+             progress: Callable[[str], None] | None = None, known: pd.Series | None = None) -> Backtest:
     """Prequential backtest of ``model`` (default plan: ``model.backtest``) over ``frame`` (a training set:
     matured labels with point-in-time features): per fold, CatBoost with the declared params and seed
     (no early stopping) and the baseline trained on the fold's train period, both tested on its test
@@ -308,11 +331,15 @@ def backtest(frame: pd.DataFrame, model: Model, feature_columns: list[str], *, p
     order = np.argsort(times.to_numpy(), kind="stable")
     frame, times = frame.iloc[order], times.iloc[order]
     start, end = times.min(), times.max()
+    known = _known(frame, card_column, label_column, known)
     cat_features = categorical_columns(frame, columns)
     params = catboost_params(model, early_stopping=False)
     folds = []
     for i, window in enumerate(backtest_windows(plan, start, end), start=1):
-        train, test = frame.loc[window.train_mask(times)], frame.loc[window.test_mask(times)]
+        train_mask = window.train_mask(times)
+        if LABEL_AVAILABLE_AT in frame.columns:  # a fold trains only on labels known when it would go live
+            train_mask &= (pd.to_datetime(frame[LABEL_AVAILABLE_AT]) < window.test_start).to_numpy()
+        train, test = frame.loc[train_mask], frame.loc[window.test_mask(times)]
         where = f"backtest fold {i} ({window.train_start} to {window.test_end})"
         if test.empty:
             raise EvaluationError(f"{where}: no rows in the test period {window.test_start} to {window.test_end}")
@@ -329,7 +356,8 @@ def backtest(frame: pd.DataFrame, model: Model, feature_columns: list[str], *, p
         x_test = prepare_features(test, columns, cat_features)
         report = _report(f"fold {i}", window, len(train), test, classifier.predict_proba(x_test)[:, 1],
                          baseline.predict_proba(x_test)[:, 1], label_column=label_column, time_column=time_column,
-                         amount_column=amount_column, card_column=card_column)
+                         amount_column=amount_column, card_column=card_column, known=known,
+                         time_zone=model.split.time_zone)
         folds.append(report)
         if progress is not None:
             progress(f"{where}: {len(train)} train rows, {report.rows} test rows, AP "

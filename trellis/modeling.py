@@ -1,15 +1,18 @@
 """Model training and registration (design section 5), plus the metric primitives.
 
-* ``time_split``: time-ordered train / validation / gap / test split from a ``SplitPlan``, anchored at the
-  latest event time (or an explicit ``end``, e.g. the training set's as-of);
+* ``split_frame`` / ``time_split``: the train / validation / test parts of a ``SplitPlan`` (whole days in its
+  time zone, as dates or as days before the training cutoff ``end``; ``trellis.splits``), each part keeping only
+  labels known by its label cutoff when the frame carries label times;
 * ``train_catboost``: CatBoost with the model's declared params and seed, early stopping on the validation
-  part, string / categorical columns as native CatBoost categorical features; a logistic-regression baseline
+  part (declared iterations when the plan has none), string / categorical columns as native CatBoost categorical features; a logistic-regression baseline
   (``fit_baseline``) on the same features and split. It reports validation metrics only (the part early
   stopping looked at); the test part is held out for ``trellis.evaluation``, which scores the registered
   version and the same baseline on it;
 * ``evaluate``: ROC AUC, average precision and, at a fixed 1% alert rate (the top 1% scores are flagged),
   the share of frauds (and of fraud amount, given amounts) caught, the precision and the false-positive rate;
-  ``card_precision_at_k``: the handbook's card precision@k per day;
+  ``card_precision_at_k`` / ``card_precisions``: card precision@k per day in both variants, cards detected
+  on earlier days excluded (``..._excl_detected``) and, as in the literature, cards already known compromised
+  excluded as well (``..._excl_known``);
 * ``register``: MLflow tracking plus model registry (local SQLite store by default), one version per call,
   aliases ``challenger`` (always the new version) and ``champion`` (only when none exists yet).
 
@@ -25,7 +28,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from trellis.spec import Model, SplitPlan
+from trellis.splits import LABEL_AVAILABLE_AT, SplitError, SplitPeriods, local_days, split_periods
 
 ALERT_RATE = 0.01
 MISSING_CATEGORY = "__missing__"
@@ -51,43 +55,70 @@ DEFAULT_THREADS = 2
 # Split
 
 
-def time_split(frame: pd.DataFrame, plan: SplitPlan, time_column: str, *,
-               end: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Split ``frame`` by time into (train, validation, test), each sorted by time (stable).
+@dataclass
+class Split:
+    """A frame split by ``time_split``: the parts (each sorted by time, stable) and the periods they cover."""
 
-    With ``end`` the latest time in the frame unless given: test is ``[end - test_days, end]``, then a gap
-    of ``gap_days`` (dropped), validation is the ``validation_days`` before the gap and train the
-    ``train_days`` before validation (older rows are dropped). Intervals are half-open on the right except
-    test, which includes ``end``. Raises ValueError naming the plan field whose part is empty."""
+    train: pd.DataFrame
+    validation: pd.DataFrame  # empty when the plan has no validation part
+    test: pd.DataFrame
+    periods: SplitPeriods
+    validation_from_train: bool = False  # the validation rows are the plan's validation_fraction of train
+
+
+def _sorted(part: pd.DataFrame, time_column: str) -> pd.DataFrame:
+    order = np.argsort(pd.to_datetime(part[time_column]).to_numpy(), kind="stable")
+    return part.iloc[order]
+
+
+def split_frame(frame: pd.DataFrame, plan: SplitPlan, time_column: str, *, end: datetime | None = None,
+                label_time_column: str = LABEL_AVAILABLE_AT) -> Split:
+    """Split ``frame`` (a training set) into the parts of ``plan`` laid out for the training cutoff ``end``
+    (``trellis.splits.split_periods``; None: anchored at the frame's latest event). When the frame has a
+    ``label_time_column`` (``trellis.training.attach_label_times``), a part keeps only rows whose label was known
+    before the part's label cutoff. With ``validation_fraction`` the validation part is the latest share of the
+    train rows (ties in time kept in row order). Raises SplitError naming the plan field whose part is empty."""
     if time_column not in frame.columns:
-        raise ValueError(f"time_split: no time column {time_column!r} in the frame")
+        raise SplitError(f"time_split: no time column {time_column!r} in the frame")
     if frame.empty:
-        raise ValueError("time_split: the frame is empty")
+        raise SplitError("time_split: the frame is empty")
     times = pd.to_datetime(frame[time_column])
     if times.isna().any():
-        raise ValueError(f"time_split: {int(times.isna().sum())} rows have a missing {time_column!r}")
-    stop = pd.Timestamp(end) if end is not None else times.max()
-    test_start = stop - timedelta(days=plan.test_days)
-    gap_start = test_start - timedelta(days=plan.gap_days)
-    validation_start = gap_start - timedelta(days=plan.validation_days)
-    train_start = validation_start - timedelta(days=plan.train_days)
-    masks = {  # most recent first: an empty test part is reported before an empty train part
-        "test_days": (times >= test_start) & (times <= stop),
-        "validation_days": (times >= validation_start) & (times < gap_start),
-        "train_days": (times >= train_start) & (times < validation_start),
-    }
-    parts = []
-    for name, mask in masks.items():
-        part = frame.loc[mask.to_numpy()]
+        raise SplitError(f"time_split: {int(times.isna().sum())} rows have a missing {time_column!r}")
+    periods = split_periods(plan, cutoff=end, latest=times.max())
+    label_times = pd.to_datetime(frame[label_time_column]) if label_time_column in frame.columns else None
+    parts: dict[str, pd.DataFrame] = {}
+    for period in reversed(periods.parts):  # most recent first: an empty test part is reported first
+        mask = period.mask(times)
+        in_dates = int(mask.sum())
+        if label_times is not None and period.labels_before is not None:
+            mask &= (label_times < period.labels_before).to_numpy()
+        part = frame.loc[mask]
         if part.empty:
-            raise ValueError(
-                f"time_split: the {name.removesuffix('_days')} part is empty (split.{name}={getattr(plan, name)}, "
-                f"gap_days={plan.gap_days}, data from {times.min()} to {times.max()}, end {stop}); "
-                f"the plan needs {plan.train_days + plan.validation_days + plan.gap_days + plan.test_days} days")
-        order = np.argsort(pd.to_datetime(part[time_column]).to_numpy(), kind="stable")
-        parts.append(part.iloc[order])
-    test, validation, train = parts
-    return train, validation, test
+            value = getattr(plan, period.field.removeprefix("split."))
+            why = (f"its {in_dates} rows have no label known before {period.labels_before}" if in_dates
+                   else f"data from {times.min()} to {times.max()}")
+            raise SplitError(
+                f"time_split: the {period.name} part is empty ({period.field}={value}: "
+                f"{period.describe(periods.time_zone)}; {why})")
+        parts[period.name] = _sorted(part, time_column)
+    train, test = parts["train"], parts["test"]
+    validation = parts.get("validation", frame.iloc[0:0])
+    from_train = periods.validation is None and plan.validation_fraction is not None
+    if from_train:
+        n = math.ceil(plan.validation_fraction * len(train))
+        if n >= len(train):
+            raise SplitError(f"time_split: split.validation_fraction={plan.validation_fraction} of the "
+                             f"{len(train)} train rows leaves none to train on")
+        train, validation = train.iloc[:-n], train.iloc[-n:]
+    return Split(train, validation, test, periods, from_train)
+
+
+def time_split(frame: pd.DataFrame, plan: SplitPlan, time_column: str, *,
+               end: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, test) of ``split_frame``; validation is empty when the plan has none."""
+    split = split_frame(frame, plan, time_column, end=end)
+    return split.train, split.validation, split.test
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,22 +194,73 @@ def evaluate(y_true: Any, scores: Any, amounts: Any = None, *, alert_rate: float
     return metrics
 
 
-def card_precision_at_k(cards: Any, days: Any, y_true: Any, scores: Any, k: int = 100) -> float:
-    """Mean over days of the handbook's card precision@k: each day, rank cards by their highest score that
-    day, take the top ``k`` among cards not already found compromised on an earlier day (a true positive in
-    an earlier day's top k), and count the share of those with a fraud that day."""
-    frame = pd.DataFrame({"card": np.asarray(cards), "day": pd.to_datetime(np.asarray(days)).normalize(),
-                          "y": np.asarray(y_true).astype(int), "s": np.asarray(scores, dtype=float)})
+CARD_PRECISION_VARIANTS = {  # metric-name suffix -> what the variant excludes each day
+    "excl_detected": "cards detected on earlier days excluded",
+    "excl_known": "cards detected on earlier days or already known compromised excluded (the literature's)",
+}
+
+
+def card_precision_name(k: int, variant: str) -> str:
+    """The metric key of a card precision@k variant, e.g. ``card_precision_at_100_excl_known``."""
+    if variant not in CARD_PRECISION_VARIANTS:
+        raise ValueError(f"unknown card precision variant {variant!r}; one of {', '.join(CARD_PRECISION_VARIANTS)}")
+    return f"card_precision_at_{k}_{variant}"
+
+
+def known_compromised(cards: Any, y_true: Any, label_times: Any) -> pd.Series:
+    """Per card, when it became known compromised: the earliest time one of its fraud labels became known
+    (cards without a fraud label are absent). Feed it the whole training set (every label known before its
+    cutoff), not only the evaluated rows: a card counts as known from a fraud on any earlier day."""
+    frame = pd.DataFrame({"card": np.asarray(cards), "y": np.asarray(y_true).astype(int),
+                          "known": pd.to_datetime(np.asarray(label_times))})
+    frauds = frame[(frame["y"] == 1) & frame["known"].notna()]
+    return frauds.groupby("card", sort=True)["known"].min()
+
+
+def card_precision_at_k(cards: Any, days: Any, y_true: Any, scores: Any, k: int = 100, *,
+                        known: pd.Series | None = None, time_zone: str = "UTC") -> float:
+    """Mean over days of card precision@k. Each day (midnight to midnight in ``time_zone``; ``days`` are the
+    rows' naive-UTC event times), cards are ranked by their highest score that day (ties: card order) and the
+    top ``k`` of the cards still eligible are alerted; the day's precision is the number of them with a fraud
+    that day, divided by ``k``. A card found compromised (a true positive in an earlier day's top k) is no longer
+    eligible. With ``known`` (``known_compromised``: card -> when a fraud label of it became known), neither is
+    a card known compromised before the day starts: the literature's metric (Le Borgne et al.'s handbook, whose
+    test set drops the cards known compromised), named ``..._excl_known``; without, Trellis' former figure,
+    ``..._excl_detected``. Every day with rows counts, even one whose cards were all excluded (precision 0)."""
+    frame = pd.DataFrame({"card": np.asarray(cards), "y": np.asarray(y_true).astype(int),
+                          "s": np.asarray(scores, dtype=float)})
+    frame["day"] = local_days(np.asarray(days), time_zone).to_numpy()
     per_card = frame.groupby(["day", "card"], sort=True).agg(s=("s", "max"), y=("y", "max")).reset_index()
+    if known is not None and len(known):
+        day_start = per_card["day"]
+        if time_zone != "UTC":
+            day_start = day_start.dt.tz_localize(time_zone, ambiguous=False, nonexistent="shift_forward")
+            day_start = day_start.dt.tz_convert("UTC").dt.tz_localize(None)
+        known_at = pd.to_datetime(per_card["card"].map(known))
+        per_card = per_card.assign(_excluded=(known_at < day_start).to_numpy())
+    else:
+        per_card = per_card.assign(_excluded=False)
     found: set[Any] = set()
     precisions = []
     for _, day in per_card.groupby("day", sort=True):
-        candidates = day[~day["card"].isin(found)].sort_values(["s", "card"], ascending=[False, True]).head(k)
-        if candidates.empty:
-            continue
-        precisions.append(candidates["y"].sum() / k)
-        found.update(candidates.loc[candidates["y"] == 1, "card"])
+        eligible = day[~day["_excluded"] & ~day["card"].isin(found)]
+        top = eligible.sort_values(["s", "card"], ascending=[False, True], kind="stable").head(k)
+        precisions.append(top["y"].sum() / k)
+        found.update(top.loc[top["y"] == 1, "card"])
     return float(np.mean(precisions)) if precisions else float("nan")
+
+
+def card_precisions(cards: Any, times: Any, y_true: Any, scores: Any, k: int = 100, *,
+                    known: pd.Series | None, time_zone: str = "UTC") -> dict[str, float]:
+    """Both variants of card precision@k per day under their names (``card_precision_name``); the literature's
+    is NaN when ``known`` is None (the rows' label times were not given)."""
+    return {
+        card_precision_name(k, "excl_detected"): card_precision_at_k(cards, times, y_true, scores, k,
+                                                                     time_zone=time_zone),
+        card_precision_name(k, "excl_known"): (
+            card_precision_at_k(cards, times, y_true, scores, k, known=known, time_zone=time_zone)
+            if known is not None else float("nan")),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,7 +277,8 @@ class TrainedModel:
     params: dict[str, Any] = field(default_factory=dict)  # the CatBoost params actually used
     baseline: Pipeline | None = None
     split_rows: dict[str, int] = field(default_factory=dict)  # train / validation / test rows
-    split_end: datetime | None = None  # the split's anchor: test is [split_end - test_days, split_end]
+    split_end: datetime | None = None  # the training cutoff the split was laid out for (None: the frame's latest event)
+    periods: SplitPeriods | None = None  # the train / validation / test periods used
 
     def features(self, frame: pd.DataFrame) -> pd.DataFrame:
         return prepare_features(frame, self.feature_columns, self.cat_features)
@@ -245,41 +328,60 @@ def fit_baseline(x: pd.DataFrame, y: Any, cat_features: list[str], seed: int) ->
 
 def train_catboost(frame: pd.DataFrame, model: Model, feature_columns: list[str], label_column: str = "label",
                    time_column: str = "event_time", *, end: datetime | None = None) -> TrainedModel:
-    """Train CatBoost on the train part of ``time_split(frame, model.split)``, early-stopping on the
-    validation part, and the logistic-regression baseline on the same train part; report both on the
-    validation part. The test part is not looked at (``trellis.evaluation.held_out`` evaluates on it)."""
+    """Train CatBoost on the train part of ``split_frame(frame, model.split, end=end)`` (``end``: the training
+    set's cutoff; None anchors a days-form split at the latest event), early-stopping on the validation part
+    when there is one (else the declared iterations, no early stopping), and the logistic-regression baseline on
+    the same train part; report both on the validation part. The test part is not looked at
+    (``trellis.evaluation.held_out`` evaluates on it). A frame with label times (``LABEL_AVAILABLE_AT``) trains
+    only on labels known when the model would go live (the test part's start)."""
     if not feature_columns:
         raise ValueError("train_catboost: no feature columns")
-    train, validation, test = time_split(frame, model.split, time_column, end=end)
-    split_end = pd.Timestamp(end if end is not None else pd.to_datetime(frame[time_column]).max()).to_pydatetime()
-    for name, part in (("train", train), ("validation", validation)):
+    split = split_frame(frame, model.split, time_column, end=end)
+    train, validation, test = split.train, split.validation, split.test
+    fit_parts = [("train", train)] + ([("validation", validation)] if len(validation) else [])
+    for name, part in fit_parts:
         if part[label_column].nunique() < 2:
-            raise ValueError(f"train_catboost: the {name} part holds a single label class; widen split.{name}_days")
+            field = split.periods.validation.field if name == "validation" and split.periods.validation else (
+                "split.validation_fraction" if name == "validation" else split.periods.train.field)
+            raise ValueError(f"train_catboost: the {name} part holds a single label class ({len(part)} rows); "
+                             f"widen {field}")
     cat_features = categorical_columns(frame, list(feature_columns))
-    x = {name: prepare_features(part, list(feature_columns), cat_features)
-         for name, part in (("train", train), ("validation", validation))}
-    y = {name: part[label_column].astype(int).to_numpy() for name, part in (("train", train), ("validation", validation))}
+    x = {name: prepare_features(part, list(feature_columns), cat_features) for name, part in fit_parts}
+    y = {name: part[label_column].astype(int).to_numpy() for name, part in fit_parts}
 
-    params = catboost_params(model)
+    early_stopping = "validation" in x
+    params = catboost_params(model, early_stopping=early_stopping)
     classifier = CatBoostClassifier(**params)
     classifier.fit(Pool(x["train"], y["train"], cat_features=cat_features),
-                   eval_set=Pool(x["validation"], y["validation"], cat_features=cat_features))
+                   eval_set=(Pool(x["validation"], y["validation"], cat_features=cat_features)
+                             if early_stopping else None))
 
     baseline = fit_baseline(x["train"], y["train"], cat_features, model.seed)
 
-    metrics: dict[str, float] = {"best_iteration": float(classifier.get_best_iteration() or 0)}
+    best = classifier.get_best_iteration() if early_stopping else classifier.tree_count_ - 1
+    metrics: dict[str, float] = {"best_iteration": float(best or 0)}
     baseline_metrics: dict[str, float] = {}
+    known = None
+    if model.card_key is not None and model.card_key in frame and LABEL_AVAILABLE_AT in frame:
+        known = known_compromised(frame[model.card_key], frame[label_column], frame[LABEL_AVAILABLE_AT])
     for predictor, out in ((classifier, metrics), (baseline, baseline_metrics)):
+        if not early_stopping:  # nothing held out for validation: the metrics are undefined, not absent
+            out.update({"validation_rows": 0.0, "validation_roc_auc": float("nan"),
+                        "validation_average_precision": float("nan")})
+            continue
         scores = predictor.predict_proba(x["validation"])[:, 1]
         for key, value in evaluate(y["validation"], scores).items():
             out[f"validation_{key}"] = value
         if model.card_key is not None and model.card_key in validation:
-            out["validation_card_precision_at_100"] = card_precision_at_k(
-                validation[model.card_key], validation[time_column], y["validation"], scores)
+            for key, value in card_precisions(validation[model.card_key], validation[time_column],
+                                              y["validation"], scores, known=known,
+                                              time_zone=model.split.time_zone).items():
+                if known is not None or key.endswith("_excl_detected"):  # the literature's needs label times
+                    out[f"validation_{key}"] = value
     return TrainedModel(model=classifier, feature_columns=list(feature_columns), cat_features=cat_features,
                         metrics=metrics, baseline_metrics=baseline_metrics, params=params, baseline=baseline,
                         split_rows={"train": len(train), "validation": len(validation), "test": len(test)},
-                        split_end=split_end)
+                        split_end=split.periods.cutoff, periods=split.periods)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -328,16 +430,50 @@ def _finite(values: dict[str, float], prefix: str = "") -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
+# The files of a user's project that pin its environment, logged with each run under ``project/``.
+PROJECT_FILES = ("pyproject.toml", "uv.lock", "requirements.txt", "poetry.lock", "environment.yml")
+
+
+def run_name(model: Model, training_set: Any) -> str:
+    """A run name a person reads in the MLflow UI: the model, the training cutoff and the training fingerprint."""
+    return f"{model.name} as of {training_set.as_of:%Y-%m-%d %H:%M} ({training_set.fingerprint[:8]})"
+
+
+def _source_tags(project_root: Path | None) -> dict[str, str]:
+    """MLflow's source tags naming the user's project, in place of the ones MLflow infers from the running
+    program (the `trellis` or `dagster` script: this checkout of Trellis, and its git commit)."""
+    import getpass
+
+    from mlflow.utils.git_utils import get_git_commit
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        user = ""
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.user": user}
+    if project_root is not None:
+        tags["mlflow.source.name"] = str(project_root)
+        commit = get_git_commit(str(project_root))
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def register(trained: TrainedModel, model: Model, training_set: Any, tracking_uri: str, *,
              definitions_hash: str = "", artifact_location: str | Path | None = None,
-             experiment: str | None = None) -> tuple[str, str]:
+             experiment: str | None = None, project_root: str | Path | None = None) -> tuple[str, str]:
     """Log ``trained`` to MLflow (params, model and baseline metrics, lineage tags) and register it as a new
     version of ``model.name``. The new version gets alias ``challenger``; it also gets ``champion`` when the
     registered model has no champion yet. Returns (registered model name, version).
 
     ``training_set`` is a ``trellis.training.TrainingSet`` (its fingerprint, path, as-of and size are
     recorded); ``definitions_hash`` is ``project.fingerprint()``. Artifacts go to ``artifact_location``
-    (default: ``mlartifacts/`` next to the SQLite file)."""
+    (default: ``mlartifacts/`` next to the SQLite file).
+
+    ``project_root``: the user's project. The run is named for the model and its cutoff (``run_name``), its
+    source tags name the project (never the program that runs Trellis), and its definitions and environment
+    files (``PROJECT_FILES`` it has) are logged under ``project/``. Nothing of Trellis' own checkout is logged:
+    the model's requirements are given, so MLflow infers none from the working directory."""
     artifacts = Path(artifact_location) if artifact_location else _default_artifacts(tracking_uri)
     artifacts.mkdir(parents=True, exist_ok=True)
     experiment_name = experiment or f"trellis/{model.name}"
@@ -358,12 +494,30 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
             "trellis.split_end": trained.split_end.isoformat() if trained.split_end else "",
         }
         params = {f"catboost.{k}": v for k, v in trained.params.items()}
-        params.update({f"split.{k}": v for k, v in model.split.model_dump().items()})
+        params.update({f"split.{k}": str(getattr(model.split, k))
+                       for k, v in model.split.model_dump().items() if v is not None})
+        if trained.periods is not None:  # the periods as laid out (UTC), so a reader needs no calendar
+            params.update({f"split.{p.name}_period_utc": f"[{p.start.isoformat()}, {p.end.isoformat()})"
+                           for p in trained.periods.parts})
         params.update({"seed": model.seed, "threshold": model.threshold, "features": len(trained.feature_columns),
                        "cat_features": ",".join(trained.cat_features) or "-",
                        "training_rows": training_set.rows, "training_positives": training_set.positives})
-        with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        root = Path(project_root).resolve() if project_root is not None else None
+        if root is not None:
+            tags["trellis.project"] = str(root)
+        # Created by the client, not mlflow.start_run: the fluent API would tag the run with the running program
+        # and the git commit of the folder it lives in (Trellis' checkout), not the user's project.
+        created = client.create_run(experiment_id, tags={**tags, **_source_tags(root)},
+                                    run_name=run_name(model, training_set))
+        with mlflow.start_run(run_id=created.info.run_id) as run:
             mlflow.log_params(params)
+            if root is not None:
+                for path in [*sorted((root / "definitions").rglob("*.y*ml")),
+                             *(root / name for name in PROJECT_FILES)]:
+                    if path.is_file():
+                        where = path.parent.relative_to(root).as_posix()
+                        mlflow.log_artifact(str(path), artifact_path="project" if where == "." else
+                                            f"project/{where}")
             mlflow.log_metrics({**_finite(trained.metrics), **_finite(trained.baseline_metrics, "baseline_")})
             lifts = {f"lift_{k}": trained.metrics[k] - trained.baseline_metrics[k]
                      for k in ("validation_roc_auc", "validation_average_precision")
@@ -391,14 +545,20 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
 
 
 __all__ = [
+    "CARD_PRECISION_VARIANTS",
+    "Split",
     "TrainedModel",
     "card_precision_at_k",
+    "card_precision_name",
+    "card_precisions",
     "catboost_params",
     "categorical_columns",
     "evaluate",
     "fit_baseline",
+    "known_compromised",
     "prepare_features",
     "register",
+    "split_frame",
     "time_split",
     "train_catboost",
 ]

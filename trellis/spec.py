@@ -166,6 +166,8 @@ class ColumnChecks(_Strict):
 
 
 class Column(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     type: LogicalType
     description: str = ""
     pii: bool = False
@@ -175,6 +177,10 @@ class Column(_Strict):
                     "that grid break the contract; sums, means and standard deviations of the column are then "
                     "computed from exact integer sums, the same bits offline and online in any order.")
     checks: ColumnChecks = ColumnChecks()
+    from_: str | None = Field(
+        None, alias="from", min_length=1,
+        description="The column's name in the file or table it is read from, when it differs (e.g. TX_AMOUNT); "
+                    "validated.<source> uses the Trellis name.")
 
     @model_validator(mode="after")
     def _scale_on_floats(self) -> Column:
@@ -224,6 +230,42 @@ class Simulated(_Strict):
         return self.scale, self.days, self.seed, self.start_date
 
 
+class PostgresTable(_Strict):
+    """A PostgreSQL table a source reads (in batches, through psycopg) at ingestion."""
+
+    table: str = Field(description="The table, as schema.table.", pattern=r"^[^.\s]+\.[^.\s]+$")
+    dsn: str | None = Field(
+        None, description="A libpq connection string or URI, e.g. postgresql://user@host:5432/db. Keep passwords "
+                          "out of definitions: use dsn_env (or libpq's PGPASSWORD / .pgpass).")
+    dsn_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable holding the connection string, read at ingestion.")
+
+    @model_validator(mode="after")
+    def _one_dsn(self) -> PostgresTable:
+        if (self.dsn is None) == (self.dsn_env is None):
+            raise ValueError("give the connection as exactly one of 'dsn' (a connection string) or 'dsn_env' "
+                             "(the environment variable holding it)")
+        return self
+
+
+class AvailableAfter(_Strict):
+    """``available_at`` computed at ingestion as a timestamp column plus a delay (``available_at: tx_datetime +
+    7d``): the label that is known a fixed time after the event."""
+
+    column: str
+    delay: Delay
+
+
+class _RefusedExpression(str):
+    """The problem with an ``available_at`` expression, carried to the field's validator to be reported there."""
+
+
+# `available_at: tx_datetime + 7d`: the column the expression form writes, and its grammar.
+AVAILABLE_AT_COLUMN = "available_at"
+_AVAILABLE_AT_EXPRESSION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\+\s*(.*?)\s*$")
+
+
 class Source(_Strict):
     """A table or file of rows with an event time.
 
@@ -238,9 +280,19 @@ class Source(_Strict):
     kind: Literal["source"]
     name: Name
     table: str | None = Field(None, description="A DuckDB table, as schema.table.")
-    path: str | None = Field(None, description="A Parquet or CSV file (relative to the project).")
+    path: str | None = Field(
+        None, description="A Parquet or CSV file, or a glob of them (data/tx_*.parquet), relative to the project "
+                          "or absolute.")
+    postgres: PostgresTable | None = Field(None, description="A PostgreSQL table, read at ingestion.")
+    derived_from: str | None = Field(
+        None, description="Another source whose rows (its table, file or PostgreSQL table) this one reads, with "
+                          "columns of its own: e.g. labels that live on the transaction's row.")
     event_time: str
-    available_at: str | None = Field(None, description="When a row became known; defaults to event_time.")
+    available_at: str | None = Field(
+        None, description="When a row became known; defaults to event_time. A column, or a timestamp column plus "
+                          "a delay ('tx_datetime + 7d'), computed at ingestion into the column available_at.")
+    available_after: AvailableAfter | None = Field(
+        None, description="Set by the expression form of available_at ('tx_datetime + 7d'); not written by hand.")
     primary_key: str | None = None
     columns: dict[Name, Column] = Field(
         json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN, "maxLength": 63}, "minProperties": 1}
@@ -258,8 +310,47 @@ class Source(_Strict):
     description: str = ""
     owner: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _available_at_expression(cls, data: Any) -> Any:
+        """``available_at: tx_datetime + 7d`` -> the column ``available_at`` (a timestamp, declared here) computed
+        at ingestion from ``available_after``: every reader of the source (training's label maturity, the
+        features' availability rule, the API) sees an ordinary ``available_at`` column."""
+        if not isinstance(data, dict) or not isinstance(data.get("available_at"), str):
+            return data
+        match = _AVAILABLE_AT_EXPRESSION.match(data["available_at"])
+        if match is None:
+            return data
+        columns = data.get("columns")
+        refused = None
+        if isinstance(columns, dict) and AVAILABLE_AT_COLUMN in columns:
+            refused = (f"{data['available_at']!r} computes the column {AVAILABLE_AT_COLUMN!r}, which columns "
+                       f"already declares; rename that column, or give available_at as a column name")
+        try:
+            parse_duration(match.group(2), "delay")
+        except ValueError as exc:
+            refused = f"{data['available_at']!r}: {exc}"
+        if refused is not None:  # reported by _no_refused_expression at the field, with its line
+            return {**data, "available_at": _RefusedExpression(refused)}
+        computed = {"available_at": AVAILABLE_AT_COLUMN,
+                    "available_after": {"column": match.group(1), "delay": match.group(2)}}
+        if isinstance(columns, dict):
+            computed["columns"] = {**columns, AVAILABLE_AT_COLUMN: {"type": "timestamp"}}
+        return {**data, **computed}
+
+    @field_validator("available_at", mode="before")
+    @classmethod
+    def _no_refused_expression(cls, value: Any) -> Any:
+        if isinstance(value, _RefusedExpression):
+            raise ValueError(str(value))
+        return value
+
     @property
     def relation(self) -> str:
+        if self.postgres is not None:
+            return f"postgres({self.postgres.table})"
+        if self.derived_from is not None:
+            return f"rows of source {self.derived_from}"
         return self.table or f"read_file({self.path!r})"
 
     @property
@@ -342,14 +433,148 @@ class Label(_Strict):
     join_key: str = Field(description="Column shared by the spine and the label source (e.g. transaction_id).")
 
 
-class SplitPlan(_Strict):
-    """Time-ordered split ending at the training cutoff: train, then validation (early stopping), a gap
-    as long as the label delay, then test."""
+class DateRange(_Strict):
+    """Whole calendar days, both ends included: ``{from: 2018-07-25, to: 2018-07-31}`` or
+    ``"2018-07-25..2018-07-31"``. Days start at midnight in the split's ``time_zone``."""
 
-    train_days: int = Field(56, gt=0)
-    validation_days: int = Field(7, gt=0)
-    gap_days: int = Field(7, ge=0)
-    test_days: int = Field(14, gt=0)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: date = Field(alias="from", description="First day of the part (included).")
+    to: date = Field(description="Last day of the part (included).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        first, sep, last = data.partition("..")
+        try:
+            if not sep:
+                raise ValueError
+            return {"from": date.fromisoformat(first.strip()), "to": date.fromisoformat(last.strip())}
+        except ValueError:
+            raise ValueError(f"invalid date range {data!r}: expected 'YYYY-MM-DD..YYYY-MM-DD' (both days "
+                             "included) or {from: YYYY-MM-DD, to: YYYY-MM-DD}") from None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        if self.to < self.from_:
+            raise ValueError(f"the range {self} ends before it starts (to {self.to} is before from {self.from_})")
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.from_}..{self.to}"
+
+    @property
+    def days(self) -> int:
+        return (self.to - self.from_).days + 1
+
+
+# Editors see both spellings of a range (DateRange's own schema names only the mapping).
+Days = Annotated[DateRange, WithJsonSchema({"anyOf": [
+    {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}\.\.\d{4}-\d{2}-\d{2}$",
+     "examples": ["2018-07-25..2018-07-31"]},
+    {"type": "object", "required": ["from", "to"], "additionalProperties": False,
+     "properties": {"from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"}}},
+]})]
+_SPLIT_DAYS = {"train_days": 56, "validation_days": 7, "gap_days": 7, "test_days": 14}
+_SPLIT_DATES = ("train", "validation", "test")
+
+
+class SplitPlan(_Strict):
+    """Time-ordered train / validation / test parts, in whole days from midnight in ``time_zone``; given either
+
+    * as **days** before the training cutoff (``train_days``, ``validation_days``, ``gap_days``, ``test_days``):
+      test is the ``test_days`` days before the last midnight at or before the cutoff, then going back a gap
+      (as long as the label delay), validation and train; or
+    * as **dates** (``train``, optional ``validation``, ``test``: date ranges, both days included), e.g. the
+      published protocol of the public card-fraud data: ``train: 2018-07-25..2018-07-31``,
+      ``test: 2018-08-08..2018-08-14`` (the week between them is the label delay).
+
+    Labels of the train and validation parts count only when known before the test part starts (when a model
+    trained on them would go live); labels of the test part only when known before the cutoff. Without a
+    validation part (``validation_days: 0``, or no ``validation`` range) CatBoost runs its declared iterations
+    without early stopping, unless ``validation_fraction`` takes the latest share of the train rows for it."""
+
+    train: Days | None = Field(None, description="Days trained on (dates form).")
+    validation: Days | None = Field(
+        None, description="Days early stopping looks at (dates form, optional); after train, before test.")
+    test: Days | None = Field(None, description="Held-out days evaluated on (dates form); after train.")
+    train_days: int | None = Field(None, gt=0, description="Days form: days trained on (default 56).")
+    validation_days: int | None = Field(
+        None, ge=0, description="Days form: days for early stopping before the gap (default 7; 0: none).")
+    gap_days: int | None = Field(
+        None, ge=0, description="Days form: days skipped before test, as long as the label delay (default 7).")
+    test_days: int | None = Field(None, gt=0, description="Days form: held-out days before the cutoff (default 14).")
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Without a validation part: the latest share of the train rows (by time) "
+                                      "used for early stopping instead of training.")
+    time_zone: str = Field("UTC", description="IANA time zone whose midnights bound the days, e.g. Europe/Paris.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data: Any) -> Any:
+        """Days (the default, with the defaults filled in) or dates, never a mix of the two."""
+        if not isinstance(data, dict):
+            return data
+        dates = [k for k in _SPLIT_DATES if data.get(k) is not None]
+        days = [k for k in _SPLIT_DAYS if k in data]
+        if dates and days:
+            raise ValueError(f"give the split as days ({', '.join(_SPLIT_DAYS)}) or as dates (train, validation, "
+                             f"test), not both: got {', '.join(days)} and {', '.join(dates)}")
+        if dates:
+            missing = [k for k in ("train", "test") if data.get(k) is None]
+            if missing:
+                raise ValueError(f"the dates form needs {' and '.join(missing)} as well (got {', '.join(dates)})")
+            return data
+        defaults = dict(_SPLIT_DAYS)
+        if data.get("validation_fraction") is not None:
+            defaults["validation_days"] = 0  # the fraction is the validation part
+        return {**defaults, **data}
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}"
+                             f"{did_you_mean(value, sorted(zoneinfo.available_timezones()))}; expected an IANA "
+                             "name such as 'UTC' or 'Europe/Paris'") from None
+        return value
+
+    @field_validator("validation")
+    @classmethod
+    def _validation_after_train(cls, value: DateRange | None, info: Any) -> DateRange | None:
+        train = info.data.get("train")
+        if value is not None and train is not None and value.from_ <= train.to:
+            raise ValueError(f"validation {value} must start after train {train} ends (parts may not overlap, and "
+                             "early stopping looks at later days than training)")
+        return value
+
+    @field_validator("test")
+    @classmethod
+    def _test_after_the_rest(cls, value: DateRange | None, info: Any) -> DateRange | None:
+        for name in ("train", "validation"):
+            part = info.data.get(name)
+            if value is not None and part is not None and value.from_ <= part.to:
+                relation = "overlaps" if value.to >= part.from_ else "comes before"
+                raise ValueError(f"test {value} {relation} {name} {part}: test must start after {name} ends")
+        return value
+
+    @model_validator(mode="after")
+    def _validation_once(self) -> SplitPlan:
+        if self.validation_fraction is not None and (self.validation is not None or (self.validation_days or 0) > 0):
+            part = f"validation {self.validation}" if self.validation else f"validation_days {self.validation_days}"
+            raise ValueError(f"give either a validation part ({part}) or validation_fraction "
+                             f"{self.validation_fraction}, not both")
+        return self
+
+    @property
+    def by_dates(self) -> bool:
+        return self.train is not None
 
 
 class BacktestPlan(_Strict):
@@ -822,7 +1047,7 @@ def _fields_at(error: Any, loc: tuple) -> list[str]:
         if info is None:
             return []
         model, skip = _model_in(info.annotation), _is_container(info.annotation)
-    return list(model.model_fields) if model else []
+    return [info.alias or name for name, info in model.model_fields.items()] if model else []
 
 
 def load_project(root: str | Path = ".") -> Project:

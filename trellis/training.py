@@ -24,6 +24,10 @@ Time semantics (design section 3 and 5):
   spine row (request fields by name; the spine's event-time column is the request time) and the joined
   features.
 
+``attach_label_times`` gives each row of a set the time its label became known (the same rule), so that a split
+(``trellis.modeling.split_frame``) keeps in each part only the labels known by that part's cutoff, and evaluation
+knows which cards were already known compromised on each day.
+
 ``training_set_sql`` renders the expression once per definitions and code and keeps the SQL on disk
 (``TRELLIS_SQL_CACHE``), writing the cutoff into it: the SQL depends on T only through that literal, and
 building and compiling the Ibis expression costs 0.5-1.5 s in a fresh process.
@@ -60,6 +64,7 @@ from trellis.compile.dbt import VALIDATED_SCHEMA, FeatureModel
 from trellis.compile.offline import FEATURE_TS
 from trellis.contracts import ContractViolation
 from trellis.spec import Feature, Model, Project
+from trellis.splits import LABEL_AVAILABLE_AT
 from trellis.types import mapping, pandas_dtype
 
 FEATURE_SCHEMA = "features"
@@ -450,6 +455,49 @@ def build_training_set(con: duckdb.DuckDBPyConnection, project: Project, model: 
     )
 
 
+# ---------------------------------------------------------------------------------------------------
+# Label times
+
+
+def attach_label_times(con: duckdb.DuckDBPyConnection, project: Project, model: str | Model, frame: pd.DataFrame,
+                       as_of: datetime, *, source_schema: str = VALIDATED_SCHEMA) -> pd.DataFrame:
+    """``frame`` (rows of the model's training set as of ``as_of``) with the column ``LABEL_AVAILABLE_AT``: when
+    each row's label became known, by the rule the set itself applies (the label source's ``available_at``,
+    else its event time) among the labels known before ``as_of``. ``trellis.modeling.split_frame`` then keeps in
+    each split part only the labels known by that part's cutoff, and evaluation knows which cards were already
+    known compromised on each day. Raises TrainingSetError for a row whose label is not known before ``as_of``
+    (a frame that is not the set as of ``as_of``)."""
+    model = _model(project, model)
+    join_key = model.label.join_key
+    if join_key not in frame.columns:
+        raise TrainingSetError(f"model {model.name!r}: the frame has no join key column {join_key!r}")
+    label_source = project.sources[model.label.source]
+    table = _table({n: c.type for n, c in label_source.columns.items()}, label_source.name, source_schema)
+    known = table[label_source.event_time].cast("timestamp")
+    if label_source.available_at:
+        known = table[label_source.available_at].cast("timestamp").fill_null(known)
+    matured = table.filter(known < ibis.literal(_as_of(as_of), type="timestamp"), table[join_key].notnull())
+    rows = matured.select(**{"__key": matured[join_key], LABEL_AVAILABLE_AT: known})
+    keys = pd.DataFrame({"__key": frame[join_key].drop_duplicates().to_numpy()})
+    con.register("__trellis_label_keys", keys)
+    try:
+        times = con.sql(f"select l.* from ({ibis.to_sql(rows, dialect='duckdb')}) as l "
+                        "semi join __trellis_label_keys as k on l.__key = k.__key").df()
+    finally:
+        con.unregister("__trellis_label_keys")
+    if times["__key"].duplicated().any():
+        raise TrainingSetError(f"model {model.name!r}: {join_key!r} is not unique among the labels of "
+                               f"{source_schema}.{label_source.name} known before {as_of}")
+    by_key = times.set_index("__key")[LABEL_AVAILABLE_AT]
+    out = frame.drop(columns=[LABEL_AVAILABLE_AT], errors="ignore")
+    out[LABEL_AVAILABLE_AT] = pd.to_datetime(out[join_key].map(by_key))
+    missing = int(out[LABEL_AVAILABLE_AT].isna().sum())
+    if missing:
+        raise TrainingSetError(f"model {model.name!r}: {missing} rows have no label known before {as_of} in "
+                               f"{source_schema}.{label_source.name} (is the frame the training set as of {as_of}?)")
+    return out
+
+
 def _plain(table: pa_arrow.Table) -> pa_arrow.Table:
     """The table without any schema or field metadata (nothing that could vary between builds)."""
     fields = [f.remove_metadata() for f in table.schema]
@@ -461,8 +509,10 @@ def read_training_set(path: str | Path) -> pd.DataFrame:
 
 
 __all__ = [
+    "LABEL_AVAILABLE_AT",
     "TrainingSet",
     "TrainingSetError",
+    "attach_label_times",
     "build_training_set",
     "fingerprint",
     "read_training_set",

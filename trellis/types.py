@@ -53,6 +53,40 @@ _DUCKDB_ALIASES = {
 }
 
 
+# The logical types spelled for the other dbt targets (``trellis compile --target``): staging casts and contracts.
+# PostgreSQL's spellings are those Ibis writes in the casts of the compiled SQL (a string is VARCHAR, not TEXT:
+# dbt's contract check compares the types PostgreSQL reports, and it tells the two apart).
+SQL_TYPES: dict[str, dict[str, str]] = {
+    "postgres": {
+        "int64": "BIGINT",
+        "int32": "INTEGER",
+        "float64": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
+        "string": "VARCHAR",
+        "timestamp": "TIMESTAMP",
+        "date": "DATE",
+    },
+    # Spark's TIMESTAMP is zone-aware (shown in the session time zone); TIMESTAMP_NTZ is the naive one Trellis means.
+    "spark": {
+        "int64": "BIGINT",
+        "int32": "INT",
+        "float64": "DOUBLE",
+        "bool": "BOOLEAN",
+        "string": "STRING",
+        "timestamp": "TIMESTAMP_NTZ",
+        "date": "DATE",
+    },
+}
+
+
+def sql_type(logical: str, target: str = "duckdb") -> str:
+    """The SQL spelling of a logical type on a dbt target (duckdb, postgres, spark)."""
+    if target == "duckdb":
+        return mapping(logical).duckdb
+    mapping(logical)  # names an unknown type
+    return SQL_TYPES[target][logical]
+
+
 def mapping(logical: str) -> TypeMapping:
     try:
         return TYPES[logical]

@@ -17,20 +17,18 @@
   under ``<data>/reports/<model>/backtest/<training fingerprint>/``.
 """
 
-import json
-
 import dagster as dg
 from pydantic import Field
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
 from assets.training.assets import _latest_training_set
-from trellis import evaluation
-from trellis.registry import load_version, training_frame, version_info
+from trellis import evaluation, lifecycle
 from trellis.spec import Model
-from trellis.training import TrainingSetError, read_training_set, validate
+from trellis.training import TrainingSetError
 
-HEADLINE = ("roc_auc", "average_precision", "card_precision_at_100", "fraud_amount_caught_at_1pct",
+HEADLINE = ("roc_auc", "average_precision", "card_precision_at_100_excl_detected",
+            "card_precision_at_100_excl_known", "fraud_amount_caught_at_1pct",
             "false_positive_rate_at_1pct")
 
 
@@ -41,8 +39,10 @@ class EvaluationConfig(dg.Config):
                     "amount caught at the 1% alert rate. Empty: that metric is not computed.")
 
 
-def _spine_columns(model: Model, config: EvaluationConfig) -> list[str]:
-    return [c for c in (config.amount_column, model.card_key) if c]
+def _amount_column(model: Model, config: EvaluationConfig) -> str | None:
+    """The configured amount column when the model's spine has it (a project whose amounts are named otherwise
+    evaluates without the fraud-amount metric rather than failing)."""
+    return lifecycle.default_amount_column(trellis_project(), model, config.amount_column or None)
 
 
 def _registered_version(instance: dg.DagsterInstance, model_name: str) -> str:
@@ -82,23 +82,13 @@ def _evaluation_asset(model_name: str) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext, config: EvaluationConfig,
                warehouse: Warehouse) -> dg.MaterializeResult:
-        uri = paths().mlflow_uri
         version = _registered_version(context.instance, model_name)
-        info = version_info(uri, model_name, version)
-        try:
-            frame = training_frame(project, model, info)
+        try:  # the same step as `trellis evaluate` (trellis.lifecycle)
+            result = lifecycle.evaluate(warehouse.connect, project, model, version, paths(),
+                                        _amount_column(model, config))
         except TrainingSetError as exc:
             raise dg.Failure(description=f"cannot evaluate {model_name} v{version}: {exc}") from None
-        classifier = load_version(uri, model_name, version)
-        with warehouse.connect() as con:
-            frame = evaluation.attach_spine_columns(con, project, model, frame, _spine_columns(model, config))
-        report = evaluation.held_out(frame, model, classifier, end=info.split_end,
-                                     amount_column=config.amount_column or None)
-        out = paths().data / "reports" / model_name / f"v{version}"
-        plots = evaluation.plot_report(report, out, f"{model_name} v{version}")
-        summary = report.as_dict()
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-        evaluation.log_to_mlflow(uri, info.run_id, report, [*plots.values(), out / "metrics.json"])
+        info, report, summary, out, plots = result.info, result.report, result.summary, result.out, result.plots
         context.log.info(f"{model_name} v{version} held-out {report.window.test_start} to {report.window.test_end}: "
                          f"AP {report.model['average_precision']:.4f} vs baseline "
                          f"{report.baseline['average_precision']:.4f}")
@@ -141,15 +131,9 @@ def _backtest_asset(model_name: str) -> dg.AssetsDefinition:
     def _asset(context: dg.AssetExecutionContext, config: EvaluationConfig,
                warehouse: Warehouse) -> dg.MaterializeResult:
         training_set = _latest_training_set(context.instance, model_name)
-        frame = validate(read_training_set(training_set.path), project, model, training_set.as_of)
-        with warehouse.connect() as con:
-            frame = evaluation.attach_spine_columns(con, project, model, frame, _spine_columns(model, config))
-        result = evaluation.backtest(frame, model, training_set.feature_columns,
-                                     amount_column=config.amount_column or None, progress=context.log.info)
-        out = paths().data / "reports" / model_name / "backtest" / training_set.fingerprint
-        plots = evaluation.plot_backtest(result, out, model_name)
-        as_dict = result.as_dict()
-        (out / "backtest.json").write_text(json.dumps(as_dict, indent=2, sort_keys=True))
+        run = lifecycle.backtest(warehouse.connect, project, model, training_set, paths(),  # as `trellis backtest`
+                                 _amount_column(model, config), progress=context.log.info)
+        result, as_dict, out, plots = run.result, run.as_dict, run.out, run.plots
         summary = as_dict["summary"]
         return dg.MaterializeResult(metadata={
             "training_fingerprint": dg.MetadataValue.text(training_set.fingerprint),

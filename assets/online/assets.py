@@ -1,16 +1,11 @@
 """The online layer: the Feast repo applied to its registry, then the online store materialized from the
 warehouse (latest values and streaming state of every online group)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import dagster as dg
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
-from trellis.online.eventlog import open_log
-from trellis.online.materialize import materialize
+from trellis import lifecycle
 from trellis.online.store import OnlineStore
 
 
@@ -22,15 +17,14 @@ from trellis.online.store import OnlineStore
     description="`feast apply` on the generated feature_repo/: entities, sources, views and services.",
 )
 def feast_registry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    feast = Path(sys.executable).parent / "feast"
-    repo = paths().feature_repo
-    if OnlineStore(repo).create():
+    try:  # the same step as `trellis materialize` (trellis.lifecycle)
+        created, output = lifecycle.apply_feature_repo(paths())
+    except lifecycle.LifecycleError as exc:
+        raise dg.Failure(description=f"{exc}\n{exc.details}") from None
+    if created:
         context.log.info("created the online store with its page size and WAL mode; feast apply adds the tables")
-    done = subprocess.run([str(feast), "-c", str(repo), "apply"], capture_output=True, text=True, check=False)
-    context.log.info(done.stdout)
-    if done.returncode != 0:
-        raise dg.Failure(description=f"feast apply failed:\n{done.stderr[-4000:]}")
-    return dg.MaterializeResult(metadata={"feast_apply": dg.MetadataValue.md(f"```\n{done.stdout[-4000:]}\n```")})
+    context.log.info(output)
+    return dg.MaterializeResult(metadata={"feast_apply": dg.MetadataValue.md(f"```\n{output[-4000:]}\n```")})
 
 
 @dg.asset(
@@ -46,12 +40,8 @@ def feast_registry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 )
 def online_materialized(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     store = OnlineStore(paths().feature_repo)
-    log = open_log(paths().event_log)
-    try:
-        with warehouse.connect(read_only=True) as con:
-            report = materialize(con, trellis_project(), store, exports=paths().feature_exports, log=log)
-    finally:
-        log.close()
+    with warehouse.connect(read_only=True) as con:  # the same step as `trellis materialize` (trellis.lifecycle)
+        report = lifecycle.materialize_online(con, trellis_project(), paths())
     rows = sum(g.value_rows + g.entities for g in report.groups)
     table = "\n".join(["| group | entities with state | latest rows | rows in tails | seconds |",
                        "|---|---|---|---|---|",

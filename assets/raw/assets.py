@@ -1,5 +1,6 @@
 """Landing data and validated sources: the simulation of the sources that declare it, then each source's
-contract. A source without ``simulated:`` is the user's own table: no asset writes it."""
+contract. A source without ``simulated:`` is the user's own table, files or PostgreSQL table: no asset writes
+it. Every source, wherever its rows live, goes through ``trellis.contracts.ingest`` as ``trellis ingest`` does."""
 
 import hashlib
 
@@ -7,7 +8,8 @@ import dagster as dg
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
-from trellis.contracts import ingest
+from trellis.contracts import ContractViolation, ingest
+from trellis.external import SourceUnavailable
 from trellis.online.eventlog import read_logged
 
 SIMULATION_KEY = dg.AssetKey(["landing", "reference_data"])
@@ -50,15 +52,28 @@ def simulation_assets() -> list[dg.AssetsDefinition]:
     return [reference_data]
 
 
+def _kinds(source) -> set[str]:
+    """Where the rows are read from (a Parquet / CSV file, PostgreSQL), beside DuckDB and Pandera."""
+    if source.postgres is not None:
+        return {"duckdb", "pandera", "postgres"}
+    if source.path is not None:
+        return {"duckdb", "pandera", "parquet" if source.path.endswith(".parquet") else "csv"}
+    return {"duckdb", "pandera"}
+
+
 def _source_asset(source_name: str) -> dg.AssetsDefinition:
-    source = trellis_project().sources[source_name]
+    from trellis.external import origin
+
+    project = trellis_project()
+    source = project.sources[source_name]
+    home = origin(project, source)  # the source whose table or files hold the rows (itself, or derived_from's)
 
     @dg.asset(
         name=source_name,
         key_prefix=["raw"],
         group_name="raw",
-        deps=[SIMULATION_KEY] if source.simulated is not None else None,
-        kinds={"duckdb", "pandera"},
+        deps=[SIMULATION_KEY] if home.simulated is not None else None,
+        kinds=_kinds(home),
         owners=[source.owner] if "@" in source.owner else None,
         code_version=hashlib.sha256(source.model_dump_json().encode()).hexdigest()[:12],
         description=(source.description or f"Validated rows of {source_name}.").strip(),
@@ -71,13 +86,17 @@ def _source_asset(source_name: str) -> dg.AssetsDefinition:
         logged = read_logged(paths().event_log, trellis_project(), [source_name]).get(source_name, [])
         with warehouse.connect() as con:
             # the source's rows, then the event log's: counts read back from the written tables
-            result = ingest(con, trellis_project(), source, logged=logged)
+            try:
+                result = ingest(con, trellis_project(), source, logged=logged)
+            except (ContractViolation, SourceUnavailable) as exc:  # one line a user acts on; nothing was written
+                raise dg.Failure(description=str(exc)) from None
         yield dg.MaterializeResult(metadata={
             "dagster/row_count": dg.MetadataValue.int(result.rows_accepted),
             "rows_in": dg.MetadataValue.int(result.rows_in),
             "rows_quarantined": dg.MetadataValue.int(result.rows_quarantined),
             "rows_from_event_log": dg.MetadataValue.int(len(logged)),
             "quarantine_table": dg.MetadataValue.text(f"quarantine.{source_name}"),
+            "read_from": dg.MetadataValue.text(_read_from(home)),
             "quarantine_reasons": dg.MetadataValue.json(result.reasons),
         })
         yield dg.AssetCheckResult(
@@ -88,6 +107,12 @@ def _source_asset(source_name: str) -> dg.AssetsDefinition:
         )
 
     return _asset
+
+
+def _read_from(home) -> str:
+    if home.postgres is not None:
+        return f"PostgreSQL {home.postgres.table}"
+    return home.path or home.table
 
 
 def source_assets() -> list[dg.AssetsDefinition]:

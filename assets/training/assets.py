@@ -17,10 +17,10 @@ from assets.features.assets import contract_checks, feature_dbt_assets
 from assets.project import paths, trellis_project
 from assets.raw.assets import source_assets
 from assets.resources import Warehouse
-from trellis.compile.dbt import VALIDATED_SCHEMA
-from trellis.modeling import TrainedModel, register, train_catboost
+from trellis import lifecycle
+from trellis.modeling import TrainedModel
 from trellis.registry import CHALLENGER, alias_version, gate, promote
-from trellis.training import TrainingSet, build_training_set, read_training_set
+from trellis.training import TrainingSet
 
 
 class TrainingCutoff(dg.Config):
@@ -52,14 +52,10 @@ def _training_set_asset(model_name: str) -> dg.AssetsDefinition:
         description=f"Matured labels of {model.spine} with point-in-time features for model {model_name}.",
     )
     def _asset(context: dg.AssetExecutionContext, config: TrainingCutoff, warehouse: Warehouse):
-        spine = project.sources[model.spine]
-        with warehouse.connect() as con:
-            if config.as_of:
-                as_of = datetime.fromisoformat(config.as_of)
-            else:
-                as_of = con.sql(f"select max({spine.event_time}) from {VALIDATED_SCHEMA}.{spine.name}").fetchone()[0]
-            built = build_training_set(con, project, model, as_of, paths().data / "training")
-        context.log.info(f"training set as of {as_of}: {built.rows} rows, {built.positives} positives")
+        with warehouse.connect() as con:  # the same step as `trellis train` (trellis.lifecycle)
+            built = lifecycle.training_set(con, project, model, paths(),
+                                           datetime.fromisoformat(config.as_of) if config.as_of else None)
+        context.log.info(f"training set as of {built.as_of}: {built.rows} rows, {built.positives} positives")
         return dg.MaterializeResult(metadata={
             "dagster/row_count": dg.MetadataValue.int(built.rows),
             "positives": dg.MetadataValue.int(built.positives),
@@ -93,10 +89,8 @@ def _model_asset(model_name: str) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         training_set = _latest_training_set(context.instance, model_name)
-        frame = read_training_set(training_set.path)
-        trained = train_catboost(frame, model, training_set.feature_columns)
-        name, version = register(trained, model, training_set, paths().mlflow_uri,
-                                 definitions_hash=project.fingerprint())
+        registered = lifecycle.train(project, model, training_set, paths())  # as `trellis train` does
+        trained, name, version = registered.trained, registered.name, registered.version
         context.log.info(f"registered {name} version {version}")
         return dg.MaterializeResult(metadata={
             "registered_model": dg.MetadataValue.text(name),

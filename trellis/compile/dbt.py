@@ -4,14 +4,18 @@ feature model per feature group, whose SQL is the Ibis point-in-time expression.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import ibis
 import yaml
 
 from trellis.compile.lineage import column_lineage
 from trellis.compile.offline import FEATURE_TS, GroupCompiler, to_sql
+from trellis.compile.targets import DEFAULT_TARGET, TARGETS, Target, postgres_profile, spark_profile
 from trellis.spec import FeatureGroup, Project, Source
-from trellis.types import mapping
+from trellis.types import sql_type
+
+DUCKDB = TARGETS[DEFAULT_TARGET]
 
 VALIDATED_SCHEMA = "validated"  # where ingestion writes the rows that passed the source contract
 
@@ -44,6 +48,7 @@ class FeatureModel:
         self.group = group
         self.compiler = GroupCompiler(project, group)
         self.name = f"feat_{group.name}"
+        self._exprs: dict[str, ibis.Table] = {}
 
     @cached_property
     def expr(self) -> ibis.Table:
@@ -56,7 +61,16 @@ class FeatureModel:
         return str(ibis.to_sql(self.expr, dialect="duckdb"))
 
     def sql(self, relations: dict[str, str], dialect: str = "duckdb") -> str:
-        return to_sql(self.expr, relations, dialect=dialect)
+        return to_sql(self.expr_for(dialect), relations, dialect=dialect)
+
+    def expr_for(self, dialect: str) -> ibis.Table:
+        """The point-in-time expression for an engine: the same values, in forms its window functions accept
+        (``offline.WINDOW_SUPPORT``)."""
+        if dialect == "duckdb":
+            return self.expr
+        if dialect not in self._exprs:
+            self._exprs[dialect] = GroupCompiler(self.project, self.group, dialect).point_in_time()
+        return self._exprs[dialect]
 
     @property
     def sources(self) -> list[str]:
@@ -75,8 +89,9 @@ class FeatureModel:
         return column_lineage(self.raw_sql, [c for c, _ in self.columns()], self.sources)
 
 
-def staging_model(source: Source) -> str:
-    casts = ",\n".join(f"    cast({name} as {mapping(col.type).duckdb}) as {name}" for name, col in source.columns.items())
+def staging_model(source: Source, target: Target = DUCKDB) -> str:
+    casts = ",\n".join(f"    cast({name} as {sql_type(col.type, target.name)}) as {name}"
+                       for name, col in source.columns.items())
     return (
         header("--", f"definitions source {source.name!r}")
         + "{{ config(materialized='view') }}\n\n"
@@ -98,7 +113,7 @@ def _column_tests(name: str, col, primary_key: str | None) -> list:
     return tests
 
 
-def sources_yaml(project: Project) -> str:
+def sources_yaml(project: Project, target: Target = DUCKDB) -> str:
     tables = []
     for source in project.sources.values():
         tables.append({
@@ -106,7 +121,7 @@ def sources_yaml(project: Project) -> str:
             "description": source.description.strip() or f"Validated rows of source {source.name}.",
             "meta": {"owner": source.owner, "event_time": source.event_time, "available_at": source.available_at},
             "columns": [
-                {"name": n, "data_type": mapping(c.type).duckdb, **({"meta": {"pii": True}} if c.pii else {})}
+                {"name": n, "data_type": sql_type(c.type, target.name), **({"meta": {"pii": True}} if c.pii else {})}
                 for n, c in source.columns.items()
             ],
         })
@@ -114,14 +129,14 @@ def sources_yaml(project: Project) -> str:
         {"version": 2, "sources": [{"name": VALIDATED_SCHEMA, "schema": VALIDATED_SCHEMA, "tables": tables}]})
 
 
-def staging_yaml(project: Project) -> str:
+def staging_yaml(project: Project, target: Target = DUCKDB) -> str:
     models = []
     for source in project.sources.values():
         models.append({
             "name": f"stg_{source.name}",
             "description": f"Typed view over the validated rows of source {source.name}.",
             "columns": [
-                {"name": n, "data_type": mapping(c.type).duckdb,
+                {"name": n, "data_type": sql_type(c.type, target.name),
                  **({"data_tests": tests} if (tests := _column_tests(n, c, source.primary_key)) else {})}
                 for n, c in source.columns.items()
             ],
@@ -129,13 +144,14 @@ def staging_yaml(project: Project) -> str:
     return header("#", "definitions/ (sources)") + _yaml({"version": 2, "models": models})
 
 
-def feature_model_sql(model: FeatureModel) -> str:
+def feature_model_sql(model: FeatureModel, target: Target = DUCKDB) -> str:
     relations = {s: f"{{{{ ref('stg_{s}') }}}}" for s in model.sources}
     config = "{{ config(materialized='table', post_hook='{{ export_feature_table() }}') }}"
-    return f"{header('--', f'feature group {model.group.name!r}')}{config}\n\n{model.sql(relations)}\n"
+    sql = model.sql(relations, dialect=target.dialect)
+    return f"{header('--', f'feature group {model.group.name!r}')}{config}\n\n{sql}\n"
 
 
-def features_yaml(project: Project, models: list[FeatureModel]) -> str:
+def features_yaml(project: Project, models: list[FeatureModel], target: Target = DUCKDB) -> str:
     entries = []
     for model in models:
         group = model.group
@@ -154,7 +170,7 @@ def features_yaml(project: Project, models: list[FeatureModel]) -> str:
                 tests += ["not_null", {"trellis_in_range": {"arguments": {"min_value": 0, "max_value": None}}}]
             columns.append({
                 "name": name,
-                "data_type": mapping(dtype).duckdb,
+                "data_type": sql_type(dtype, target.name),
                 **({"description": feature_doc[name]} if name in feature_doc else {}),
                 "meta": {"lineage": model.lineage.get(name, [])},
                 **({"data_tests": tests} if tests else {}),
@@ -169,16 +185,38 @@ def features_yaml(project: Project, models: list[FeatureModel]) -> str:
     return header("#", "definitions/ (feature groups)") + _yaml({"version": 2, "models": entries})
 
 
-def generate(project: Project) -> dict[str, str]:
-    """Relative path -> content for every generated dbt file."""
+def generate(project: Project, target: Target = DUCKDB) -> dict[str, str]:
+    """Relative path -> content for every generated dbt file of ``target`` (see ``trellis.compile.targets``)."""
+    models_dir = f"{target.dbt_dir}/models"
     files = {
-        "dbt_project/models/staging/__sources.yml": sources_yaml(project),
-        "dbt_project/models/staging/_staging.yml": staging_yaml(project),
+        f"{models_dir}/staging/__sources.yml": sources_yaml(project, target),
+        f"{models_dir}/staging/_staging.yml": staging_yaml(project, target),
     }
     for source in project.sources.values():
-        files[f"dbt_project/models/staging/stg_{source.name}.sql"] = staging_model(source)
+        files[f"{models_dir}/staging/stg_{source.name}.sql"] = staging_model(source, target)
     models = [FeatureModel(project, g) for g in project.feature_groups.values()]
     for model in models:
-        files[f"dbt_project/models/features/{model.name}.sql"] = feature_model_sql(model)
-    files["dbt_project/models/features/_features.yml"] = features_yaml(project, models)
+        files[f"{models_dir}/features/{model.name}.sql"] = feature_model_sql(model, target)
+    files[f"{models_dir}/features/_features.yml"] = features_yaml(project, models, target)
+    if target.dbt_dir != DUCKDB.dbt_dir:
+        files.update(_project_files(project.root, target))
+    return files
+
+
+def _project_files(root: Path, target: Target) -> dict[str, str]:
+    """The rest of a non-default target's dbt project: its profile, and copies of the default project's
+    dbt_project.yml, macros and generic tests (the files a user edits, in ``dbt_project/``)."""
+    profile = {"postgres": postgres_profile, "spark": spark_profile}[target.name]()
+    files = {f"{target.dbt_dir}/profiles.yml": f"# Generated by `trellis compile` for the {target.name} target. Do not "
+                                               f"edit: the connection comes from the environment.\n{profile}"}
+    default = root / DUCKDB.dbt_dir
+    copied = [*(p for p in [default / "dbt_project.yml"] if p.is_file()),
+              *(p for folder in ("macros", "tests") if (default / folder).is_dir()
+                for p in sorted((default / folder).rglob("*")) if p.is_file())]
+    for path in copied:
+        rel = path.relative_to(default)
+        origin = f"{DUCKDB.dbt_dir}/{rel}"
+        note = f"Generated by `trellis compile` from {origin} for the {target.name} target. Do not edit: edit {origin}."
+        head = f"{{# {note} #}}\n" if path.suffix == ".sql" else f"# {note}\n"
+        files[f"{target.dbt_dir}/{rel}"] = head + path.read_text()
     return files

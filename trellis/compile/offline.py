@@ -16,6 +16,7 @@ All SQL for every engine comes from these expressions (``ibis.to_sql(expr, diale
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import ibis
@@ -61,12 +62,37 @@ def _interval(delta: timedelta) -> ir.IntervalScalar:
     return ibis.interval(**{name: micros // size})
 
 
-class GroupCompiler:
-    """Builds the expressions of one feature group."""
+@dataclass(frozen=True)
+class WindowSupport:
+    """What an engine's window aggregates over a range frame can do. Where one cannot, the compiler writes a
+    portable form in two steps (a window column, then a plain expression or a join over it), the same values."""
 
-    def __init__(self, project: Project, group: FeatureGroup):
+    distinct: bool  # COUNT(DISTINCT x) OVER; else the frame's values as an array, its distinct elements counted
+    pick: bool  # arg_max/arg_min (max_by) OVER; else the frame's edge tie rank, joined to its row for the value
+
+
+# Run on DuckDB, PostgreSQL and Spark (tests/test_engine_postgres.py, test_engine_spark.py); the others as documented.
+WINDOW_SUPPORT = {
+    "duckdb": WindowSupport(distinct=True, pick=True),
+    "postgres": WindowSupport(distinct=False, pick=False),  # neither DISTINCT nor ORDER BY in window aggregates
+    "spark": WindowSupport(distinct=False, pick=True),  # max_by OVER works; DISTINCT windows do not
+    "databricks": WindowSupport(distinct=False, pick=True),
+    "snowflake": WindowSupport(distinct=False, pick=True),
+    "trino": WindowSupport(distinct=False, pick=True),
+    "bigquery": WindowSupport(distinct=False, pick=False),
+}
+
+
+class GroupCompiler:
+    """Builds the expressions of one feature group for one engine (``dialect``, a key of ``DIALECTS``)."""
+
+    def __init__(self, project: Project, group: FeatureGroup, dialect: str = "duckdb"):
+        if dialect not in WINDOW_SUPPORT:
+            raise ValueError(f"unknown dialect {dialect!r}; expected one of {', '.join(WINDOW_SUPPORT)}")
         self.project = project
         self.group = group
+        self.dialect = dialect
+        self.support = WINDOW_SUPPORT[dialect]
         self.source = project.sources[group.source]
         self.key = project.key_column(group)
         self.features: list[Feature] = project.features(group)
@@ -85,7 +111,7 @@ class GroupCompiler:
         if feature.scale is not None:  # exact: integers in units of 10^-scale (the contract keeps the grid)
             value = (value * 10**feature.scale).round().cast("int64")
         if feature.agg in ("sum", "mean", "std") and value.type().is_boolean():
-            value = value.cast("int64")
+            value = value.cast("int32").cast("int64")  # PostgreSQL casts a boolean to INTEGER only
         if self.group.filter is not None:
             keep = sqlexpr.to_ibis(sqlexpr.parse(self.group.filter), columns)
             value = ibis.ifelse(keep.fill_null(False), value, ibis.null(value.type()))
@@ -307,14 +333,24 @@ class GroupCompiler:
                 sums.update({exact[feature.name][k]: v for k, v in parts.items()})
             timeline = timeline.mutate(**sums) if sums else timeline
             finals = {}
+            first_steps: dict[str, ir.Value] = {}
             for feature in self.features:
                 if feature.name in exact:
                     finals[feature.name] = self._finish(feature, {k: timeline[c] for k, c in exact[feature.name].items()})
                     continue
                 w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
                 value = timeline[self._input_name(feature, late=False)]
+                if self._two_step(feature):
+                    first_steps[f"__w_{feature.name}"] = self._first_step(feature, value, self._order(timeline), w)
+                    continue
                 finals[feature.name] = self._direct(feature, value, self._order(timeline), w)
-            return timeline.mutate(**finals).filter(timeline[_SPINE_FLAG]).select(*keep, *finals)
+            if not first_steps:
+                return timeline.mutate(**finals).filter(timeline[_SPINE_FLAG]).select(*keep, *finals)
+            table = timeline.mutate(**finals, **first_steps).filter(timeline[_SPINE_FLAG])
+            table, states = self._second_steps(table, events, {
+                f.name: (f"__w_{f.name}", f"__v_{f.name}") for f in self.features if f"__w_{f.name}" in first_steps})
+            return table.select(*keep, **{f.name: self._finish(f, states[f.name]) if f.name in states else table[f.name]
+                                          for f in self.features})
 
         partial_cols: dict[str, ir.Value] = {}
         for feature in self.features:
@@ -323,9 +359,16 @@ class GroupCompiler:
             w = self._window(timeline, bounds(feature.window, feature.delay, self.group.include_current))
             value = timeline[self._input_name(feature, late=False)]
             order = self._order(timeline)
+            if self._two_step(feature):  # last/first (count_distinct with late rows is whole by the join)
+                partial_cols[f"__p_{feature.name}_r"] = self._first_step(feature, value, order, w)
+                continue
             for k, v in self._partials(feature, value, order, w, self._counter(timeline, feature)).items():
                 partial_cols[f"__p_{feature.name}_{k}"] = v
         windowed = timeline.mutate(**partial_cols).filter(timeline[_SPINE_FLAG])
+        two_step = {f.name: (f"__p_{f.name}_r", f"__p_{f.name}_v") for f in self.features
+                    if self._two_step(f) and not self._whole_by_join(f)}
+        if two_step:
+            windowed, _ = self._second_steps(windowed, events, two_step)
         late = self._late_partials(spine_rows.filter(spine_rows[_SPINE_FLAG]), src)
         joined = windowed.left_join(late, windowed[_ROW_ID] == late[_ROW_ID])
         out = {}
@@ -335,6 +378,44 @@ class GroupCompiler:
                  if k.startswith(f"__l_{feature.name}_")}
             out[feature.name] = self._finish(feature, self._merge(feature, a, b))
         return joined.select(*keep, **out)
+
+    # -- two-step forms, for engines without some window aggregates (WindowSupport) ---------------------
+    def _two_step(self, feature: Feature) -> bool:
+        if feature.agg == "count_distinct":
+            return not self.support.distinct
+        return feature.agg in ("last", "first") and not self.support.pick
+
+    @staticmethod
+    def _first_step(feature: Feature, value: ir.Value, order: ir.Value | None, w) -> ir.Value:
+        """The window column of a two-step feature: the frame's non-null values (count_distinct), or the tie
+        rank of the frame's last/first non-null value (the partial state ``r``)."""
+        if feature.agg == "count_distinct":
+            return value.collect().over(w)
+        assert order is not None, "last/first need the tie order"
+        rank = ibis.ifelse(value.notnull(), order, ibis.null(order.type()))
+        return (rank.max() if feature.agg == "last" else rank.min()).over(w)
+
+    def _second_steps(self, table: ir.Table, events: ir.Table,
+                      steps: dict[str, tuple[str, str]]) -> tuple[ir.Table, dict[str, dict[str, ir.Value]]]:
+        """Partial states of two-step features from their window columns (``steps``: feature name -> (window
+        column, value column to add)). A frame's distinct values are counted in a select over the window's
+        (an engine evaluates a window inside a subquery at the subquery's level). A last/first value is that of
+        the source row holding the edge rank: ranks are unique per entity, so a join on (entity, rank) finds
+        that one row, whose input is not null by the rank's definition."""
+        two_step = [f for f in self.features if f.name in steps]
+        for feature in (f for f in two_step if f.agg in ("last", "first")):
+            window_column, value_column = steps[feature.name]
+            lookup = events.select(__pick_key=events[self.key], __pick_rank=events[_ORDER],
+                                   __pick_value=events[self._input_name(feature, late=False)]).view()
+            joined = table.left_join(lookup, [table[self.key] == lookup["__pick_key"],
+                                              table[window_column] == lookup["__pick_rank"]])
+            table = joined.select(*table.columns, **{value_column: joined["__pick_value"]})
+        states: dict[str, dict[str, ir.Value]] = {}
+        for feature in two_step:
+            window_column, value_column = steps[feature.name]
+            states[feature.name] = ({"v": table[window_column].unique().length()} if feature.agg == "count_distinct"
+                                    else {"v": table[value_column], "r": table[window_column]})
+        return table, states
 
     def _direct(self, feature: Feature, value: ir.Value, order: ir.Value | None, w) -> ir.Value:
         """A feature's final value from one window (no partial state to merge)."""
@@ -447,7 +528,48 @@ def to_sql(expr: ir.Table, relations: dict[str, str], dialect: str = "duckdb") -
     if dialect == "spark" and ibis.options.pyspark is None:
         ibis.options.pyspark = _SparkOptions()  # normally registered by importing pyspark, not needed to compile
     sql = ibis.to_sql(expr, dialect=DIALECTS[dialect])
+    if dialect in ("spark", "databricks"):
+        sql = _naive_timestamps(str(sql), dialect)
     for source_name, relation in relations.items():
         quoted = {"bigquery": "`{}`", "databricks": "`{}`", "spark": "`{}`"}.get(dialect, '"{}"')
         sql = sql.replace(quoted.format(placeholder(source_name)), relation)
     return str(sql)
+
+
+def _naive_timestamps(sql: str, dialect: str) -> str:
+    """Spark's TIMESTAMP is zone-aware: a cast to it (``CAST(NULL AS TIMESTAMP)`` in a union branch, a declared
+    timestamp feature, the epoch of the window order key) reads a naive value in the session time zone, so results
+    would move with it. Trellis' timestamps are naive UTC: TIMESTAMP_NTZ. And Spark's DATEDIFF(MICROSECOND, ...) goes
+    through the session time zone even between TIMESTAMP_NTZ values (2024-03-10 02:20 in America/New_York, a time
+    the DST change skips, comes out an hour late), so the window order key is computed from the value's fields."""
+    import sqlglot
+    from sqlglot import exp
+
+    read = "spark" if dialect == "spark" else "databricks"
+    zoned = (exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.TIMESTAMPLTZ)
+
+    def naive(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.DataType) and node.this in zoned:
+            return exp.DataType.build("TIMESTAMP_NTZ", dialect="spark")
+        return node
+
+    def micros(value: exp.Expression) -> str:
+        """Microseconds since the epoch of a TIMESTAMP_NTZ, from its date and time-of-day fields (zone-free)."""
+        if isinstance(value, exp.TsOrDsToDate):  # how sqlglot reads DATEDIFF's arguments back
+            value = value.this
+        x = value.sql(dialect=read)
+        return (f"(CAST(UNIX_DATE(CAST({x} AS DATE)) AS BIGINT) * 86400000000 + CAST(HOUR({x}) AS BIGINT) * "
+                f"3600000000 + CAST(MINUTE({x}) AS BIGINT) * 60000000 + CAST(EXTRACT(SECOND FROM {x}) * 1000000 AS "
+                f"BIGINT))")
+
+    def verbatim(node: exp.Expression) -> exp.Expression:
+        # sqlglot writes UNIX_DATE(d) for Spark as DATEDIFF(DAY, '1970-01-01', d), which is zone-aware again.
+        return exp.Anonymous(this="UNIX_DATE", expressions=[node.this]) if isinstance(node, exp.UnixDate) else node
+
+    def field_micros(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.DateDiff) and node.unit is not None and node.unit.name.upper() == "MICROSECOND":
+            return sqlglot.parse_one(f"({micros(node.this)} - {micros(node.expression)})", read=read).transform(verbatim)
+        return node
+
+    tree = sqlglot.parse_one(sql, read=read).transform(naive).transform(field_micros)
+    return tree.sql(dialect=read, pretty=True)

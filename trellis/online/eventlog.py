@@ -210,6 +210,16 @@ create table if not exists current (
 SYNC_MODES = ("full", "normal")
 
 
+def open_wal(path: Path, sync: str, schema: str, timeout: float) -> sqlite3.Connection:
+    """A writing connection to the log file at ``path`` (created if missing): WAL, ``synchronous=sync``,
+    ``schema`` applied. Used by the event log and the decision log."""
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute("pragma journal_mode=wal")
+    conn.execute(f"pragma synchronous={sync}")
+    conn.executescript(schema)
+    return conn
+
+
 class SqliteEventLog:
     """The embedded log: ``path`` (created with its folder if missing); ``sync``: one of ``SYNC_MODES``.
 
@@ -223,11 +233,7 @@ class SqliteEventLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                         check_same_thread=False)
-            self._conn.execute("pragma journal_mode=wal")
-            self._conn.execute(f"pragma synchronous={sync}")
-            self._conn.executescript(_SCHEMA)
+            self._conn = open_wal(self.path, sync, _SCHEMA, busy_timeout)
         except sqlite3.Error as exc:
             raise LogUnavailable(f"event log: {exc}") from None
         self._reader = threading.local()
