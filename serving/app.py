@@ -404,14 +404,27 @@ class Service:
         self.catch_up_error: str | None = None
         self.state_error: str | None = None  # the stored state does not fit the loaded definitions
         self.scorer = Scorer(self.project, settings.model, self.online, top_k=settings.top_k)
-        self.decisions = DecisionLog(settings.decision_log or self.paths.decision_log,
-                                     sync=settings.decision_log_sync) if settings.decision_log_enabled else None
+        self.decisions: DecisionLog | None = None
+        self.decision_error: str | None = None  # the decision log cannot be opened: no decision is answered
+        self.open_decision_log()
         self._pii_key = pii_key(self.paths.data)
         self._definitions = self.project.fingerprint()
         self.model_error: str | None = "not loaded yet"
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+
+    def open_decision_log(self) -> None:
+        """Open the decision log (when enabled and not open yet); a failure is kept as ``decision_error``, which
+        makes scoring and ``/readyz`` 503 until a later attempt (each catch-up) opens it."""
+        if not self.settings.decision_log_enabled or self.decisions is not None:
+            return
+        try:
+            self.decisions = DecisionLog(self.settings.decision_log or self.paths.decision_log,
+                                         sync=self.settings.decision_log_sync)
+            self.decision_error = None
+        except DecisionLogUnavailable as exc:
+            self.decision_error = f"{exc}: no decision is answered until it can be written"
 
     def decision_record(self, result: Mapping[str, Any], request: Mapping[str, Any], latency_us: int
                         ) -> dict[str, Any]:
@@ -473,6 +486,7 @@ class Service:
         rows logged while the store was unavailable, a re-materialization from an older cutoff); a failure is
         kept as the reason ``/readyz`` gives, and retried."""
         self.check_state()
+        self.open_decision_log()
         try:
             applied = self.online.catch_up()
             self.catch_up_error = None
@@ -607,6 +621,8 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         decision log)."""
         if service.state_error is not None:
             raise StoreUnavailable(service.state_error)
+        if service.decision_error is not None:
+            raise DecisionLogUnavailable(service.decision_error)
         started = time.perf_counter_ns()
         result = {"request_id": uuid.uuid4().hex,
                   **service.scorer.score(body, explain=explain, with_features=include_features)}
@@ -703,6 +719,8 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         behind = service.catch_up_error or service.online.behind
         if behind is not None:
             problems.append(f"online state behind the event log: {behind}")
+        if service.decision_error is not None:
+            problems.append(service.decision_error)
         if not service.scorer.loaded:
             problems.append(f"model: {service.model_error}")
         model = service.scorer._model

@@ -157,3 +157,28 @@ def test_the_decision_log_becomes_a_warehouse_table(served, tmp_path: Path, monk
     key = (root / "data" / "pii.key").read_bytes()
     assert rows == [(a["request_id"], tx["transaction_id"], keyed_hash(key, tx["customer_id"]), a["decision"],
                      a["score"], 1, a["reason_codes"]) for tx, a in zip(txs, answers, strict=True)]
+
+
+def test_a_decision_log_that_cannot_be_opened_is_a_503_until_it_can(served) -> None:
+    """The service starts and says why it cannot score (no unlogged decision leaves), then recovers by itself
+    once the log can be opened: no crash at start, no file path in the answers."""
+    root, settings, paths = served
+    blocked = root / "data" / "decision_log.db"
+    blocked.mkdir()  # a folder where the log's file should be: SQLite cannot open it
+    tx = request_of(last_day_transactions(paths, 1)[0])
+    with TestClient(create_app(settings.model_copy(update={"catch_up_seconds": 0}))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "decision log" in " ".join(ready.json()["problems"]), ready.text
+        response = client.post("/v1/score", json=tx)
+        assert response.status_code == 503, response.text
+        assert "decision log" in response.json()["detail"] and str(root) not in response.text
+        blocked.rmdir()
+        client.app.state.service.catch_up()  # what the background catch-up does every second
+        response = client.post("/v1/score", json=tx)
+        assert response.status_code == 200, response.text
+        assert client.get("/readyz").status_code == 200
+    log = DecisionLog(blocked)
+    try:
+        assert [r["request_id"] for r in log.read()] == [response.json()["request_id"]]
+    finally:
+        log.close()
