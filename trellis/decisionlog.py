@@ -124,9 +124,7 @@ class DecisionLog:
     def read(self, after: int = 0, limit: int = 100_000) -> list[dict[str, Any]]:
         """Records after offset ``after``, in order, each with its ``offset``."""
         with self._lock:
-            rows = self._conn.execute('select "offset", body from decisions where "offset" > ? order by "offset" '
-                                      "limit ?", (after, limit)).fetchall()
-        return [{"offset": offset, **orjson.loads(body)} for offset, body in rows]
+            return _records(self._conn, after, limit)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -137,6 +135,29 @@ class DecisionLog:
 
 
 DECISIONS_TABLE = "logs.decisions"
+
+
+def _records(conn: sqlite3.Connection, after: int, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute('select "offset", body from decisions where "offset" > ? order by "offset" limit ?',
+                        (after, limit)).fetchall()
+    return [{"offset": offset, **orjson.loads(body)} for offset, body in rows]
+
+
+def read_decisions(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of the decision log at ``path``, read only (no writer started, nothing created): none when
+    the service has not logged any yet."""
+    if not Path(path).exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise DecisionLogUnavailable(f"decision log: {exc}") from None
+    try:
+        return _records(conn, 0, 1 << 62)
+    except sqlite3.Error as exc:
+        raise DecisionLogUnavailable(f"decision log: {exc}") from None
+    finally:
+        conn.close()
 
 
 def decisions_frame(records: Sequence[Mapping[str, Any]]) -> Any:
@@ -174,11 +195,7 @@ def decisions_frame(records: Sequence[Mapping[str, Any]]) -> Any:
 def load_decisions(con: Any, path: str | Path, table: str = DECISIONS_TABLE) -> int:
     """The decision log at ``path`` into the warehouse table ``table`` (DuckDB connection ``con``), replaced in
     one transaction (readers see the previous copy or this one); returns its rows."""
-    log = DecisionLog(path)
-    try:
-        frame = decisions_frame(log.read(0, limit=1 << 62))
-    finally:
-        log.close()
+    frame = decisions_frame(read_decisions(path))
     schema = table.split(".")[0]
     con.execute("begin")
     try:
@@ -193,4 +210,5 @@ def load_decisions(con: Any, path: str | Path, table: str = DECISIONS_TABLE) -> 
     return frame.num_rows
 
 
-__all__ = ["DECISIONS_TABLE", "DecisionLog", "DecisionLogUnavailable", "decisions_frame", "load_decisions"]
+__all__ = ["DECISIONS_TABLE", "DecisionLog", "DecisionLogUnavailable", "decisions_frame", "load_decisions",
+           "read_decisions"]

@@ -303,6 +303,24 @@ def default_amount_column(project: Project, model: Model, declared: str | None =
     return declared if declared and declared in project.sources[model.spine].columns else None
 
 
+def _with_context(connect: Connect, project: Project, model: Model, frame: Any, amount_column: str | None,
+                  as_of: datetime | None) -> Any:
+    """A training set's rows with what evaluation reads beside the features: the spine's amount and card
+    columns, and (``as_of`` given) when each label became known, for the literature's card precision (cards
+    already known compromised left out). The warehouse is held only while reading: training and plotting take
+    seconds to minutes."""
+    from trellis import evaluation
+    from trellis.training import attach_label_times
+
+    with connect() as con:
+        frame = evaluation.attach_spine_columns(
+            con, project, model, frame, [c for c in (amount_column, model.card_key) if c]
+        )
+        if as_of is not None:
+            frame = attach_label_times(con, project, model, frame, as_of)
+    return frame
+
+
 @dataclass
 class Evaluation:
     version: str
@@ -325,18 +343,12 @@ def evaluate(
     metrics, plots and ``metrics.json`` under ``<data>/reports/<model>/v<version>/``, logged to the version's run."""
     from trellis import evaluation
     from trellis.registry import load_version, training_frame, version_info
-    from trellis.training import attach_label_times
 
     uri = paths.mlflow_uri
     info = version_info(uri, model.name, version)
     frame = training_frame(project, model, info)
     classifier = load_version(uri, model.name, version)
-    with connect() as con:  # held only while reading: training and plotting take seconds to minutes
-        frame = evaluation.attach_spine_columns(
-            con, project, model, frame, [c for c in (amount_column, model.card_key) if c]
-        )
-        if info.training_as_of is not None:  # label times: the literature's card precision (known cards out)
-            frame = attach_label_times(con, project, model, frame, info.training_as_of)
+    frame = _with_context(connect, project, model, frame, amount_column, info.training_as_of)
     report = evaluation.held_out(frame, model, classifier, end=info.split_end, amount_column=amount_column)
     out = paths.data / "reports" / model.name / f"v{version}"
     plots = evaluation.plot_report(report, out, f"{model.name} v{version}")
@@ -366,14 +378,10 @@ def backtest(
     """The prequential backtest of the model definition over the training set ``built`` (folds from its
     ``backtest`` plan): plot and ``backtest.json`` under ``<data>/reports/<model>/backtest/<fingerprint>/``."""
     from trellis import evaluation
-    from trellis.training import attach_label_times, read_training_set, validate
+    from trellis.training import read_training_set, validate
 
     frame = validate(read_training_set(built.path), project, model, built.as_of)
-    with connect() as con:  # held only while reading: training and plotting take seconds to minutes
-        frame = evaluation.attach_spine_columns(
-            con, project, model, frame, [c for c in (amount_column, model.card_key) if c]
-        )
-        frame = attach_label_times(con, project, model, frame, built.as_of)
+    frame = _with_context(connect, project, model, frame, amount_column, built.as_of)
     result = evaluation.backtest(
         frame, model, built.feature_columns, amount_column=amount_column, progress=progress
     )

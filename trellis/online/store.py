@@ -767,11 +767,7 @@ class OnlineStore:
             rows = self._query(f'select value from "{self.table(view)}" where entity_key = ? and feature_name = ?',
                                (keys[0], feature), f", view {view!r}")
             return [rows[0][0] if rows else None]
-        marks = ",".join("?" * len(keys))
-        rows = self._query(f'select entity_key, value from "{self.table(view)}" where feature_name = ? '
-                           f'and entity_key in ({marks})', (feature, *keys), f", view {view!r}")
-        found = dict(rows)
-        return [found.get(k) for k in keys]
+        return self._values_in(lambda sql, params: self._query(sql, params, f", view {view!r}"), view, keys, feature)
 
     def read_many(self, wanted: Sequence[tuple[str, bytes]], feature: str) -> list[bytes | None]:
         """The serialised value of ``feature`` for each ``(view, entity key)``, None when absent. SQLite: one
@@ -1012,11 +1008,17 @@ class OnlineStore:
 
     def _read_in(self, conn: sqlite3.Connection, view: str, keys: Sequence[bytes], feature: str) -> list[bytes | None]:
         """``read_values`` on ``conn`` (inside its transaction)."""
+        return self._values_in(lambda sql, params: conn.execute(sql, params).fetchall(), view, keys, feature)
+
+    def _values_in(self, run: Callable[[str, Sequence[Any]], list[tuple]], view: str, keys: Sequence[bytes],
+                   feature: str) -> list[bytes | None]:
+        """The stored value of ``feature`` for each of ``keys`` (None when absent), read by ``run(sql, params)``
+        with one ``IN`` list per ``_READ_CHUNK`` keys."""
         found: dict[bytes, bytes] = {}
         for start in range(0, len(keys), _READ_CHUNK):
             chunk = keys[start:start + _READ_CHUNK]
-            found.update(conn.execute(f'select entity_key, value from "{self.table(view)}" where feature_name = ? '
-                                      f'and entity_key in ({",".join("?" * len(chunk))})', (feature, *chunk)))
+            found.update(run(f'select entity_key, value from "{self.table(view)}" where feature_name = ? '
+                             f'and entity_key in ({",".join("?" * len(chunk))})', (feature, *chunk)))
         return [found.get(k) for k in keys]
 
     @staticmethod
