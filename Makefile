@@ -23,9 +23,12 @@ demo: install
 	$(VENV)/bin/trellis compile --check
 	$(PY) -m assets.demo
 
+# Two pytest-xdist workers, one per core: tests/conftest.py (distribute) keeps the session pipeline's modules on one
+# worker and a module's shared fixtures on one worker, and starts the longest work first. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: install
 	mkdir -p $(DAGSTER_HOME)
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 # The quick loop (under a minute): everything but the tests marked slow (the pipeline, CatBoost training,
 # property tests over DuckDB). `make test` and CI still run every test.

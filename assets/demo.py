@@ -9,6 +9,17 @@ import warnings
 warnings.filterwarnings("ignore")
 
 
+def demo_instance():
+    """The Dagster instance the demo records its runs in: the persistent one under ``DAGSTER_HOME`` when it is set
+    (``make`` sets it to ``.dagster_home``), so ``make dagster`` shows every asset the demo materialized; else a
+    throwaway one."""
+    import os
+
+    import dagster as dg
+
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
 def run(scale: float = 1.0, n_days: int = 183) -> int:
     import duckdb
 
@@ -16,11 +27,14 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
     from assets.run import materialize_all
 
     started = time.perf_counter()
-    pipeline = materialize_all(scale, n_days, quiet=True)
+    instance = demo_instance()
+    pipeline = materialize_all(scale, n_days, quiet=True, instance=instance)
     result = pipeline.result
     elapsed = time.perf_counter() - started
     print("\n=== Trellis demo ===")
     print(f"run {'succeeded' if result.success else 'FAILED'} in {elapsed:.0f}s  (warehouse: {paths().warehouse})")
+    print("runs recorded in " + (f"the Dagster instance at {instance.root_directory} (`make dagster` shows them)"
+                                 if instance.is_persistent else "a throwaway Dagster instance (DAGSTER_HOME unset)"))
     print("\nassets materialized:")
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization

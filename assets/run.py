@@ -17,7 +17,8 @@ class PipelineRun:
     instance: dg.DagsterInstance
 
 
-def materialize_all(scale: float | None = None, n_days: int | None = None, *, quiet: bool = False) -> PipelineRun:
+def materialize_all(scale: float | None = None, n_days: int | None = None, *, quiet: bool = False,
+                    instance: dg.DagsterInstance | None = None) -> PipelineRun:
     """Every asset of the code location. ``scale`` and ``n_days`` size the simulated sources (unset: as
     declared); a project without simulated sources has no simulation to size, and its own tables are read."""
     from assets.definitions import defs
@@ -25,7 +26,7 @@ def materialize_all(scale: float | None = None, n_days: int | None = None, *, qu
     from assets.raw.assets import SIMULATION_KEY
 
     definitions = defs()
-    instance = dg.DagsterInstance.ephemeral()
+    instance = instance if instance is not None else dg.DagsterInstance.ephemeral()
     loggers = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}} if quiet else {}
     daily = [a for a in definitions.assets if a.partitions_def is not None]
     ops = {}

@@ -11,7 +11,13 @@ killed, survived (with each survivor's diff), equivalent and the kill rate over 
 Equivalent mutants (a change no caller can observe) are listed with a one-line reason in
 bench/mutation_equivalent.toml; a listed mutant that a test now kills is reported.
 
-Usage: python bench/mutation.py [--module NAME ...] [--children N] [--report-only]
+mutmut reruns every mutant it is named (the module's patterns), so a second run of a module costs the first's
+time; --survivors reruns only the module's mutants that survived, had no tests or did not run (after tests were
+added), keeping the kills. mutants/ is a local cache (git-ignored, lost with the checkout): each module's last
+statuses and survivors' diffs are also kept in bench/results/mutation_status.json, so the report still shows a
+module that was not run on this machine.
+
+Usage: python bench/mutation.py [--module NAME ...] [--children N] [--survivors] [--report-only]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ MUTANTS = ROOT / "mutants"
 EQUIVALENT = ROOT / "bench" / "mutation_equivalent.toml"
 REPORT = ROOT / "bench" / "results" / "mutation.md"
 TIMES = ROOT / "bench" / "results" / "mutation_times.json"
+SAVED = ROOT / "bench" / "results" / "mutation_status.json"
 
 # Module -> mutant-name patterns (mutmut names a mutant <module>.x_<function>__mutmut_<n>, and a method
 # <module>.xǁ<Class>ǁ<method>__mutmut_<n>). The registry's promise is its promotion gate, not the MLflow plumbing.
@@ -58,6 +65,7 @@ class ModuleResult:
     name: str
     statuses: dict[str, str] = field(default_factory=dict)  # mutant -> status
     equivalent: dict[str, str] = field(default_factory=dict)  # surviving mutant -> reason
+    diffs: dict[str, str] = field(default_factory=dict)  # survivor -> diff, when read from SAVED
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.statuses.values() if s == status)
@@ -94,20 +102,43 @@ def _equivalents() -> dict[str, str]:
     return {name: entry["reason"] for name, entry in tomllib.loads(EQUIVALENT.read_text()).items()}
 
 
+def _mine(statuses: dict[str, str], module: str) -> dict[str, str]:
+    return {m: s for m, s in statuses.items() if any(fnmatch.fnmatchcase(m, p) for p in MODULES[module])}
+
+
 def results(modules: list[str]) -> list[ModuleResult]:
+    """Each module's statuses from mutants/ when any of its mutants ran there, else from SAVED (its last run
+    elsewhere, survivors' diffs included)."""
     statuses, equivalent = _statuses(), _equivalents()
+    saved = json.loads(SAVED.read_text()) if SAVED.is_file() else {}
     out = []
     for module in modules:
-        mine = {m: s for m, s in statuses.items() if any(fnmatch.fnmatchcase(m, p) for p in MODULES[module])}
-        out.append(ModuleResult(module, mine, {m: r for m, r in equivalent.items() if m in mine}))
+        mine, diffs = _mine(statuses, module), {}
+        if all(s == NOT_RUN for s in mine.values()) and module in saved:
+            mine, diffs = saved[module]["statuses"], saved[module]["diffs"]
+        out.append(ModuleResult(module, mine, {m: r for m, r in equivalent.items() if m in mine}, diffs))
     return out
 
 
-def _diff(mutant: str) -> str:
+def save(all_results: list[ModuleResult]) -> None:
+    """Keep in SAVED the statuses (and survivors' diffs) of every module that has run."""
+    saved = json.loads(SAVED.read_text()) if SAVED.is_file() else {}
+    for r in all_results:
+        if any(s != NOT_RUN for s in r.statuses.values()):
+            r.diffs = {m: _diff(m, r) for m in r.survivors}
+            saved[r.name] = {"statuses": dict(sorted(r.statuses.items(), key=lambda item: _order(item[0]))),
+                             "diffs": r.diffs}
+    SAVED.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
+
+
+def _diff(mutant: str, result: ModuleResult | None = None) -> str:
+    if result is not None and mutant in result.diffs:
+        return result.diffs[mutant]
     shown = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=ROOT, capture_output=True,
-                           text=True).stdout
-    return "\n".join(line for line in shown.splitlines()[1:] if line.startswith(("-", "+")) and
+                           text=True)
+    diff = "\n".join(line for line in shown.stdout.splitlines()[1:] if line.startswith(("-", "+")) and
                      not line.startswith(("---", "+++")))
+    return diff or f"(mutmut show failed: {(shown.stderr.strip().splitlines() or ['no output'])[-1]})"
 
 
 def write_report(all_results: list[ModuleResult], times: dict[str, float]) -> str:
@@ -120,8 +151,10 @@ def write_report(all_results: list[ModuleResult], times: dict[str, float]) -> st
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in all_results:
         rate = "-" if r.kill_rate is None else f"{100 * r.kill_rate:.1f}%"
-        seconds = times.get(r.name)
+        seconds, again = times.get(r.name), times.get(f"{r.name} (survivors)")
         took = "-" if seconds is None else f"{seconds / 60:.1f} min"
+        if again is not None:
+            took += f" + {again / 60:.1f} min (survivors rerun)"
         lines.append(f"| {r.name} | `{PATHS[r.name]}` | {len(r.statuses)} | {r.count(KILLED)} | {r.count(TIMEOUT)} | "
                      f"{r.count(SURVIVED) - sum(1 for m in r.equivalent if r.statuses[m] == SURVIVED)} | "
                      f"{r.count(NO_TESTS) - sum(1 for m in r.equivalent if r.statuses[m] == NO_TESTS)} | "
@@ -135,7 +168,7 @@ def write_report(all_results: list[ModuleResult], times: dict[str, float]) -> st
             continue
         lines += ["", f"## Survivors: {r.name}", ""]
         for mutant in r.survivors:
-            lines += [f"`{mutant}` ({r.statuses[mutant]})", "", "```diff", _diff(mutant), "```", ""]
+            lines += [f"`{mutant}` ({r.statuses[mutant]})", "", "```diff", _diff(mutant, r), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -143,6 +176,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=sorted(MODULES), help="repeatable; default: all")
     parser.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
+    parser.add_argument("--survivors", action="store_true",
+                        help="rerun only the mutants that survived, had no tests or did not run (not the equivalent)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from mutants/, run nothing")
     args = parser.parse_args()
     modules = args.module or list(MODULES)
@@ -150,14 +185,28 @@ def main() -> int:
     if not args.report_only:
         for module in modules:
             started = time.monotonic()
-            command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.children), *MODULES[module]]
-            print(f"== {module}: {' '.join(command[1:])}", flush=True)
+            names = list(MODULES[module])
+            if args.survivors and (ran := _mine(_statuses(), module)):
+                equivalent = _equivalents()
+                names = sorted((m for m, s in ran.items() if s not in (KILLED, TIMEOUT) and m not in equivalent),
+                               key=_order)
+                if not names:
+                    print(f"== {module}: no survivors to rerun", flush=True)
+                    continue
+            command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.children), *names]
+            shown = names if len(names) <= 3 else [*names[:2], f"... ({len(names)} mutants)"]
+            print(f"== {module}: {' '.join(command[1:6] + shown)}", flush=True)
             subprocess.run(command, cwd=ROOT, check=True)
-            times[module] = time.monotonic() - started
+            if args.survivors:
+                times[f"{module} (survivors)"] = time.monotonic() - started
+            else:
+                times[module] = time.monotonic() - started
+                times.pop(f"{module} (survivors)", None)
             TIMES.parent.mkdir(parents=True, exist_ok=True)
             TIMES.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
     all_results = results(list(MODULES))
     REPORT.parent.mkdir(parents=True, exist_ok=True)
+    save(all_results)
     REPORT.write_text(write_report(all_results, times))
     for r in all_results:
         rate = "-" if r.kill_rate is None else f"{100 * r.kill_rate:.1f}%"

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -37,6 +38,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.schemas import (
@@ -51,6 +53,7 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from trellis.decisionlog import DecisionLog, DecisionLogUnavailable
+from trellis.flags import FLAGS_FILE, NO_FLAGS, Assignment, Flags, ServedModels
 from trellis.online.eventlog import LogConflict, LogUnavailable
 from trellis.online.state import StateError
 from trellis.online.store import StoreUnavailable
@@ -176,19 +179,28 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = {"code": 500}
+        measured = False
+
+        def measure() -> None:
+            nonlocal measured
+            measured = True
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
 
         async def record(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body") and not measured:
+                measure()  # the answer's last byte: what runs after it (shadow scoring) is not its latency
 
         try:
             await self.app(scope, receive, record)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            if not measured:
+                measure()
 
 
 # The query strings of ``POST /v1/score`` the lean path reads itself: each flag spelled as FastAPI's bool
@@ -273,13 +285,16 @@ class LeanPath:
                 outcome = exc
             status, result = write_answer(source, len(rows), outcome)
             return status, orjson.dumps(result)
+        shadows: list[Any] = []
         try:
             if path == "/v1/score":
                 scored = [self.score_one(service, request, flags.get("include_features", False),
-                                         flags.get("explain", True))]
+                                         flags.get("explain", True), shadows)]
             else:
-                scored = [self.score_one(service, item) for item in requests]
+                scored = [self.score_one(service, item, shadows=shadows) for item in requests]
             results = await logged(service, scored)
+            if shadows:  # scored once the answer has left (__call__)
+                scope["trellis.shadows"] = shadows
         except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return 503, orjson.dumps(problem_body(503, str(exc)))
         except StateError as exc:
@@ -327,6 +342,9 @@ class LeanPath:
                 if counter is None:
                     counter = self.requests[path, status] = self.metrics.requests.labels(path, str(status))
                 counter.inc()
+        shadows = scope.pop("trellis.shadows", None)
+        if shadows:  # the answer is sent and measured: shadow versions cost neither its bytes nor its latency
+            self.app.state.service.run_shadows(shadows)
 
 
 async def logged(service: "Service", scored: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]
@@ -413,6 +431,15 @@ class Service:
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.flags: Flags | None = None
+        flags = settings.flags or Path(settings.project) / FLAGS_FILE
+        if settings.flags is not None or flags.is_file():
+            request_fields = score_request_model(self.project, self.scorer.definition,
+                                                 timedelta(seconds=settings.max_future_seconds)).model_fields
+            self.flags = Flags(flags, settings.model, request_fields=request_fields,
+                               models=ServedModels(self._resolve_alias, self._load_version),
+                               default_ref=f"alias:{settings.alias}", fallback=lambda: self.scorer._model,
+                               poll_ms=settings.flags_poll_ms)
 
     def open_decision_log(self) -> None:
         """Open the decision log (when enabled and not open yet); a failure is kept as ``decision_error``, which
@@ -426,17 +453,68 @@ class Service:
         except DecisionLogUnavailable as exc:
             self.decision_error = f"{exc}: no decision is answered until it can be written"
 
-    def decision_record(self, result: Mapping[str, Any], request: Mapping[str, Any], latency_us: int
-                        ) -> dict[str, Any]:
+    def decision_record(self, result: Mapping[str, Any], request: Mapping[str, Any], latency_us: int,
+                        assignment: Assignment = NO_FLAGS) -> dict[str, Any]:
         """What the decision log keeps of an answer to ``request``: no feature value, every entity key as a
-        keyed hash (``trellis.pii``), the scored event's own key as sent."""
+        keyed hash (``trellis.pii``), the scored event's own key as sent; the flag variant, experiment and arm
+        that chose the version (``rollout``) and the versions scored in shadow of it (``shadows``)."""
         join_key = self.scorer.definition.label.join_key
-        return {"request_id": result["request_id"], "at_us": time.time_ns() // 1000, "latency_us": latency_us,
-                join_key: request.get(join_key),
+        return {"request_id": result["request_id"], "role": "primary", "at_us": time.time_ns() // 1000,
+                "latency_us": latency_us, join_key: request.get(join_key),
                 "entities": {key: keyed_hash(self._pii_key, request.get(key)) for _, key in self.scorer.groups},
                 "model": result["model"], "policy": result["policy"], "definitions": self._definitions,
                 "score": result["score"], "decision": result["decision"], "reason_codes": result["reason_codes"],
-                "defaults": result["defaults"]}
+                "defaults": result["defaults"], "rollout": assignment.rollout,
+                "shadows": [m.version for m in assignment.shadows]}
+
+    def assign(self, request: Mapping[str, Any]) -> Assignment:
+        """The version that answers ``request`` and those in shadow, as the flags say (no flags file: the
+        alias answers, nothing in shadow)."""
+        return NO_FLAGS if self.flags is None else self.flags.assign(request)
+
+    def run_shadows(self, jobs: Sequence[tuple[Sequence[Any], Mapping[str, Any], Mapping[str, Any],
+                                               Mapping[str, Any]]]) -> None:
+        """Shadow scoring, after the answers have left: each job (shadow versions, the inputs the answer used, the
+        request, its decision record) scored per version on the same inputs and logged beside the answer, as a
+        record with ``role: shadow``, ``of`` the answer's request id and request id ``<of>/shadow/<version>``.
+        Nothing here reaches an answer: a failure is logged, never raised."""
+        records = []
+        for models, inputs, request, primary in jobs:
+            for model in models:
+                started = time.perf_counter_ns()
+                try:
+                    shadow = self.scorer.shadow_score(model, inputs, request)
+                except Exception as exc:
+                    log.warning("shadow %s v%s not scored: %s: %s", model.name, model.version,
+                                type(exc).__name__, exc)
+                    continue
+                records.append({**primary, **shadow, "request_id": f"{primary['request_id']}/shadow/{model.version}",
+                                "role": "shadow", "of": primary["request_id"], "at_us": time.time_ns() // 1000,
+                                "latency_us": (time.perf_counter_ns() - started) // 1000, "shadows": []})
+        decisions = self.decisions
+        if not records or decisions is None:
+            return
+        try:
+            if decisions.inline:
+                decisions.append(records)
+            else:
+                decisions.submit(records).add_done_callback(_shadow_logged)
+        except DecisionLogUnavailable as exc:
+            log.warning("%d shadow scores not logged: %s", len(records), exc)
+
+    def _resolve_alias(self, alias: str) -> str:
+        from trellis.registry import alias_version
+
+        return alias_version(self.mlflow_uri, self.settings.model, alias)
+
+    def _load_version(self, version: str) -> Any:
+        """A servable model of ``version`` (the one already serving when it is that version)."""
+        from trellis.registry import load_version
+
+        current = self.scorer._model
+        if current is not None and current.version == version:
+            return current
+        return self.scorer.prepare(load_version(self.mlflow_uri, self.settings.model, version), version, None)
 
     @property
     def mlflow_uri(self) -> str:
@@ -460,12 +538,27 @@ class Service:
             except Exception as exc:  # registry down, alias missing: keep serving what is loaded
                 self.model_error = f"{type(exc).__name__}: {exc}"
                 log.warning("model %s@%s not (re)loaded: %s", name, alias, self.model_error)
+            flags = None
+            if self.flags is not None:  # the versions the flags name: aliases followed, a refused file retried
+                problems = self.flags.refresh()
+                flags = self.flags_status(problems)
             model = self.scorer._model
             return {"model": name, "alias": alias, "version": model.version if model else None,
-                    "error": self.model_error}
+                    "error": self.model_error, "flags": flags}
+
+    def flags_status(self, problems: Sequence[str] = ()) -> dict[str, Any] | None:
+        """The flags file, the versions its references name now, and what is wrong (the previous flags serve)."""
+        flags = self.flags
+        if flags is None:
+            return None
+        errors = [e for e in (flags.error, *problems) if e]
+        return {"file": str(flags.path), "versions": {ref: m.version for ref, m in flags.models.snapshot.items()},
+                "error": "; ".join(errors) or None}
 
     def start(self) -> None:
         self.reload()
+        if self.flags is not None:  # loads the versions the flags name, here, before the first request
+            self.flags.start()
         self.catch_up()
         self.online.warm()
         self._threads = []
@@ -514,11 +607,18 @@ class Service:
         self._stop.set()
         for thread in getattr(self, "_threads", []):
             thread.join(timeout=5)
+        if self.flags is not None:
+            self.flags.stop()
         self.online.close()  # the requests already submitted are answered first
         self.store.close()
         self.log.close()
         if self.decisions is not None:
             self.decisions.close()
+
+
+def _shadow_logged(future: Any) -> None:
+    if future.exception() is not None:
+        log.warning("shadow scores not logged: %s", future.exception())
 
 
 def _unavailable(reason: str) -> ORJSON:
@@ -616,18 +716,26 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
     decisions: dict[tuple[str, str, str], Any] = {}  # (decision, model, version) -> counter child
 
     def score_one(service: Service, body: dict[str, Any], include_features: bool = False,
-                  explain: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                  explain: bool = True, shadows: list[Any] | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The answer to one scoring request (with a new ``request_id``) and its decision record (None: no
-        decision log)."""
+        decision log). The flags choose the version that answers (``rollout`` in the answer says which variant,
+        experiment and arm); the versions they put in shadow are appended to ``shadows`` as a job for
+        ``Service.run_shadows``, which the caller runs once the answer has left."""
         if service.state_error is not None:
             raise StoreUnavailable(service.state_error)
         if service.decision_error is not None:
             raise DecisionLogUnavailable(service.decision_error)
         started = time.perf_counter_ns()
-        result = {"request_id": uuid.uuid4().hex,
-                  **service.scorer.score(body, explain=explain, with_features=include_features)}
+        assignment = service.assign(body)
+        request_id = uuid.uuid4().hex
+        answer, inputs = service.scorer.scored(body, explain=explain, with_features=include_features,
+                                               model=assignment.model)
+        result = {"request_id": request_id, **answer, "rollout": assignment.rollout}
         record = None if service.decisions is None else \
-            service.decision_record(result, body, (time.perf_counter_ns() - started) // 1000)
+            service.decision_record(result, body, (time.perf_counter_ns() - started) // 1000, assignment)
+        if record is not None and assignment.shadows and shadows is not None:
+            shadows.append((assignment.shadows, inputs, body, record))
         model = result["model"]
         key = (result["decision"], model["name"], model["version"])
         counter = decisions.get(key)
@@ -647,9 +755,11 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         """Score one transaction; ``include_features`` adds every model input the score used;
         ``explain=false`` leaves out the reason codes."""
         service = service_of(request)
+        shadows: list[Any] = []
         try:
-            (result,) = await logged(service, [score_one(service, body.model_dump(), include_features, explain)])
-            return ORJSON(result)
+            (result,) = await logged(service, [score_one(service, body.model_dump(), include_features, explain,
+                                                         shadows)])
+            return ORJSON(result, background=BackgroundTask(service.run_shadows, shadows) if shadows else None)
         except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return _unavailable(str(exc))
         except StateError as exc:
@@ -659,9 +769,11 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
     async def score_batch(request: Request, body: Annotated[list[ScoreRequest], Body(  # type: ignore
             max_length=settings.max_batch)]) -> Any:
         service = service_of(request)
+        shadows: list[Any] = []
         try:
-            scored = [score_one(service, item.model_dump()) for item in body]
-            return ORJSON({"results": await logged(service, scored)})
+            scored = [score_one(service, item.model_dump(), shadows=shadows) for item in body]
+            return ORJSON({"results": await logged(service, scored)},
+                          background=BackgroundTask(service.run_shadows, shadows) if shadows else None)
         except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return _unavailable(str(exc))
         except StateError as exc:
@@ -724,9 +836,12 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         if not service.scorer.loaded:
             problems.append(f"model: {service.model_error}")
         model = service.scorer._model
+        # A flags file that cannot be applied is reported, not a reason to leave the rotation: the previous flags
+        # (or, with none yet, the alias) keep serving.
         body = {"status": "ready" if not problems else "unavailable", "problems": problems,
                 "model": None if model is None else {"name": model.name, "version": model.version,
-                                                     "alias": model.alias}}
+                                                     "alias": model.alias},
+                "flags": service.flags_status()}
         return ORJSON(body, status_code=200 if not problems else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -201,7 +201,17 @@ class Reason(BaseModel):
 class ServedModel(BaseModel):
     name: str
     version: str
-    alias: str
+    alias: str | None = Field(description="The registry alias the version was reached through (null: a version "
+                                          "the flags pin).")
+
+
+class Rollout(BaseModel):
+    flag: str | None = Field(description="The feature flag that chose the version (null: no flags file, the "
+                                         "service's alias answers).")
+    variant: str | None = Field(description="The flag's variant served.")
+    reason: str = Field(description="OpenFeature's resolution reason (STATIC, TARGETING_MATCH, DEFAULT, ERROR...).")
+    experiment: str | None = Field(description="The experiment the flag runs (a canary, an A/B test), if any.")
+    arm: str | None = Field(description="The experiment's arm served (the variant), if any.")
 
 
 class DecisionPolicyRef(BaseModel):
@@ -220,6 +230,7 @@ class ScoreResponse(BaseModel):
     policy: DecisionPolicyRef
     threshold: float = Field(description="The model's alert threshold (evaluation and batch summaries).")
     model: ServedModel
+    rollout: Rollout = Field(description="What the feature flags decided for this request (trellis.flags).")
     defaults: list[str] = Field(description="Feature groups whose entity was unknown (declared defaults used).")
     reasons: list[Reason] = Field(default_factory=list, description="Top contributions toward fraud.")
     features: dict[str, float | int | bool | str | None] | None = Field(

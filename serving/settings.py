@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; a larger one is a 413 "
                                                               "before it is read.")
     alias_poll_seconds: float = Field(5.0, ge=0, description="How often the alias is re-resolved; 0: never.")
+    flags: Path | None = Field(None, description="The flags file (flagd's format; trellis.flags): which version "
+                                                 "serves, canary and A/B splits, versions in shadow. Default "
+                                                 "<project>/flags/flags.flagd.json when it exists; without one the "
+                                                 "alias serves every request.")
+    flags_poll_ms: int = Field(500, ge=50, description="How often the flags file is checked for a change.")
     max_batch: int = Field(1000, ge=1, description="Largest /v1/score/batch or /v1/events batch.")
     max_future_seconds: float = Field(300.0, ge=0, description="How far ahead of the clock a time may be.")
     top_k: int = Field(3, ge=1, description="Reason codes per response.")

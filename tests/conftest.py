@@ -4,9 +4,11 @@ working tree's warehouse or Feast registry."""
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -71,6 +73,21 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
             os.environ[key] = value
 
 
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory: pytest.TempPathFactory):
+    """Something several modules' tests start from, built once per test process: ``built_once(name, build)`` runs
+    ``build(folder)`` in a new folder the first time ``name`` is asked for and returns what it returned, then the same
+    value. Callers copy what they change (the engine tests' projects built on DuckDB, test_engine_postgres)."""
+    built: dict[str, Any] = {}
+
+    def once(name: str, build: Callable[[Path], Any]) -> Any:
+        if name not in built:
+            built[name] = build(tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return once
+
+
 @pytest.fixture
 def served(pipeline, tmp_path: Path):
     """A copy of the materialized project (definitions, Feast repo with its online store, registry), for
@@ -94,10 +111,94 @@ def served(pipeline, tmp_path: Path):
 # fixture closure rather than by hand in each module; tests that are slow for other reasons carry the mark in
 # their module. tryfirst: before pytest's own -m deselection reads the marks.
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "pipeline" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    units = os.environ.get(UNITS_ENV)
+    if units and hasattr(config, "workerinput"):  # an xdist worker of a `--dist loadgroup` run
+        distribute(items, Path(units) / f"{config.workerinput['workerid']}.json")
+
+
+# --- Two workers (`make test`: pytest-xdist, -n 2 --dist loadgroup) ------------------------------------------------
+# Each worker is a process of its own (its own tmp_path, scratch home and session fixtures); services are shared but
+# every test names its own Redis prefix, Feast project or PostgreSQL database. What must not be built twice stays on
+# one worker: every module with a test on the session pipeline runs on the worker that builds it (its other tests too:
+# they run after the pipeline there, as in a serial run), a test using another session fixture of this file
+# (built_once) runs with the others that use it, and a test using a module- or class-scoped fixture runs with the
+# rest of its module. Any other test is free to run on either worker. Order of the work: the pipeline first,
+# then the slow tests, so that no long unit starts when the other worker has nothing left to do (tests keep their
+# order within each of these three parts).
+#
+# xdist's own loadgroup reads xdist_group marks into the test ids, which pytest 9.2 no longer lets it do; so each
+# worker writes the unit of every test it collected to a file (UNITS_ENV names the folder, made by the controller
+# before it starts the workers), and the controller's scheduler (UnitScheduling) reads it.
+PIPELINE_GROUP = "pipeline"
+UNITS_ENV = "TRELLIS_TEST_UNITS"
+_SHARED_SCOPES = frozenset({"class", "module", "package"})
+
+
+def distribute(items: list[pytest.Item], out: Path) -> None:
+    """Orders ``items`` by part (pipeline, slow, the rest) and writes each one's unit of work (its group, or itself)
+    to ``out`` as JSON {test id: unit}."""
+    on_pipeline = {item.module.__name__ for item in items
+                   if isinstance(item, pytest.Function) and "pipeline" in item.fixturenames}
+
+    def group(item: pytest.Item) -> str | None:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else None
+        if module in on_pipeline:
+            return PIPELINE_GROUP
+        fixtures = {name: defs[-1] for name, defs in
+                    getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).items() if defs}
+        ours = sorted(name for name, fixture in fixtures.items()
+                      if fixture.scope == "session" and getattr(fixture.func, "__module__", None) == __name__)
+        if ours:
+            return ours[0]
+        if any(fixture.scope in _SHARED_SCOPES for fixture in fixtures.values()):
+            return module or item.nodeid.split("::")[0]
+        return None
+
+    units: dict[pytest.Item, str] = {}
+    rank: dict[str, int] = {}
+    for item in items:
+        name = group(item)
+        unit = units[item] = f"@{name}" if name else item.nodeid
+        part = 0 if name == PIPELINE_GROUP else 1 if item.get_closest_marker("slow") else 2
+        rank[unit] = min(rank.get(unit, part), part)
+    items.sort(key=lambda item: rank[units[item]])  # stable: a module's tests keep their order
+    partial = out.with_suffix(".partial")
+    partial.write_text(json.dumps({item.nodeid: units[item] for item in items}))
+    partial.replace(out)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller of a `--dist loadgroup` run: the folder the workers write their units to."""
+    if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        folder = Path(tempfile.mkdtemp(prefix="trellis-test-units-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ[UNITS_ENV] = str(folder)  # before the workers start: they inherit it
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest -p no:xdist never calls it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling (whole units to one worker, each worker asking for more when it has two tests
+        left), with the units the workers wrote, in the order they collected them."""
+
+        units: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.units is None:  # every worker has collected by now: scheduling starts after the last one did
+                files = sorted(Path(os.environ[UNITS_ENV]).glob("*.json"))
+                self.units = json.loads(files[0].read_text()) if files else {}
+            return self.units.get(nodeid, nodeid)
+
+    config.option.loadscopereorder = False  # the workers' order: the pipeline first, then the slow tests
+    return UnitScheduling(config, log)
 
 
 # --- Services the tests name, and nothing written into the user's home -----------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -10,7 +10,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from trellis.contracts import ContractViolation, feature_schema, ingest
+from trellis.contracts import ContractViolation, feature_schema, ingest, source_schema
 from trellis.simulate import SimulationConfig, simulate, write_duckdb
 from trellis.spec import load_project
 
@@ -120,6 +120,30 @@ def test_csv_values_that_do_not_read_as_their_type_are_quarantined(warehouse, pr
     assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
         (3, "tx_amount: not a number (got true)"), (4, "terminal_id: not an integer (got 1.5)")]
     assert result.rows_quarantined == 2
+
+
+def test_nullable_boolean_and_integer_columns_keep_their_nulls(warehouse, project_copy):
+    """A column declared ``not_null: false`` takes nulls whatever its type: a boolean one with a null used to be
+    quarantined as "dtype('bool')" (numpy's bool holds no null); a declared non-null one still quarantines it."""
+    warehouse.execute("create table raw.bad as select *, transaction_id % 2 = 0 as is_even, "
+                      "cast(transaction_id % 7 as integer) as bucket from raw.transactions")
+    warehouse.execute("update raw.bad set is_even = null, bucket = null where transaction_id in (3, 4)")
+    warehouse.execute(f"copy raw.bad to '{project_copy / 'tx.parquet'}' (format parquet)")
+    definition = project_copy / "definitions/sources/transactions.yaml"
+    as_file_source(definition, "table: raw.transactions", "path: tx.parquet")
+    text = definition.read_text()
+    definition.write_text(text.replace("columns:\n", "columns:\n  is_even: {type: bool, checks: {not_null: false}}\n"
+                                                     "  bucket: {type: int32, checks: {not_null: false}}\n", 1))
+    project = load_project(project_copy)
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert result.rows_quarantined == 0
+    assert warehouse.sql("select is_even, bucket from validated.transactions where transaction_id in (3, 4, 6)"
+                         " order by transaction_id").fetchall() == [(None, None), (None, None), (True, 6)]
+    definition.write_text(text.replace("columns:\n", "columns:\n  is_even: {type: bool}\n", 1))
+    project = load_project(project_copy)
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
+        (3, "is_even: not_nullable (got null)"), (4, "is_even: not_nullable (got null)")]
 
 
 def test_a_duplicated_key_keeps_its_first_copy_and_quarantines_the_extras(warehouse, project_copy):
@@ -264,3 +288,241 @@ def test_feature_table_contract_rejects_negative_counts_and_wrong_columns():
             schema.validate(bad, lazy=True)
         assert column in caught.value.failure_cases["failure_case"].astype(str).tolist() + \
             caught.value.failure_cases["column"].astype(str).tolist()
+
+
+def test_a_feature_table_contract_types_its_columns_and_lets_only_non_count_features_be_null():
+    """feature_schema of customer_spending: keys, time and counts are never null, counts are integers >= 0 (0
+    included), the other features may be null and carry no range check; values are coerced to the column's
+    type (text to a timestamp, 11.0 to an integer); the table is named for its dbt model."""
+    project = load_project(Path(__file__).resolve().parent.parent)
+    schema = feature_schema(project, "customer_spending")
+    assert schema.name == "feature table feat_customer_spending"
+    counts = [f"{name}_{w}" for name in ("tx_count", "distinct_terminals") for w in ("1d", "7d", "30d")]
+    others = [f"{name}_{w}" for name, windows in (("avg_amount", ("1d", "7d", "30d")), ("std_amount", ("7d", "30d")),
+                                                   ("max_amount", ("1d", "7d", "30d"))) for w in windows]
+    good = pd.DataFrame({"customer_id": [1, 2], "feature_ts": ["2020-01-01 00:00:00", "2020-01-02 03:00:00"],
+                         "transaction_id": [10.0, 11.0], **{c: [0, 3] for c in counts},
+                         **{c: [None, -2] for c in others}})
+    out = schema.validate(good, lazy=True)
+    assert out.dtypes.astype(str).to_dict() == {"customer_id": "int64", "feature_ts": "datetime64[ns]",
+                                                "transaction_id": "int64", **dict.fromkeys(counts, "int64"),
+                                                **dict.fromkeys(others, "float64")}
+    assert out["feature_ts"].tolist() == [pd.Timestamp("2020-01-01"), pd.Timestamp("2020-01-02 03:00")]
+    assert out["avg_amount_30d"].isna().tolist() == [True, False] and out["max_amount_1d"].tolist()[1] == -2.0
+    for column in ["customer_id", "feature_ts", "transaction_id", *counts]:
+        with pytest.raises(pa.errors.SchemaErrors) as caught:
+            schema.validate(good.assign(**{column: [good[column][0], None]}), lazy=True)
+        cases = caught.value.failure_cases
+        assert "not_nullable" in cases.loc[cases["column"] == column, "check"].astype(str).tolist(), column
+    with pytest.raises(pa.errors.SchemaErrors) as caught:
+        schema.validate(good.assign(tx_count_7d=[0, -1]), lazy=True)
+    assert caught.value.failure_cases[["column", "check"]].astype(str).values.tolist() == [
+        ["tx_count_7d", "greater_than_or_equal_to(0)"]]
+
+
+def test_an_integer_feature_other_than_a_count_may_be_null(project_copy):
+    """The latest terminal of a device (agg last over an integer column) is null for a device with no row in the
+    window: its column is a nullable integer (pandas Int64), so a null is accepted and 7 stays the integer 7."""
+    path = project_copy / "definitions/features/device_sharing.yaml"
+    path.write_text(path.read_text() + "  - name: last_terminal\n    agg: last\n    column: terminal_id\n"
+                                       "    windows: [1d]\n    description: The latest terminal of the device.\n")
+    schema = feature_schema(load_project(project_copy), "device_sharing")
+    frame = pd.DataFrame({"device_id": [1, 2], "feature_ts": pd.to_datetime(["2020-01-01", "2020-01-02"]),
+                          "transaction_id": [1, 2], "distinct_customers_1d": [0, 1], "distinct_customers_7d": [0, 2],
+                          "tx_count_7d": [0, 3], "last_terminal_1d": [None, 7]})
+    out = schema.validate(frame, lazy=True)
+    assert str(out["last_terminal_1d"].dtype) == "Int64"
+    assert out["last_terminal_1d"].isna().tolist() == [True, False] and out["last_terminal_1d"][1] == 7
+
+
+def test_logged_rows_follow_the_source_through_the_same_contract(warehouse, project_copy):
+    """``logged`` (the event log's rows of the source, as trellis.online.eventlog.logged_rows gives them) comes after
+    the source's own rows, each value cast to its column's type and a key that is not a column ignored, and goes
+    through the same contract: a valid row is accepted as sent, a bad one quarantined with its reason, and a
+    re-sent key later than the table's copy is the duplicate."""
+    project = load_project(project_copy)
+    rows, last_id, last_time = warehouse.sql(
+        "select count(*), max(transaction_id), max(tx_datetime) from raw.transactions").fetchone()
+    seven = warehouse.sql("select * from raw.transactions where transaction_id = 7").fetchone()
+    fresh, late = last_id + 1, last_time + timedelta(minutes=1)
+    logged = [
+        {"transaction_id": fresh, "tx_datetime": late, "customer_id": 3, "terminal_id": 5, "device_id": 9,
+         "tx_amount": 12.5, "note": "not a column"},
+        {"transaction_id": fresh + 1, "tx_datetime": late, "customer_id": 3, "terminal_id": 5, "device_id": 9,
+         "tx_amount": -1.0},
+        dict(zip(["transaction_id", "tx_datetime", "customer_id", "terminal_id", "device_id", "tx_amount"],
+                 [7, seven[1] + timedelta(hours=1), *seven[2:]], strict=True)),
+    ]
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW, logged=logged)
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (rows + 3, rows + 1, 2)
+    assert result.reasons == {"tx_amount: greater_than_or_equal_to(0.0)": 1, "duplicate of transaction_id": 1}
+    assert warehouse.sql(f"select * from validated.transactions where transaction_id in (7, {fresh}) "
+                         "order by 1").fetchall() == [seven, (fresh, late, 3, 5, 9, 12.5)]
+    assert warehouse.sql("select transaction_id, tx_datetime, _reason from quarantine.transactions "
+                         "order by 1").fetchall() == [
+        (7, seven[1] + timedelta(hours=1), "duplicate of transaction_id=7"),
+        (fresh + 1, late, "tx_amount: greater_than_or_equal_to(0.0) (got -1.0)")]
+
+
+def test_one_reason_per_broken_check_and_per_value_that_cannot_be_read(warehouse, project_copy):
+    """A row breaking two checks gets both reasons, each counted; a value the column's type cannot hold (inf or
+    1e30 in an integer column of a CSV) is one reason naming the column and the value, not a second one for the
+    column's dtype."""
+    warehouse.execute("create table raw.bad as select * from raw.transactions")
+    warehouse.execute("alter table raw.bad alter terminal_id type varchar")
+    warehouse.execute("update raw.bad set terminal_id = 'inf' where transaction_id = 3")
+    warehouse.execute("update raw.bad set terminal_id = '1e30' where transaction_id = 4")
+    warehouse.execute("update raw.bad set tx_amount = -5.555 where transaction_id = 5")
+    warehouse.execute(f"copy raw.bad to '{project_copy / 'tx.csv'}' (format csv)")
+    as_file_source(project_copy / "definitions/sources/transactions.yaml", "table: raw.transactions", "path: tx.csv")
+    project = load_project(project_copy)
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    reasons = dict(warehouse.sql("select transaction_id, _reason from quarantine.transactions").fetchall())
+    assert reasons[5] == ("tx_amount: greater_than_or_equal_to(0.0) (got -5.555); "
+                          "tx_amount: a multiple of 0.01 (scale 2) (got -5.555)")
+    for key, value in ((3, "inf"), (4, "1e+30")):
+        assert "; " not in reasons[key] and reasons[key].startswith("terminal_id: ")
+        assert reasons[key].endswith(f"(got {value})")
+    assert len(reasons) == result.rows_quarantined == 3
+    cannot_read = reasons[3].removesuffix(" (got inf)")
+    assert result.reasons == {cannot_read: 2, "tx_amount: greater_than_or_equal_to(0.0)": 1,
+                              "tx_amount: a multiple of 0.01 (scale 2)": 1}
+
+
+def test_a_table_missing_several_columns_names_each(warehouse, project_copy):
+    project = load_project(project_copy)
+    warehouse.execute("alter table raw.transactions drop column device_id")
+    warehouse.execute("alter table raw.transactions drop column terminal_id")
+    with pytest.raises(ContractViolation) as caught:
+        ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert str(caught.value) == (
+        "source 'transactions' (raw.transactions) does not match its definition: "
+        "source transactions: column_in_dataframe (terminal_id); "
+        "source transactions: column_in_dataframe (device_id)")
+    assert "validated" not in warehouse.sql("select schema_name from information_schema.schemata").df().values
+
+
+def test_the_kept_copy_of_a_key_is_the_first_known_at_equal_event_times(warehouse, project_copy):
+    """Copies of a label with the same event time: the one available first is kept whatever its position, and a
+    null available_at (where the column may be null) counts as the event time (known first)."""
+    path = project_copy / "definitions/sources/fraud_labels.yaml"
+    path.write_text(path.read_text().replace("available_at: {type: timestamp}",
+                                             "available_at: {type: timestamp, checks: {not_null: false}}"))
+    project = load_project(project_copy)
+    con = warehouse
+    original = {i: con.sql(f"select * from raw.fraud_labels where transaction_id = {i}").fetchone() for i in (7, 8)}
+    # id 7: a copy known a day after the event, placed after the original (known 7 days after): the copy is kept
+    con.execute("insert into raw.fraud_labels select * replace (tx_datetime + interval 1 day as available_at, "
+                "1 - tx_fraud as tx_fraud) from raw.fraud_labels where transaction_id = 7")
+    # id 8: a copy with no available_at, placed after the original: known at the event time, so kept
+    con.execute("insert into raw.fraud_labels select * replace (null as available_at, 1 - tx_fraud as tx_fraud) "
+                "from raw.fraud_labels where transaction_id = 8")
+    result = ingest(con, project, project.sources["fraud_labels"], now=NOW)
+    kept = con.sql("select * from validated.fraud_labels where transaction_id in (7, 8) order by 1").fetchall()
+    seven, eight = original[7], original[8]
+    assert kept == [(*seven[:4], 1 - seven[4], seven[5], seven[3] + timedelta(days=1)),
+                    (*eight[:4], 1 - eight[4], eight[5], None)]
+    assert con.sql("select * exclude (_reason) from quarantine.fraud_labels order by 1").fetchall() == [seven, eight]
+    assert result.reasons == {"duplicate of transaction_id": 2}
+
+
+def test_a_source_without_a_primary_key_keeps_every_copy(warehouse, project_copy):
+    path = project_copy / "definitions/sources/transactions.yaml"
+    path.write_text(path.read_text().replace("primary_key: transaction_id\n", ""))
+    project = load_project(project_copy)
+    assert project.sources["transactions"].primary_key is None
+    warehouse.execute("insert into raw.transactions select * from raw.transactions where transaction_id = 7")
+    rows = warehouse.sql("select count(*) from raw.transactions").fetchone()[0]
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (rows, rows, 0)
+    assert warehouse.sql("select count(*) from validated.transactions where transaction_id = 7").fetchone()[0] == 2
+
+
+def test_ingest_leaves_no_frame_registered_on_the_connection(warehouse, project_copy):
+    """The frames written are registered on the caller's connection only while they are copied: left there, a
+    name would shadow the caller's own and the rows would stay in memory."""
+    project = load_project(project_copy)
+    ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    with pytest.raises(duckdb.CatalogException):
+        warehouse.sql("select count(*) from __frame")
+
+
+def test_csv_booleans_are_read_as_words(warehouse, project_copy):
+    """In a CSV a boolean is text: true/t/yes/1 and false/f/no/0 in any case and with spaces around, an empty
+    field a null (where allowed); any other word is a quarantined row, never True (astype(bool) of 'false')."""
+    words = {3: "TRUE", 4: " f ", 5: "Yes", 6: "0", 7: "maybe", 8: None}
+    warehouse.execute("create table raw.flagged as select *, 'no' as is_online from raw.transactions")
+    for key, word in words.items():
+        warehouse.execute("update raw.flagged set is_online = ? where transaction_id = ?", [word, key])
+    warehouse.execute(f"copy raw.flagged to '{project_copy / 'tx.csv'}' (format csv)")
+    definition = project_copy / "definitions/sources/transactions.yaml"
+    as_file_source(definition, "table: raw.transactions", "path: tx.csv")
+    definition.write_text(definition.read_text().replace(
+        "columns:\n", "columns:\n  is_online: {type: bool, checks: {not_null: false}}\n", 1))
+    project = load_project(project_copy)
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert warehouse.sql("select transaction_id, is_online from validated.transactions where transaction_id "
+                         "between 2 and 8 order by 1").fetchall() == [
+        (2, False), (3, True), (4, False), (5, True), (6, False), (8, None)]
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions").fetchall() == [
+        (7, "is_online: not true or false (got maybe)")]
+    assert result.reasons == {"is_online: not true or false": 1}
+
+
+def test_validated_rows_have_the_declared_types_and_columns(warehouse, project_copy):
+    """A CSV's integers read as BIGINT are written as the declared int32, and a table's column that the definition
+    does not declare is not written to validated.* (the quarantined rows keep it, as they were read)."""
+    warehouse.execute(f"copy raw.fraud_labels to '{project_copy / 'labels.csv'}' (format csv)")
+    as_file_source(project_copy / "definitions/sources/fraud_labels.yaml", "table: raw.fraud_labels",
+                   "path: labels.csv")
+    warehouse.execute("alter table raw.transactions add column note varchar default 'x'")
+    warehouse.execute("update raw.transactions set tx_amount = -1 where transaction_id = 3")
+    project = load_project(project_copy)
+    for name in ("fraud_labels", "transactions"):
+        ingest(warehouse, project, project.sources[name], now=NOW)
+    declared = {"transaction_id": "BIGINT", "customer_id": "BIGINT", "terminal_id": "BIGINT",
+                "tx_datetime": "TIMESTAMP_NS", "tx_fraud": "INTEGER", "tx_fraud_scenario": "INTEGER",
+                "available_at": "TIMESTAMP_NS"}
+    assert dict(warehouse.sql("select column_name, column_type from (describe validated.fraud_labels)")
+                .fetchall()) == declared
+    assert warehouse.sql("select * from validated.transactions").columns == [
+        "transaction_id", "tx_datetime", "customer_id", "terminal_id", "device_id", "tx_amount"]
+    assert warehouse.sql("select note from quarantine.transactions").fetchall() == [("x",)]
+
+
+def test_the_default_clock_is_utc_whatever_the_machine_time_zone(warehouse, project_copy, monkeypatch):
+    """max_future counts from the UTC clock: on a machine five hours behind UTC, a transaction of a minute ago
+    (UTC) is on time, for ingest and for source_schema alike."""
+    import time
+
+    project = load_project(project_copy)
+    source = project.sources["transactions"]
+    a_minute_ago = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(minutes=1)
+    warehouse.execute("update raw.transactions set tx_datetime = ? where transaction_id = 3", [a_minute_ago])
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    try:
+        result = ingest(warehouse, project, source)
+        frame = warehouse.sql("select * from raw.transactions where transaction_id = 3").df()
+        checked = source_schema(source).validate(frame)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert result.rows_quarantined == 0
+    assert checked["tx_datetime"].tolist() == [pd.Timestamp(a_minute_ago)]
+
+
+def test_the_source_contract_names_its_checks(project_copy):
+    """source_schema is the Pandera contract a user can validate with: named for its source, each check named
+    (the money grid 'scale', the row check 'available_at_not_before_event_time') with its error in words, and
+    columns the definition does not declare filtered out."""
+    project = load_project(project_copy)
+    labels = source_schema(project.sources["fraud_labels"], NOW)
+    assert labels.name == "source fraud_labels" and labels.strict == "filter"
+    assert [(c.name, c.error) for c in labels.checks] == [
+        ("available_at_not_before_event_time", "available_at before tx_datetime")]
+    amount = source_schema(project.sources["transactions"], NOW).columns["tx_amount"]
+    assert [(c.name, c.error) for c in amount.checks] == [
+        ("greater_than_or_equal_to", "greater_than_or_equal_to(0.0)"),
+        ("less_than_or_equal_to", "less_than_or_equal_to(100000.0)"),
+        ("scale", "a multiple of 0.01 (scale 2)")]

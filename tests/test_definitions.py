@@ -91,6 +91,19 @@ def test_reference_definitions_load():
     assert features["terminal_risk__fraud_risk_7d"].delay.days == 7
 
 
+def test_loading_and_fingerprinting_warn_about_nothing():
+    """Every command loads and fingerprints the definitions: a warning there is printed by every one of them
+    (a ``not_before`` serialised as a string into a datetime field warned on each ``model_dump_json``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", module="sqlglot")
+        project = load_project(REPO)
+        assert len(project.fingerprint()) == 16
+    assert project.sources["transactions"].not_before.isoformat() == "2000-01-01T00:00:00"
+
+
 def test_problem_and_error_format(root):
     edit(root, SPENDING, "entity: customer", "entity: custmer")
     edit(root, DEVICES, "source: transactions", "source: transaction")

@@ -123,8 +123,8 @@ def dbt_build(folder: Path, **env: str) -> None:
     )
 
 
-def build_on_duckdb(root: Path, target: str) -> Project:
-    """validated.* by `trellis ingest`, `dbt build` of dbt_project/ on DuckDB, `trellis compile --target target`."""
+def build_on_duckdb(root: Path) -> Path:
+    """validated.* by `trellis ingest`, `dbt build` of dbt_project/ on DuckDB."""
     cli("ingest", "--project", root)
     paths = ProjectPaths.of(root)
     dbt_build(
@@ -132,6 +132,20 @@ def build_on_duckdb(root: Path, target: str) -> Project:
         TRELLIS_WAREHOUSE=str(paths.warehouse),
         TRELLIS_FEATURE_EXPORTS=str(paths.feature_exports),
     )
+    return root
+
+
+def built_on_duckdb(built_once: Callable, name: str, make: Callable[[Path], Path], dest: Path) -> Path:
+    """The project ``make(folder)`` lays out, built on DuckDB (``build_on_duckdb``) once per test process for the
+    tests of both engines (conftest.built_once: the two builds took a fifth of the PostgreSQL tests), copied to
+    ``dest`` for the test to compile its target and build there."""
+    source = built_once(f"{name}_on_duckdb", lambda folder: build_on_duckdb(make(folder / "project")))
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("target", "logs"))
+    return dest
+
+
+def compile_target(root: Path, target: str) -> Project:
+    """`trellis compile --target target` of a project built on DuckDB."""
     assert f"dbt_project_{target}/models/features/_features.yml" in cli(
         "compile", "--target", target, "--project", root
     )
@@ -139,9 +153,9 @@ def build_on_duckdb(root: Path, target: str) -> Project:
 
 
 def build_on_both(root: Path, database: str) -> Project:
-    """Built on DuckDB (``build_on_duckdb``), then the validated tables copied to PostgreSQL and `dbt build` of
-    dbt_project_postgres/ there."""
-    project = build_on_duckdb(root, "postgres")
+    """Built on DuckDB (``built_on_duckdb``), compiled for PostgreSQL, then the validated tables copied to PostgreSQL
+    and `dbt build` of dbt_project_postgres/ there."""
+    project = compile_target(root, "postgres")
     paths = ProjectPaths.of(root)
     with duckdb.connect(str(paths.warehouse), read_only=True) as con:
         copied = load_validated(con, project, server(dbname=database))
@@ -272,8 +286,8 @@ def small_reference_project(folder: Path) -> Path:
     return root
 
 
-def test_reference_project_features_equal_on_postgres_and_duckdb(databases, tmp_path: Path):
-    root = small_reference_project(tmp_path / "reference")
+def test_reference_project_features_equal_on_postgres_and_duckdb(databases, built_once, tmp_path: Path):
+    root = built_on_duckdb(built_once, "reference", small_reference_project, tmp_path / "reference")
     database = databases("reference")
     project = build_on_both(root, database)
     assert (
@@ -501,6 +515,10 @@ def all_features_project(root: Path) -> Project:
     return project
 
 
+def all_features_root(root: Path) -> Path:
+    return all_features_project(root).root
+
+
 ALL_FEATURES_ROWS = {
     "feat_activity": 1500,
     "feat_activity_current": 1500,
@@ -522,9 +540,9 @@ def assert_data_exercise_the_portable_forms(root: Path) -> None:
 
 
 def test_every_aggregation_window_delay_filter_and_include_current_equal_on_postgres(
-    databases, tmp_path: Path
+    databases, built_once, tmp_path: Path
 ):
-    project = all_features_project(tmp_path / "all_features")
+    project = load_project(built_on_duckdb(built_once, "all_features", all_features_root, tmp_path / "all_features"))
     database = databases("all_features")
     build_on_both(project.root, database)
     assert assert_same_features(project, project.root, partial(postgres_table, database)) == ALL_FEATURES_ROWS

@@ -19,18 +19,19 @@ import pytest
 from test_engine_postgres import (
     ALL_FEATURES_ROWS,
     Table,
-    all_features_project,
+    all_features_root,
     assert_data_exercise_the_portable_forms,
     assert_same_features,
-    build_on_duckdb,
+    built_on_duckdb,
     cli,
+    compile_target,
     small_reference_project,
 )
 
 from trellis.paths import ProjectPaths
-from trellis.spec import Project
+from trellis.spec import Project, load_project
 
-# slow: a Spark session and four dbt builds, about three minutes; own_paths (conftest): the projects are its own, not the repo's
+# slow: a Spark session and four dbt builds (the two on DuckDB shared with test_engine_postgres), about three minutes; own_paths (conftest): the projects are its own, not the repo's
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_paths")]
 
 SESSION_TIME_ZONE = "America/New_York"
@@ -73,12 +74,13 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 
 
 def build_on_spark(root: Path, spark: Any) -> Project:
-    """Built on DuckDB, then the validated tables copied to Spark and `dbt build` of dbt_project_spark/ there."""
+    """Built on DuckDB (``built_on_duckdb``), compiled for Spark, then the validated tables copied to Spark and
+    `dbt build` of dbt_project_spark/ there."""
     from dbt.cli.main import dbtRunner
 
     from trellis.warehouse_spark import load_validated
 
-    project = build_on_duckdb(root, "spark")
+    project = compile_target(root, "spark")
     with duckdb.connect(str(ProjectPaths.of(root).warehouse), read_only=True) as con:
         copied = load_validated(con, project, spark)
         for source in project.sources.values():
@@ -108,8 +110,8 @@ def spark_table(spark: Any, table: str, key: str) -> Table:
     )
 
 
-def test_reference_project_features_equal_on_spark_and_duckdb(spark, tmp_path: Path):
-    root = small_reference_project(tmp_path / "reference")
+def test_reference_project_features_equal_on_spark_and_duckdb(spark, built_once, tmp_path: Path):
+    root = built_on_duckdb(built_once, "reference", small_reference_project, tmp_path / "reference")
     project = build_on_spark(root, spark)
     assert (
         cli("compile", "--check", "--target", "spark", "--project", root)
@@ -120,8 +122,8 @@ def test_reference_project_features_equal_on_spark_and_duckdb(spark, tmp_path: P
     assert min(compared.values()) > 5_000
 
 
-def test_every_aggregation_window_delay_filter_and_include_current_equal_on_spark(spark, tmp_path: Path):
-    project = all_features_project(tmp_path / "all_features")
+def test_every_aggregation_window_delay_filter_and_include_current_equal_on_spark(spark, built_once, tmp_path: Path):
+    project = load_project(built_on_duckdb(built_once, "all_features", all_features_root, tmp_path / "all_features"))
     build_on_spark(project.root, spark)
     assert assert_same_features(project, project.root, partial(spark_table, spark), engine="Spark") == (
         ALL_FEATURES_ROWS

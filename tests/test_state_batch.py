@@ -31,6 +31,7 @@ from trellis.online.state import (
     GroupSpec,
     RowMapper,
     Tail,
+    _appended,
     group_spec,
     merge_encoded,
     merge_tails,
@@ -210,6 +211,62 @@ def test_rows_right_on_the_horizon_stay() -> None:
     check_write(mapper, stored, write)
     merged = merge_encoded(mapper, [stored[0], stored[1]], [write[0], write[1]])
     assert [Tail.decode(mapper.spec, b).event_us.tolist() for b in merged] == [[0, 1, edge], [1, 2, edge + 1]]
+
+
+@st.composite
+def streamed_events(draw: st.DrawFn) -> tuple[RowMapper, bytes, dict[str, Any]]:
+    """A stored tail and one new event for it: the streamed case, mostly after every stored row (a new event),
+    sometimes not (late, tied, a stored key sent again), with nulls and values that convert or fail."""
+    mapper = draw(st.one_of(random_groups(), st.builds(  # mostly numbers only: the case the append takes
+        group, st.lists(st.sampled_from(["f8", "i8"]), max_size=3), st.sampled_from([None, "i8"]),
+        st.sampled_from([None, 0, 4 * HOUR, DAY]), st.sampled_from([None, "avail"]), st.booleans())))
+    history = draw(random_records(mapper, 0, False))
+    try:
+        blob = stored_state(mapper, {0: [history]})[0]
+    except TypeError:
+        blob = b""
+    (event,) = draw(random_records(mapper, 0, False).filter(lambda rows: len(rows) == 1))
+    if draw(st.integers(0, 3)):  # after the newest stored row, tied with it, or right on a stored row's horizon
+        newest = max(history, key=lambda r: (r["ts"], r["avail"] if r["avail"] is not None else r["ts"]))
+        event["ts"] = newest["ts"] + draw(st.sampled_from([0, 1, HOUR, 3 * DAY]))
+        if event["ts"] == newest["ts"] and draw(st.booleans()):
+            event["avail"] = newest["avail"]
+        horizon = mapper.spec.horizon_us
+        if horizon is not None and draw(st.booleans()):
+            event["ts"] = draw(st.sampled_from(history))["ts"] + horizon + SLACK_US
+        event["keep"] = True
+        if mapper.spec.has_primary_key and draw(st.booleans()):  # a key not stored yet (few are drawn)
+            event["id"] = 100 if mapper.spec.inputs[-1][1] == "i8" else "new"
+        for name, kind in mapper.spec.inputs:  # mostly no null (a null takes the merge)
+            if kind != "str" and not name.startswith("pk:") and event[name] is None and draw(st.booleans()):
+                event[name] = draw(st.integers(-3, 3))
+    return mapper, blob, event
+
+
+@settings(max_examples=600, deadline=None)
+@given(case=streamed_events())
+def test_a_streamed_event_appended_in_place_is_the_merged_tail(case) -> None:
+    """``_appended`` (the one-row append on the bytes) gives what decode, merge, encode gives, or declines."""
+    mapper, blob, event = case
+    appended = _appended(mapper, blob, event) if blob and mapper.spec.numeric else None
+    if appended is not None:
+        assert appended == one_by_one(mapper, [blob], [[event]])[0]
+    check_write(mapper, {0: blob} if blob else {}, {0: [event]})
+
+
+def test_the_usual_streamed_event_takes_the_append() -> None:
+    """A new transaction on a known customer (after the stored rows, a new key, no null) is the in-place append,
+    pruned by the horizon; a stored key sent again, a late event or a null are not."""
+    mapper = group(["f8", "i8"], "i8", horizon_us=HOUR)
+    history = [{"k": 0, "ts": t, "id": i, "c0": 1.5, "c1": i} for i, t in enumerate([0, HOUR, SLACK_US])]
+    blob = stored_state(mapper, {0: [history]})[0]
+    new = {"k": 0, "ts": 2 * HOUR + SLACK_US, "id": 7, "c0": 2.5, "c1": 3}
+    appended = _appended(mapper, blob, new)
+    assert appended == one_by_one(mapper, [blob], [[new]])[0]
+    assert Tail.decode(mapper.spec, appended).event_us.tolist() == [HOUR, SLACK_US, 2 * HOUR + SLACK_US]
+    assert _appended(mapper, blob, {**new, "id": 1}) is None  # stored key: the merge replaces that row
+    assert _appended(mapper, blob, {**new, "ts": SLACK_US}) is None  # tied with the last stored row
+    assert _appended(mapper, blob, {**new, "c1": None}) is None  # a null needs a mask
 
 
 def test_null_string_primary_keys_fail_or_merge_as_one_by_one() -> None:

@@ -1,8 +1,10 @@
 """Cross-checks between definitions: references, columns, types and SQL snippets.
 
 Every check runs, even when an earlier one found problems, so that one load reports everything wrong;
-a check only skips what it cannot judge (e.g. columns of a group whose source does not exist), and request
-features that use a broken group's features are not checked against them (that group is already reported).
+a check only skips what it cannot judge (e.g. columns of a group whose source does not exist), and a reference
+into a definition with problems of its own is not reported again: request features and models that use a
+broken group's features (its own problems reported here, or its definition partly or not at all loaded, see
+``Project.unjudged``), and references to a definition that failed to load.
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ def check_project(project: Project) -> list[Problem]:
             broken_sources.add(source.name)
         problems += found
     problems += _check_simulation(project, broken_sources)
-    broken: set[str] = set()
+    broken: set[str] = set(project.partial & set(project.feature_groups))
     for group in project.feature_groups.values():
         found = _check_group(project, group)
-        if found:
+        # A definition the group names is missing (reported, here or where it failed to load): the group's
+        # features cannot be resolved, so what refers to them is not judged.
+        unresolved = group.entity not in project.entities or any(
+            name not in project.sources for name in (group.source, group.spine or group.source))
+        if found or unresolved:
             broken.add(group.name)
         problems += found
     for request in project.request_features.values():
@@ -40,44 +46,57 @@ def check_project(project: Project) -> list[Problem]:
     return problems
 
 
+def _unjudged_ref(project: Project, ref: str, broken: set[str]) -> bool:
+    """Whether ``ref`` (a feature group, a group's feature ``group__name``, or a request feature set) may point
+    into a definition whose own problems are reported: a group with problems (``broken``), or a definition that
+    did not load, so that it resolving to nothing is not a problem of its own."""
+    if not (project.judges("feature_group", ref) and project.judges("request_features", ref)):
+        return True
+    if "__" in ref and "feature_group" in project.unjudged_kinds:
+        return True
+    return any(ref.startswith(f"{group}__") for group in (*broken, *project.unjudged))
+
+
 def _check_model(project: Project, model: Model, broken: set[str]) -> list[Problem]:
     out = []
     sources = project.sources
     for field, name in (("spine",), model.spine), (("label", "source"), model.label.source):
-        if name not in sources:
+        if name not in sources and project.judges("source", name):
             out.append(project.problem(model, field, f"unknown source {name!r}{did_you_mean(name, sources)}"))
-    if out:
-        return out
-    spine, labels = sources[model.spine], sources[model.label.source]
-    if model.label.column not in labels.columns:
+    spine, labels = sources.get(model.spine), sources.get(model.label.source)
+    if labels is not None and model.label.column not in labels.columns:
         out.append(project.problem(model, ("label", "column"), f"unknown column {model.label.column!r} in source "
                                    f"{labels.name!r}{did_you_mean(model.label.column, labels.columns)}"))
-    elif not mapping(labels.columns[model.label.column].type).numeric and \
+    elif labels is not None and not mapping(labels.columns[model.label.column].type).numeric and \
             labels.columns[model.label.column].type != "bool":
         out.append(project.problem(model, ("label", "column"),
                                    f"label {model.label.column!r} must be 0/1 or boolean, not "
                                    f"{labels.columns[model.label.column].type}"))
-    for table in (spine, labels):
+    for table in (t for t in (spine, labels) if t is not None):
         if model.label.join_key not in table.columns:
             out.append(project.problem(model, ("label", "join_key"),
                                        f"source {table.name!r} has no column {model.label.join_key!r}"
                                        f"{did_you_mean(model.label.join_key, table.columns)}"))
-    out += _check_summaries(project, model, spine)
-    out += _check_decision(project, model, spine)
-    if broken:  # the groups' own problems are reported; their features cannot be judged here
-        return out
-    if model.card_key is not None and model.card_key not in spine.columns:
-        out.append(project.problem(model, ("card_key",), f"spine {spine.name!r} has no column {model.card_key!r}"
-                                   f"{did_you_mean(model.card_key, spine.columns)}"))
-    known = [*project.feature_groups, *project.all_features(), *project.request_features]
+    if spine is not None:
+        out += _check_summaries(project, model, spine)
+        out += _check_decision(project, model, spine)
+        if model.card_key is not None and model.card_key not in spine.columns:
+            out.append(project.problem(model, ("card_key",), f"spine {spine.name!r} has no column "
+                                       f"{model.card_key!r}{did_you_mean(model.card_key, spine.columns)}"))
+    resolved = {name: group for name, group in project.feature_groups.items() if group.source in project.sources}
+    known = [*project.feature_groups, *(f.qualified for g in resolved.values() for f in project.features(g)),
+             *project.request_features]
+    known_set = set(known)
     for index, ref in enumerate(model.features):
-        if ref not in known:
+        if ref not in known_set and not _unjudged_ref(project, ref, broken):
             out.append(project.problem(model, ("features", index),
                                        f"unknown feature, feature group or request feature set {ref!r}"
                                        f"{did_you_mean(ref, known)}"))
-    features, _ = project.model_inputs(model)
+    features, _ = project.model_inputs(model) if len(resolved) == len(project.feature_groups) else ([], [])
     for feature in features:
         group = project.feature_groups[feature.group]
+        if spine is None or group.name in broken:  # the group's own problems are reported (its key, its entity)
+            continue
         key = project.key_column(group)
         if key not in spine.columns:
             out.append(project.problem(model, ("features",),
@@ -175,7 +194,9 @@ def _check_source(project: Project, source: Source) -> list[Problem]:
                                                       f"glob of them (e.g. data/*.parquet)"))
     if source.derived_from is not None:
         parent = project.sources.get(source.derived_from)
-        if parent is None or parent.name == source.name:
+        if parent is None and not project.judges("source", source.derived_from):
+            pass  # the source it names did not load; its own problems are reported
+        elif parent is None or parent.name == source.name:
             out.append(project.problem(
                 source, ("derived_from",),
                 f"unknown source {source.derived_from!r}"
@@ -301,13 +322,13 @@ def simulator_columns(table: str) -> dict[str, str]:
 def _check_group(project: Project, group: FeatureGroup) -> list[Problem]:
     out = []
     entity = project.entities.get(group.entity)
-    if entity is None:
+    if entity is None and project.judges("entity", group.entity):
         out.append(project.problem(
             group, ("entity",), f"unknown entity {group.entity!r}{did_you_mean(group.entity, project.entities)}"))
-    if group.source not in project.sources:
+    if group.source not in project.sources and project.judges("source", group.source):
         out.append(project.problem(
             group, ("source",), f"unknown source {group.source!r}{did_you_mean(group.source, project.sources)}"))
-    if group.spine is not None and group.spine not in project.sources:
+    if group.spine is not None and group.spine not in project.sources and project.judges("source", group.spine):
         out.append(project.problem(
             group, ("spine",), f"unknown source {group.spine!r}{did_you_mean(group.spine, project.sources)}"))
     out += _check_feature_names(project, group)
@@ -396,10 +417,8 @@ def _check_feature_names(project: Project, group: FeatureGroup) -> list[Problem]
 def _check_request(project: Project, request: RequestFeatures, broken: set[str]) -> list[Problem]:
     out = []
     available = dict(request.request_schema)
-    unjudged: set[str] = set()  # features of groups with problems of their own
     for group in project.feature_groups.values():
-        if group.name in broken:
-            unjudged |= {f"{group.name}__{column_name(f, w)}" for f in group.features for w in f.windows or [None]}
+        if group.name in broken:  # its features are not judged (_unjudged_ref)
             continue
         for feature in project.features(group):
             available.setdefault(feature.qualified, feature.dtype)
@@ -411,9 +430,13 @@ def _check_request(project: Project, request: RequestFeatures, broken: set[str])
                 f"duplicate request feature {feature.name!r} (also features[{seen[feature.name]}])"))
         seen.setdefault(feature.name, index)
         try:
-            if set(expr.parse(feature.expr).columns) & unjudged:
+            columns = expr.parse(feature.expr).columns
+            if any(c not in available and _unjudged_ref(project, c, broken) for c in columns):
                 continue
-            expr.check(feature.expr, available, unknown="request field or feature")
+            # Only the columns it reads: a project's every feature would make each check build a table of them.
+            used = {c: available[c] for c in columns if c in available}
+            expr.check(feature.expr, used if len(used) == len(set(columns)) else available,
+                       unknown="request field or feature")
         except expr.ExpressionError as exc:
             out.append(project.problem(request, ("features", index, "expr"), str(exc)))
     return out

@@ -87,7 +87,7 @@ def source_schema(source: Source, now: datetime | None = None) -> pa.DataFrameSc
     now = now or datetime.now(UTC).replace(tzinfo=None)
     timestamps = set(source.timestamp_columns)
     columns = {
-        name: pa.Column(mapping(col.type).pandas,
+        name: pa.Column(pandas_dtype(col.type, not col.checks.not_null),
                         checks=_checks(col) + (_time_checks(source, now) if name in timestamps else []),
                         nullable=not col.checks.not_null, coerce=True)
         for name, col in source.columns.items()
@@ -347,8 +347,10 @@ def _reasons(cases: pd.DataFrame, frame: pd.DataFrame, source: Source, relation:
             + "; ".join(f"{r.column}: {r.check} ({r.failure_case})" for r in table_cases.itertuples())
         ) from None
     check = row_cases["check"].astype(str)
-    # A null fails the coercion of an integer column too; 'not_nullable' says what is wrong.
-    row_cases = row_cases[~(check.str.startswith("coerce_dtype(") & row_cases["failure_case"].isna())]
+    # A null fails the coercion of an integer column, and the dtype check of a boolean one, too; 'not_nullable'
+    # says what is wrong.
+    row_cases = row_cases[~((check.str.startswith("coerce_dtype(") | check.str.startswith("dtype("))
+                            & row_cases["failure_case"].isna())]
     check = row_cases["check"].astype(str)
     # A value that does not read as the column's type fails coercion and then the dtype check: say it once.
     coerced = set(zip(row_cases.loc[check.str.startswith("coerce_dtype("), "index"],

@@ -2,7 +2,9 @@
 
 Each record names the request (a fresh ``request_id``, returned in the response), the model version and alias
 served, the decision policy's version and fingerprint, the definitions' fingerprint, the score, the decision and
-its reason codes, and the time scoring took. The scored event's key (the label join key, e.g.
+its reason codes, the time scoring took, and the flag variant, experiment and arm that chose the version
+(``rollout``, ``trellis.flags``). A version scored in shadow of an answer is a record of its own, logged after the
+answer: ``role: shadow``, ``of`` the answer's request id (answers have ``role: primary``). The scored event's key (the label join key, e.g.
 ``transaction_id``) is kept as sent, so matured labels join to decisions; every entity key (``customer_id``...)
 is kept only as a keyed hash (``trellis.pii``): the log holds no raw identifier of a person.
 
@@ -57,12 +59,12 @@ class DecisionLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # synchronous=normal: a commit is a write into the OS's file cache (tens of microseconds), done by the
-        # caller itself (``append``) rather than paying a hand-over to a thread and back (SQLite's own
-        # checkpoint, every 1,000 pages of WAL, is a few thousand decisions apart). full: each commit waits for an
-        # fsync, done by the writer thread for every request waiting (group commit).
+        # caller itself (``append``) rather than paying a hand-over to a thread and back (the WAL is copied back
+        # into the file by a thread beside it: ``Checkpointer``). full: each commit waits for an fsync, done by the
+        # writer thread for every request waiting (group commit).
         self.inline = sync == "normal"
         try:
-            self._conn = open_wal(self.path, sync, _SCHEMA, 1.0 if self.inline else 5.0)
+            self._conn, self._checkpoints = open_wal(self.path, sync, _SCHEMA, 1.0 if self.inline else 5.0)
         except sqlite3.Error as exc:
             raise DecisionLogUnavailable(f"decision log: {exc}") from None
         self._lock = threading.Lock()
@@ -109,6 +111,7 @@ class DecisionLog:
                 if self._conn.in_transaction:
                     self._conn.execute("rollback")
                 raise DecisionLogUnavailable(f"decision log: {exc}; nothing was logged") from None
+            self._checkpoints.written()
 
     def _commit(self, group: Sequence[_Pending]) -> None:
         """The writer thread's step: every waiting request's records in one commit (one fsync)."""
@@ -129,6 +132,7 @@ class DecisionLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        self._checkpoints.close()
         with self._lock:
             self._closed = True
             self._conn.close()
@@ -162,17 +166,23 @@ def read_decisions(path: str | Path) -> list[dict[str, Any]]:
 
 def decisions_frame(records: Sequence[Mapping[str, Any]]) -> Any:
     """The log's records as one Arrow table, a column per field (an entity key's hash as ``<key>_hash``; times
-    as naive-UTC timestamps), ordered by offset."""
+    as naive-UTC timestamps; the flag that chose the version as ``flag``, ``variant``, ``flag_reason``,
+    ``experiment``, ``arm``), ordered by offset. ``role`` is ``primary`` for an answer and ``shadow`` for a version
+    scored in its shadow (``shadow_of``: the answer's request id)."""
     import pyarrow as pa
 
     entity_keys = sorted({k for r in records for k in r.get("entities", {})})
     fixed = {"offset", "request_id", "at_us", "latency_us", "entities", "model", "policy", "definitions", "score",
-             "decision", "reason_codes", "defaults"}
+             "decision", "reason_codes", "defaults", "role", "of", "rollout", "shadows"}
+    # Records logged before flags existed have no role (they are answers), no rollout and no shadows.
+    rollouts = [r.get("rollout") or {} for r in records]
     event_keys = sorted({k for r in records for k in r} - fixed)  # the scored event's key (e.g. transaction_id)
     at = pa.array([r["at_us"] for r in records], pa.int64()).cast(pa.timestamp("us"))
     columns = {
         "offset": pa.array([r["offset"] for r in records], pa.int64()),
         "request_id": pa.array([r["request_id"] for r in records], pa.string()),
+        "role": pa.array([r.get("role", "primary") for r in records], pa.string()),
+        "shadow_of": pa.array([r.get("of") for r in records], pa.string()),
         "at": at,
         **{k: pa.array([r.get(k) for r in records]) for k in event_keys},
         **{f"{k}_hash": pa.array([r.get("entities", {}).get(k) for r in records], pa.string())
@@ -188,6 +198,10 @@ def decisions_frame(records: Sequence[Mapping[str, Any]]) -> Any:
         "reason_codes": pa.array([r["reason_codes"] for r in records], pa.list_(pa.string())),
         "defaults": pa.array([r["defaults"] for r in records], pa.list_(pa.string())),
         "latency_us": pa.array([r["latency_us"] for r in records], pa.int64()),
+        **{name: pa.array([o.get(key) for o in rollouts], pa.string()) for name, key in (
+            ("flag", "flag"), ("variant", "variant"), ("flag_reason", "reason"), ("experiment", "experiment"),
+            ("arm", "arm"))},
+        "shadows": pa.array([r.get("shadows") or [] for r in records], pa.list_(pa.string())),
     }
     return pa.table(columns)
 

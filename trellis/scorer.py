@@ -33,7 +33,7 @@ class ModelNotLoaded(RuntimeError):
 class LoadedModel:
     name: str
     version: str
-    alias: str
+    alias: str | None  # None: a version pinned by the flags, not reached through an alias
     explainer: ObliviousExplainer
     feature_names: tuple[str, ...]
     loaded_at: float = field(default_factory=time.time)
@@ -129,9 +129,15 @@ class Scorer:
     # -- scoring -----------------------------------------------------------------------------------------
 
     def score(self, request: Mapping[str, Any], *, explain: bool = True,
-              with_features: bool = False) -> dict[str, Any]:
-        """The response for one request; ``with_features`` adds every model input by name."""
-        model = self.model  # one snapshot for the whole request, whatever swaps meanwhile
+              with_features: bool = False, model: LoadedModel | None = None) -> dict[str, Any]:
+        """The response for one request; ``with_features`` adds every model input by name; ``model``: the
+        version that answers (default: the one swapped in)."""
+        return self.scored(request, explain=explain, with_features=with_features, model=model)[0]
+
+    def scored(self, request: Mapping[str, Any], *, explain: bool = True, with_features: bool = False,
+               model: LoadedModel | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``score``'s response and the model inputs it used (what ``shadow_score`` scores other versions on)."""
+        model = model or self.model  # one snapshot for the whole request, whatever swaps meanwhile
         context, defaults = self.features(request)
         x = self.row(context, model)
         result = model.explainer.explain_row(x)
@@ -157,7 +163,16 @@ class Scorer:
                 for i in order.tolist()]
         if with_features:
             out["features"] = {name: _plain(context[name]) for name in model.feature_names}
-        return out
+        return out, context
+
+    def shadow_score(self, model: LoadedModel, context: Mapping[str, Any], request: Mapping[str, Any]
+                     ) -> dict[str, Any]:
+        """What ``model`` would have answered on the inputs another version was scored on (``scored``'s): the
+        same features as of the same time, so two versions differ only by the model."""
+        probability = model.explainer.explain_row(self.row(context, model)).probability
+        decided = self.policy.decide(probability, request)
+        return {"score": probability, "decision": decided.decision, "reason_codes": list(decided.reason_codes),
+                "model": {"name": model.name, "version": model.version, "alias": model.alias}}
 
 
 def _plain(value: Any) -> Any:

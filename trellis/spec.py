@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -139,7 +140,7 @@ def _instant(value: Any) -> datetime:
 
 Instant = Annotated[
     datetime,
-    PlainValidator(_instant),
+    BeforeValidator(_instant),
     WithJsonSchema({"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}],
                     "examples": ["2000-01-01", "2000-01-01T00:00:00Z"]}),
 ]
@@ -589,6 +590,46 @@ class PromotionGates(_Strict):
     max_drop: float = Field(0.01, ge=0, description="How much worse than the champion a challenger may be.")
 
 
+class DriftLevels(_Strict):
+    """Where a drift statistic starts to warn and to fail (``error`` at or above ``warn``)."""
+
+    warn: float = Field(gt=0)
+    error: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftLevels:
+        if self.error < self.warn:
+            raise ValueError(f"error {self.error} is below warn {self.warn}: a drift fails only past its warning")
+        return self
+
+
+class DriftMonitoring(_Strict):
+    """Drift of every model input and of the score, each day of live traffic against the training set
+    (``monitoring/<model>_drift``, ``trellis.drift``)."""
+
+    psi: DriftLevels = Field(DriftLevels(warn=0.1, error=0.25),
+                             description="Population stability index: below 0.1 stable, above 0.25 a major shift.")
+    ks: DriftLevels = Field(DriftLevels(warn=0.1, error=0.2),
+                            description="Two-sample Kolmogorov-Smirnov statistic (numeric columns).")
+    bins: int = Field(10, ge=2, le=100, description="PSI bins, at the training data's quantiles.")
+    min_rows: int = Field(100, ge=1, description="Fewer live rows in a day: inconclusive, never a pass.")
+    sustained_days: int = Field(3, ge=1, description="Days in a row at error level before the sensor retrains.")
+
+
+class QualityMonitoring(_Strict):
+    """The model's quality per day over the labels matured so far (``monitoring/<model>_quality``,
+    ``trellis.quality``), against the registered version's held-out evaluation."""
+
+    max_drop: float = Field(0.1, ge=0, description="A day's average precision this far below the version's held-out "
+                                                   "one fails the check.")
+    min_positives: int = Field(20, ge=1, description="Fewer matured frauds in a day: inconclusive, never a pass.")
+
+
+class Monitoring(_Strict):
+    drift: DriftMonitoring = DriftMonitoring()
+    quality: QualityMonitoring = QualityMonitoring()
+
+
 class SummaryLookup(_Strict):
     table: str = Field(description="The DuckDB table holding the summary's column, as schema.table.")
     key: Name = Field(description="Column of that table and of the spine that joins them, e.g. customer_id.")
@@ -684,6 +725,7 @@ class Model(_Strict):
                                                    "precision@100 per day.")
     retrain_min_new_labels: int = Field(10_000, gt=0)
     batch_scoring: BatchScoring | None = None
+    monitoring: Monitoring = Field(Monitoring(), description="Drift and quality thresholds of the model.")
 
 
 Definition = Annotated[Entity | Source | FeatureGroup | RequestFeatures | Model, Field(discriminator="kind")]
@@ -721,14 +763,25 @@ def column_name(spec: Aggregation, window: str | None) -> str:
     return f"{spec.name}_{window}" if window else spec.name
 
 
+_EXPRESSION_TYPES: dict[tuple[str, tuple[tuple[str, str], ...]], str | None] = {}
+
+
 def _expression_type(text: str, source: Source) -> str | None:
-    """Result type of a row expression; None when it does not type-check (the checks report why)."""
+    """Result type of a row expression; None when it does not type-check (the checks report why). Remembered per
+    (text, column types): a generated project repeats the same few expressions over the same source many times."""
     from trellis import expr  # imports ibis; keep it off the plain YAML-loading path
 
-    try:
-        return expr.check(text, {n: c.type for n, c in source.columns.items()})
-    except expr.ExpressionError:
-        return None
+    types = tuple((n, c.type) for n, c in source.columns.items())
+    key = (text, types)
+    if key not in _EXPRESSION_TYPES:
+        try:
+            found: str | None = expr.check(text, dict(types))
+        except expr.ExpressionError:
+            found = None
+        if len(_EXPRESSION_TYPES) < 4096:
+            _EXPRESSION_TYPES[key] = found
+        return found
+    return _EXPRESSION_TYPES[key]
 
 
 EXACT_AGGREGATIONS = ("sum", "mean", "std")  # exact over a column with a declared scale (Feature.scale)
@@ -787,7 +840,9 @@ def _yaml_problem(exc: yaml.YAMLError, path: Path) -> Problem:
     return Problem(path, line, "", message)
 
 
-def _load_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+def _load_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int], list[Problem]]:
+    """The file's data, the line of every key and item, and its duplicate keys as problems (the first value is
+    kept, so the rest of the file is still checked)."""
     loader = _LineLoader(text)
     lines: dict[tuple, int] = {}
     duplicates: list[Problem] = []
@@ -825,9 +880,7 @@ def _load_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
         raise DefinitionError([_yaml_problem(exc, path)]) from None
     finally:
         loader.dispose()
-    if duplicates:
-        raise DefinitionError(duplicates)
-    return data, lines
+    return data, lines, duplicates
 
 
 def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
@@ -843,16 +896,29 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
 
 
 class Project:
-    """All definitions of a project, validated. Build with ``load_project``."""
+    """All definitions of a project, validated. Build with ``load_project``.
+
+    While loading, the project also holds what could not be read, so that the cross-checks judge everything else
+    in the same pass without reporting a consequence of a problem already reported: ``unjudged`` names the
+    definitions that failed to load (a reference to one is not judged), ``unjudged_kinds`` the kinds of which a
+    definition failed without a usable name (no reference of that kind is judged), and ``partial`` the definitions
+    read with their faulty items or fields left out (their own remaining parts are checked; references into them
+    are not)."""
 
     def __init__(self, root: Path, definitions: list[tuple[Any, Path, dict[tuple, int], tuple]]):
         self.root = root
+        self.unjudged: set[str] = set()
+        self.unjudged_kinds: set[str] = set()
+        self.partial: set[str] = set()
+        # (kind, name) -> list field -> the original index of each item a partial definition kept
+        self._renumbered: dict[tuple[str, str], dict[str, list[int]]] = {}
         self._where: dict[tuple[str, str], tuple[Path, dict[tuple, int], tuple]] = {}
         self.entities: dict[str, Entity] = {}
         self.sources: dict[str, Source] = {}
         self.feature_groups: dict[str, FeatureGroup] = {}
         self.request_features: dict[str, RequestFeatures] = {}
         self.models: dict[str, Model] = {}
+        self._features: dict[str, list[Feature]] = {}
         self._buckets = {
             "entity": self.entities,
             "source": self.sources,
@@ -866,15 +932,33 @@ class Project:
 
     def location(self, obj: BaseModel, *field: Any) -> tuple[Path | None, int | None]:
         path, lines, prefix = self._where.get((obj.kind, obj.name), (None, {}, ()))  # type: ignore[attr-defined]
-        return path, _line_for(lines, (*prefix, *field))
+        return path, _line_for(lines, (*prefix, *self._in_file(obj, field)))
 
     def problem(self, obj: BaseModel, field: tuple, message: str) -> Problem:
         path, line = self.location(obj, *field)
-        return Problem(path, line, ".".join(str(f) for f in field), message)
+        return Problem(path, line, ".".join(str(f) for f in self._in_file(obj, field)), message)
+
+    def _in_file(self, obj: BaseModel, field: tuple) -> tuple:
+        """``field`` as the file spells it: an item of a partial definition by its index in the file."""
+        kept = self._renumbered.get((obj.kind, obj.name), {})  # type: ignore[attr-defined]
+        if len(field) >= 2 and field[0] in kept and isinstance(field[1], int) and field[1] < len(kept[field[0]]):
+            return (field[0], kept[field[0]][field[1]], *field[2:])
+        return field
+
+    def judges(self, kind: str, name: str) -> bool:
+        """Whether a reference to ``name`` (a definition of ``kind``) that resolves to nothing is a problem of its
+        own: not when the definition it may mean failed to load (that failure is reported)."""
+        return name not in self.unjudged and kind not in self.unjudged_kinds
 
     def features(self, group: str | FeatureGroup) -> list[Feature]:
         group = self.feature_groups[group] if isinstance(group, str) else group
-        return features_of(group, self.sources[group.source])
+        if self.feature_groups.get(group.name) is not group:  # not this project's group: nothing to remember
+            return features_of(group, self.sources[group.source])
+        # Resolved once per group: the checks, every compiler and the Dagster code location ask again and again
+        # (a request feature set or a model reads every group), and resolving types each row expression.
+        if group.name not in self._features:
+            self._features[group.name] = features_of(group, self.sources[group.source])
+        return list(self._features[group.name])
 
     def entity_of(self, group: FeatureGroup) -> Entity:
         return self.entities[group.entity]
@@ -1050,22 +1134,84 @@ def _fields_at(error: Any, loc: tuple) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()] if model else []
 
 
+# What a definition can be cross-checked without when that part of it is wrong: items of these lists, and these
+# optional fields, which no cross-check reads except to check themselves (an unknown field always). A definition
+# wrong anywhere else is not cross-checked, and references to it are not judged.
+_DROPPABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "entity": ((), ("description",)),
+    "source": ((), ("description", "owner", "on_violation", "not_before", "max_future")),
+    "feature_group": (("features",), ("delay", "include_current", "online", "owner", "description", "tags",
+                                      "filter")),
+    "request_features": (("features",), ("description", "owner")),
+    "model": ((), ("description", "owner", "catboost", "seed", "split", "backtest", "gates", "threshold",
+                   "decision", "card_key", "retrain_min_new_labels", "batch_scoring", "monitoring")),
+}
+# A definition's name in a file PyYAML cannot read: `name:` at the top of a file or of a list item.
+_NAME_LINE = re.compile(r"^(?:- +| {2})?name: *[\"']?([a-z][a-z0-9_]*)[\"']? *(?:#.*)?$", re.MULTILINE)
+
+
+def _salvage(item: dict, exc: ValidationError) -> tuple[BaseModel, dict[str, list[int]]] | None:
+    """The definition without the parts its shape problems are in (``_DROPPABLE``), validated, and for each list
+    that lost items the file index of every item kept; None when a problem is elsewhere."""
+    lists, fields = _DROPPABLE.get(item.get("kind"), ((), ()))  # type: ignore[arg-type]
+    if not lists and not fields:
+        return None
+    drop_fields: set[str] = set()
+    drop_items: dict[str, set[int]] = {}
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        loc = loc[1:] if loc and loc[0] in KINDS else loc
+        if not loc:
+            return None
+        if loc[0] in lists and len(loc) >= 2 and isinstance(loc[1], int):
+            drop_items.setdefault(str(loc[0]), set()).add(loc[1])
+        elif loc[0] in fields or (len(loc) == 1 and error["type"] == "extra_forbidden"):
+            drop_fields.add(str(loc[0]))
+        else:
+            return None
+    data = {key: value for key, value in item.items() if key not in drop_fields}
+    kept: dict[str, list[int]] = {}
+    for field, bad in drop_items.items():
+        kept[field] = [i for i in range(len(item[field])) if i not in bad]
+        data[field] = [item[field][i] for i in kept[field]]
+    try:
+        return _ADAPTER.validate_python(data), kept
+    except ValidationError:
+        return None
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate every definition under ``root/definitions``; raise DefinitionError listing all
-    problems when anything is wrong."""
+    problems when anything is wrong.
+
+    One pass reports every problem of every file: a file that cannot be parsed or a definition of the wrong
+    shape does not stop the others from being checked, nor the cross-checks (references, columns, types, SQL)
+    of everything that loaded. A definition whose problems are confined to some of its features or optional
+    fields (``_DROPPABLE``) is cross-checked without them, so a column typo in one feature shows up beside a
+    bad window in another. What failed to load is remembered on the project (``Project.unjudged``...) so that
+    a reference to it is not reported as a second problem."""
     root = Path(root).resolve()
     problems: list[Problem] = []
     parsed: list[tuple[Any, Path, dict[tuple, int], tuple]] = []
+    unjudged: set[str] = set()
+    unjudged_kinds: set[str] = set()
+    partial: dict[tuple[str, str], dict[str, list[int]]] = {}
     for path in definition_files(root):
         rel = path.relative_to(root)
+        raw = path.read_bytes()
         try:
-            data, lines = _load_with_lines(path.read_text(encoding="utf-8"), rel)
-        except DefinitionError as exc:
-            problems.extend(exc.problems)
-            continue
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             problems.append(Problem(rel, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+            unjudged |= set(_NAME_LINE.findall(raw.decode("utf-8", errors="replace")))
             continue
+        try:
+            data, lines, duplicates = _load_with_lines(text, rel)
+        except DefinitionError as exc:  # malformed YAML: nothing of the file can be read
+            problems.extend(exc.problems)
+            unjudged |= set(_NAME_LINE.findall(text))
+            continue
+        problems.extend(duplicates)
         if data is None:
             problems.append(Problem(rel, None, "", "empty file: expected a definition (a mapping with a 'kind') "
                                                    "or a list of them"))
@@ -1081,9 +1227,19 @@ def load_project(root: str | Path = ".") -> Project:
                 parsed.append((_ADAPTER.validate_python(item), rel, lines, prefix))
             except ValidationError as exc:
                 problems.extend(_pydantic_problems(exc, rel, lines, prefix))
+                salvaged = _salvage(item, exc)
+                if salvaged is not None:
+                    obj, kept = salvaged
+                    parsed.append((obj, rel, lines, prefix))
+                    partial[(obj.kind, obj.name)] = kept
+                elif isinstance(item.get("name"), str) and re.match(NAME_PATTERN, item["name"]):
+                    unjudged.add(item["name"])
+                elif item.get("kind") in KINDS:
+                    unjudged_kinds.add(item["kind"])
     # Names are unique across kinds: a feature group and a source both called 'transactions' would make
-    # every generated asset, table and view name ambiguous.
+    # every generated asset, table and view name ambiguous. The first definition of a name is the one checked.
     seen: dict[str, tuple[str, Path, int | None]] = {}
+    unique = []
     for obj, path, lines, prefix in parsed:
         line = _line_for(lines, (*prefix, "name"))
         if obj.name in seen:
@@ -1093,13 +1249,21 @@ def load_project(root: str | Path = ".") -> Project:
                 path, line, "name",
                 f"duplicate name {obj.name!r}: already used by the {kind} defined at {where}; "
                 f"names must be unique across all definitions"))
+            # Either of the two may be the one misnamed, and a reference to its intended name is then a
+            # consequence of this problem: references of both kinds are not judged.
+            unjudged_kinds |= {kind, obj.kind}
             continue
         seen[obj.name] = (obj.kind, path, line)
-    project = Project(root, parsed)
-    if not problems:
-        from trellis.checks import check_project  # cross-checks need DuckDB; import lazily
+        unique.append((obj, path, lines, prefix))
+    project = Project(root, unique)
+    project.unjudged = unjudged - set(seen)
+    project.unjudged_kinds = unjudged_kinds
+    project.partial = {name for _, name in partial}
+    project._renumbered = {key: kept for key, kept in partial.items() if kept}
 
-        problems.extend(check_project(project))
+    from trellis.checks import check_project  # cross-checks need Ibis (SQL snippets' types); import lazily
+
+    problems.extend(check_project(project))
     if problems:
         raise DefinitionError(problems)
     return project

@@ -22,10 +22,8 @@ from pydantic import Field
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
-from assets.training.assets import _latest_training_set
-from trellis import evaluation, lifecycle
+from assets.training.assets import latest_training_set
 from trellis.spec import Model
-from trellis.training import TrainingSetError
 
 HEADLINE = ("roc_auc", "average_precision", "card_precision_at_100_excl_detected",
             "card_precision_at_100_excl_known", "fraud_amount_caught_at_1pct",
@@ -42,6 +40,8 @@ class EvaluationConfig(dg.Config):
 def _amount_column(model: Model, config: EvaluationConfig) -> str | None:
     """The configured amount column when the model's spine has it (a project whose amounts are named otherwise
     evaluates without the fraud-amount metric rather than failing)."""
+    from trellis import lifecycle
+
     return lifecycle.default_amount_column(trellis_project(), model, config.amount_column or None)
 
 
@@ -58,6 +58,8 @@ def _registered_version(instance: dg.DagsterInstance, model_name: str) -> str:
 
 
 def _plot_metadata(plots: dict) -> dict[str, dg.MetadataValue]:
+    from trellis import evaluation
+
     metadata: dict[str, dg.MetadataValue] = {}
     for name, path in plots.items():
         metadata[f"plot_{name}"] = dg.MetadataValue.md(evaluation.markdown_image(path, name))
@@ -82,6 +84,10 @@ def _evaluation_asset(model_name: str) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext, config: EvaluationConfig,
                warehouse: Warehouse) -> dg.MaterializeResult:
+        # CatBoost and scikit-learn: imported when the step runs, not at load (assets/definitions.py)
+        from trellis import evaluation, lifecycle
+        from trellis.training import TrainingSetError
+
         version = _registered_version(context.instance, model_name)
         try:  # the same step as `trellis evaluate` (trellis.lifecycle)
             result = lifecycle.evaluate(warehouse.connect, project, model, version, paths(),
@@ -130,7 +136,9 @@ def _backtest_asset(model_name: str) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext, config: EvaluationConfig,
                warehouse: Warehouse) -> dg.MaterializeResult:
-        training_set = _latest_training_set(context.instance, model_name)
+        from trellis import evaluation, lifecycle
+
+        training_set = latest_training_set(context.instance, model_name)
         run = lifecycle.backtest(warehouse.connect, project, model, training_set, paths(),  # as `trellis backtest`
                                  _amount_column(model, config), progress=context.log.info)
         result, as_dict, out, plots = run.result, run.as_dict, run.out, run.plots

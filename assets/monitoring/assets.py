@@ -10,10 +10,13 @@ from assets.project import paths, trellis_project
 from assets.resources import Warehouse
 from trellis.compile.dbt import VALIDATED_SCHEMA
 from trellis.decisionlog import DECISIONS_TABLE, load_decisions
-from trellis.online.parity import REL_TOL, replay_day
-from trellis.registry import CHAMPION, load_alias
 
 PARITY_CHECK = "parity_within_1e_9"
+# trellis.online.parity.REL_TOL and trellis.registry.CHAMPION, spelled out for the descriptions: those modules
+# bring the training stack (CatBoost, scikit-learn, pandera) with them, imported when the step runs rather than
+# at every load (assets/definitions.py). The step checks that they still say this.
+_REL_TOL_TEXT = "1e-09"
+_CHAMPION = "champion"
 
 
 class ParityDay(dg.Config):
@@ -32,12 +35,16 @@ def _parity_asset(model_name: str) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(["online", "materialized"]), dg.AssetKey(["models", f"{model_name}_champion"])],
         check_specs=[dg.AssetCheckSpec(PARITY_CHECK, asset=key, blocking=True,
                                        description=f"Every online feature and score equals offline within "
-                                                   f"{REL_TOL:g} relative on the replayed day.")],
+                                                   f"{_REL_TOL_TEXT} relative on the replayed day.")],
         description=f"Replays a day of events through the online path, scoring each transaction at its own "
-                    f"time with the {CHAMPION} of {model_name}, and compares every feature and the score with "
+                    f"time with the {_CHAMPION} of {model_name}, and compares every feature and the score with "
                     f"the offline point-in-time values and the batch score.",
     )
     def _asset(context: dg.AssetExecutionContext, config: ParityDay, warehouse: Warehouse):
+        from trellis.online.parity import REL_TOL, replay_day
+        from trellis.registry import CHAMPION, load_alias
+
+        assert (f"{REL_TOL:g}", CHAMPION) == (_REL_TOL_TEXT, _CHAMPION), "update the descriptions above"
         project_paths = paths()
         catboost_model, version = load_alias(project_paths.mlflow_uri, model_name, CHAMPION)
         spine = project.sources[model.spine]

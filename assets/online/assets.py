@@ -5,8 +5,6 @@ import dagster as dg
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
-from trellis import lifecycle
-from trellis.online.store import OnlineStore
 
 
 @dg.asset(
@@ -17,6 +15,8 @@ from trellis.online.store import OnlineStore
     description="`feast apply` on the generated feature_repo/: entities, sources, views and services.",
 )
 def feast_registry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from trellis import lifecycle  # pandas and the training stack: not at load (assets/definitions.py)
+
     try:  # the same step as `trellis materialize` (trellis.lifecycle)
         created, output = lifecycle.apply_feature_repo(paths())
     except lifecycle.LifecycleError as exc:
@@ -39,6 +39,9 @@ def feast_registry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 "readers never see a half-written batch.",
 )
 def online_materialized(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    from trellis import lifecycle
+    from trellis.online.store import OnlineStore
+
     store = OnlineStore(paths().feature_repo)
     with warehouse.connect(read_only=True) as con:  # the same step as `trellis materialize` (trellis.lifecycle)
         report = lifecycle.materialize_online(con, trellis_project(), paths())

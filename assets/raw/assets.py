@@ -8,8 +8,6 @@ import dagster as dg
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
-from trellis.contracts import ContractViolation, ingest
-from trellis.external import SourceUnavailable
 from trellis.online.eventlog import read_logged
 
 SIMULATION_KEY = dg.AssetKey(["landing", "reference_data"])
@@ -83,6 +81,9 @@ def _source_asset(source_name: str) -> dg.AssetsDefinition:
                         f"quarantine.{source_name}, each counted in DuckDB after the write")],
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        from trellis.contracts import ContractViolation, ingest  # not at load: see assets/definitions.py
+        from trellis.external import SourceUnavailable
+
         logged = read_logged(paths().event_log, trellis_project(), [source_name]).get(source_name, [])
         with warehouse.connect() as con:
             # the source's rows, then the event log's: counts read back from the written tables

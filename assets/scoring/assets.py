@@ -7,12 +7,12 @@ import dagster as dg
 
 from assets.project import paths, trellis_project
 from assets.resources import Warehouse
-from trellis.scoring import daily_summary, load_champion, score_day
 
 
-def _replace_partition(con, table: str, frame, day) -> None:
-    """Idempotent per day: a re-run or backfill replaces the day's rows instead of appending."""
-    con.execute("create schema if not exists scores")
+def replace_partition(con, table: str, frame, day) -> None:
+    """Idempotent per day: a re-run or backfill replaces the day's rows of ``table`` (schema.table, created with
+    its schema) instead of appending."""
+    con.execute(f"create schema if not exists {table.split('.')[0]}")
     con.register("__frame", frame)
     con.execute(f"create table if not exists {table} as select * from __frame where false")
     con.execute(f"delete from {table} where cast(event_time as date) = ?" if "event_time" in frame.columns
@@ -21,7 +21,7 @@ def _replace_partition(con, table: str, frame, day) -> None:
     con.unregister("__frame")
 
 
-def _daily(model_name: str) -> dg.DailyPartitionsDefinition:
+def daily_partitions(model_name: str) -> dg.DailyPartitionsDefinition:
     batch = trellis_project().models[model_name].batch_scoring
     assert batch is not None
     return dg.DailyPartitionsDefinition(start_date=batch.start_date.isoformat())
@@ -29,7 +29,7 @@ def _daily(model_name: str) -> dg.DailyPartitionsDefinition:
 
 def _scoring_assets(model_name: str) -> list[dg.AssetsDefinition]:
     model = trellis_project().models[model_name]
-    partitions = _daily(model_name)
+    partitions = daily_partitions(model_name)
 
     @dg.asset(
         key=["scores", model_name],
@@ -41,11 +41,13 @@ def _scoring_assets(model_name: str) -> list[dg.AssetsDefinition]:
                     "top-3 reason codes (exact CatBoost SHAP contributions).",
     )
     def scores(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        from trellis.scoring import load_champion, score_day  # CatBoost: not at load (assets/definitions.py)
+
         day = datetime.fromisoformat(context.partition_key).date()
         catboost_model, version = load_champion(paths().mlflow_uri, model_name)
         with warehouse.connect() as con:
             frame = score_day(con, trellis_project(), model, catboost_model, day, model_version=version)
-            _replace_partition(con, f"scores.{model_name}", frame, day)
+            replace_partition(con, f"scores.{model_name}", frame, day)
         return dg.MaterializeResult(metadata={
             "dagster/row_count": dg.MetadataValue.int(len(frame)),
             "model_version": dg.MetadataValue.text(version),
@@ -66,19 +68,21 @@ def _summary_asset(model_name: str, summary_name: str) -> dg.AssetsDefinition:
         key=["scores", f"{model_name}_{summary_name}"],
         group_name="scores",
         kinds={"duckdb"},
-        partitions_def=_daily(model_name),
+        partitions_def=daily_partitions(model_name),
         deps=[dg.AssetKey(["scores", model_name])],
         description=(summary.description.strip() or f"Per {summary.by} and day: volume, scored risk, alert share "
                      "and the frauds confirmed so far (labels known when this partition was built).")
                     + f" Grouped by {by}.",
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        from trellis.scoring import daily_summary
+
         day = datetime.fromisoformat(context.partition_key).date()
         with warehouse.connect() as con:
             scores = con.sql(f"select * from scores.{model_name} where cast(event_time as date) = ?",
                              params=[day]).df()
             frame = daily_summary(con, trellis_project(), model, summary, scores, day, as_of=datetime.now())
-            _replace_partition(con, f"scores.{model_name}_{summary_name}", frame, day)
+            replace_partition(con, f"scores.{model_name}_{summary_name}", frame, day)
         return dg.MaterializeResult(metadata={"dagster/row_count": dg.MetadataValue.int(len(frame))})
 
     return _asset
@@ -91,7 +95,7 @@ def _schedule(model_name: str) -> dg.ScheduleDefinition:
         f"{model_name}_daily_scores",
         selection=[dg.AssetKey(["scores", model_name]),
                    *(dg.AssetKey(["scores", f"{model_name}_{s.name}"]) for s in model.batch_scoring.summaries)],
-        partitions_def=_daily(model_name),
+        partitions_def=daily_partitions(model_name),
     )
     return dg.build_schedule_from_partitioned_job(job, hour_of_day=model.batch_scoring.hour_of_day)
 

@@ -9,6 +9,7 @@
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
@@ -17,10 +18,10 @@ from assets.features.assets import contract_checks, feature_dbt_assets
 from assets.project import paths, trellis_project
 from assets.raw.assets import source_assets
 from assets.resources import Warehouse
-from trellis import lifecycle
-from trellis.modeling import TrainedModel
-from trellis.registry import CHALLENGER, alias_version, gate, promote
-from trellis.training import TrainingSet
+
+if TYPE_CHECKING:  # the training stack (CatBoost, scikit-learn, pandera) is imported when a step runs, not at load
+    from trellis.modeling import TrainedModel
+    from trellis.training import TrainingSet
 
 
 class TrainingCutoff(dg.Config):
@@ -52,6 +53,8 @@ def _training_set_asset(model_name: str) -> dg.AssetsDefinition:
         description=f"Matured labels of {model.spine} with point-in-time features for model {model_name}.",
     )
     def _asset(context: dg.AssetExecutionContext, config: TrainingCutoff, warehouse: Warehouse):
+        from trellis import lifecycle
+
         with warehouse.connect() as con:  # the same step as `trellis train` (trellis.lifecycle)
             built = lifecycle.training_set(con, project, model, paths(),
                                            datetime.fromisoformat(config.as_of) if config.as_of else None)
@@ -88,7 +91,9 @@ def _model_asset(model_name: str) -> dg.AssetsDefinition:
                     f"registered in MLflow as the challenger. Held-out evaluation: evaluation/{model_name}.",
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        training_set = _latest_training_set(context.instance, model_name)
+        from trellis import lifecycle
+
+        training_set = latest_training_set(context.instance, model_name)
         registered = lifecycle.train(project, model, training_set, paths())  # as `trellis train` does
         trained, name, version = registered.trained, registered.name, registered.version
         context.log.info(f"registered {name} version {version}")
@@ -107,8 +112,10 @@ def _model_asset(model_name: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def _latest_training_set(instance: dg.DagsterInstance, model_name: str) -> TrainingSet:
+def latest_training_set(instance: dg.DagsterInstance, model_name: str) -> "TrainingSet":
     """The training set recorded by the latest materialization of training/<model>_training_set."""
+    from trellis.training import TrainingSet
+
     key = dg.AssetKey(["training", f"{model_name}_training_set"])
     event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
@@ -170,6 +177,8 @@ def _promotion_gate(model_name: str) -> dg.AssetChecksDefinition:
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         # The training-set contract is checked from the file itself (robust: needs no Dagster history and
         # catches a file changed after it was built); the upstream checks come from the instance's records.
+        from trellis.registry import gate
+
         keys = contract_check_keys(model_name)
         upstream = upstream_contract_failures(context.instance, keys)
         result = gate(paths().mlflow_uri, model, project=project)
@@ -197,6 +206,8 @@ def _champion_asset(model_name: str) -> dg.AssetsDefinition:
                     "gate has passed (a failed gate stops this step). Rollback: `trellis models rollback`.",
     )
     def _asset() -> dg.MaterializeResult:
+        from trellis.registry import CHALLENGER, alias_version, promote
+
         uri = paths().mlflow_uri
         challenger = alias_version(uri, model_name, CHALLENGER)
         event = promote(uri, model_name, challenger, who="dagster", why="passed the promotion gate")
@@ -206,7 +217,7 @@ def _champion_asset(model_name: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def metrics_table(trained: TrainedModel) -> str:
+def metrics_table(trained: "TrainedModel") -> str:
     """Model vs baseline on the validation part (what early stopping saw), as a markdown table."""
     names = sorted({k.split("_", 1)[1] for k in trained.baseline_metrics if k.startswith("validation_")})
     rows = ["| metric (validation) | CatBoost | baseline |", "| --- | --- | --- |"]

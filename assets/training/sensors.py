@@ -19,12 +19,17 @@ def matured_labels(warehouse: Warehouse, model_name: str, now: datetime) -> int:
                        params=[now]).fetchone()[0]
 
 
+def retrain_keys(model_name: str) -> list[dg.AssetKey]:
+    """What a retrain materializes: the training set, the model, the champion gate and, so that a retrain is
+    evaluated too, the held-out metrics and plots of the new version and a fresh backtest."""
+    return [dg.AssetKey(["training", f"{model_name}_training_set"]), dg.AssetKey(["models", model_name]),
+            dg.AssetKey(["models", f"{model_name}_champion"]),
+            dg.AssetKey(["evaluation", model_name]), dg.AssetKey(["evaluation", f"{model_name}_backtest"])]
+
+
 def _retrain_sensor(model_name: str) -> dg.SensorDefinition:
     model = trellis_project().models[model_name]
-    keys = [dg.AssetKey(["training", f"{model_name}_training_set"]), dg.AssetKey(["models", model_name]),
-            dg.AssetKey(["models", f"{model_name}_champion"]),
-            # a retrain is evaluated too: held-out metrics and plots of the new version, and a fresh backtest
-            dg.AssetKey(["evaluation", model_name]), dg.AssetKey(["evaluation", f"{model_name}_backtest"])]
+    keys = retrain_keys(model_name)
 
     @dg.sensor(name=f"{model_name}_retrain_on_new_labels", target=keys, minimum_interval_seconds=3600,
                description=f"Retrains {model_name} once {model.retrain_min_new_labels:,} more labels have "

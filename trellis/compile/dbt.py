@@ -10,7 +10,7 @@ import ibis
 import yaml
 
 from trellis.compile.lineage import column_lineage
-from trellis.compile.offline import FEATURE_TS, GroupCompiler, to_sql
+from trellis.compile.offline import FEATURE_TS, GroupCompiler, to_sql, with_relations
 from trellis.compile.targets import DEFAULT_TARGET, TARGETS, Target, postgres_profile, spark_profile
 from trellis.spec import FeatureGroup, Project, Source
 from trellis.types import sql_type
@@ -61,6 +61,8 @@ class FeatureModel:
         return str(ibis.to_sql(self.expr, dialect="duckdb"))
 
     def sql(self, relations: dict[str, str], dialect: str = "duckdb") -> str:
+        if dialect == "duckdb":  # compiled once (raw_sql), shared by lineage, the dbt model and Dagster's metadata
+            return with_relations(self.raw_sql, relations, dialect)
         return to_sql(self.expr_for(dialect), relations, dialect=dialect)
 
     def expr_for(self, dialect: str) -> ibis.Table:

@@ -527,9 +527,14 @@ def to_sql(expr: ir.Table, relations: dict[str, str], dialect: str = "duckdb") -
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
     if dialect == "spark" and ibis.options.pyspark is None:
         ibis.options.pyspark = _SparkOptions()  # normally registered by importing pyspark, not needed to compile
-    sql = ibis.to_sql(expr, dialect=DIALECTS[dialect])
+    return with_relations(str(ibis.to_sql(expr, dialect=DIALECTS[dialect])), relations, dialect)
+
+
+def with_relations(sql: str, relations: dict[str, str], dialect: str = "duckdb") -> str:
+    """``to_sql``'s second half: SQL that Ibis compiled for ``dialect`` (placeholders still in it) made ready for
+    the engine, each placeholder replaced by its relation. Lets one compilation serve several relation maps."""
     if dialect in ("spark", "databricks"):
-        sql = _naive_timestamps(str(sql), dialect)
+        sql = _naive_timestamps(sql, dialect)
     for source_name, relation in relations.items():
         quoted = {"bigquery": "`{}`", "databricks": "`{}`", "spark": "`{}`"}.get(dialect, '"{}"')
         sql = sql.replace(quoted.format(placeholder(source_name)), relation)

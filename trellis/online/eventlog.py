@@ -210,14 +210,58 @@ create table if not exists current (
 SYNC_MODES = ("full", "normal")
 
 
-def open_wal(path: Path, sync: str, schema: str, timeout: float) -> sqlite3.Connection:
+CHECKPOINT_EVERY = 0.05  # seconds between checkpoints of a WAL file while small writes go on
+
+
+class Checkpointer:
+    """Copies the WAL of the SQLite file at ``path`` back into the file (a passive checkpoint: never waits for a
+    reader or the writer) every ``CHECKPOINT_EVERY`` seconds after a write (``written``), on a thread of its own
+    and a connection of its own, opened for each checkpoint (so a file replaced meanwhile is simply the file
+    checkpointed next). A failed checkpoint is retried at the next tick; a file left alone checkpoints itself
+    when its last connection closes. Its writers set ``wal_autocheckpoint=0``: SQLite's own checkpoint runs
+    inside a commit, and copying the WAL back (whole pages, then an fsync) stalled every write behind it (the
+    online store: p99 of streamed events 17-20 ms against p98 2.9 ms; the decision log: p99 of an append 0.7-3.5
+    ms against 0.13 ms, on a busy machine)."""
+
+    def __init__(self, path: Path, name: str):
+        self.path = path
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def written(self) -> None:
+        self._dirty.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_EVERY):
+            if not self._dirty.is_set():
+                continue
+            self._dirty.clear()
+            try:
+                conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0, isolation_level=None)
+                try:
+                    conn.execute("pragma wal_checkpoint(passive)")
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                self._dirty.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def open_wal(path: Path, sync: str, schema: str, timeout: float) -> tuple[sqlite3.Connection, Checkpointer]:
     """A writing connection to the log file at ``path`` (created if missing): WAL, ``synchronous=sync``,
-    ``schema`` applied. Used by the event log and the decision log."""
+    ``schema`` applied, checkpointed by the ``Checkpointer`` returned with it (call its ``written`` after each
+    commit, ``close`` it with the connection). Used by the event log and the decision log."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.execute("pragma journal_mode=wal")
     conn.execute(f"pragma synchronous={sync}")
+    conn.execute("pragma wal_autocheckpoint=0")
     conn.executescript(schema)
-    return conn
+    return conn, Checkpointer(path, f"{path.stem}-checkpoints")
 
 
 class SqliteEventLog:
@@ -233,7 +277,7 @@ class SqliteEventLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = open_wal(self.path, sync, _SCHEMA, busy_timeout)
+            self._conn, self._checkpoints = open_wal(self.path, sync, _SCHEMA, busy_timeout)
         except sqlite3.Error as exc:
             raise LogUnavailable(f"event log: {exc}") from None
         self._reader = threading.local()
@@ -289,6 +333,7 @@ class SqliteEventLog:
                 if conn.in_transaction:
                     conn.execute("rollback")
                 raise LogUnavailable(f"event log: {exc}; nothing was logged") from None
+            self._checkpoints.written()
         return results
 
     @staticmethod
@@ -362,6 +407,7 @@ class SqliteEventLog:
                 if conn.in_transaction:
                     conn.execute("rollback")
                 raise LogUnavailable(f"event log: {exc}; the correction was not logged") from None
+            self._checkpoints.written()
         return offset
 
     # -- reads -------------------------------------------------------------------------------------------
@@ -384,6 +430,7 @@ class SqliteEventLog:
         return row[0] or 0
 
     def close(self) -> None:
+        self._checkpoints.close()
         self._conn.close()
         conn = getattr(self._reader, "conn", None)
         if conn is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,12 @@ class GroupSpec:
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @cached_property
+    def numeric(self) -> bool:
+        """Every input a number (no string column): a tail of fixed-width columns, appended to in place
+        (``_appended``) on a little-endian machine, whose own integers are the tail's."""
+        return sys.byteorder == "little" and all(kind != "str" for _, kind in self.inputs)
 
     @cached_property
     def plan(self) -> tuple[tuple[tuple[int | None, int], ...], int, tuple[tuple[str, str, int | None, int, int,
@@ -436,12 +443,20 @@ BATCHED_FROM = 3  # entities in a write from which ``merge_encoded`` costs less 
 
 def merge_tails(mapper: RowMapper, blobs: Sequence[bytes | None],
                 records: Sequence[Sequence[Mapping[str, Any]]]) -> list[bytes]:
-    """What the writer stores: ``merge_encoded``'s bytes, computed one entity at a time for a write of fewer than
-    ``BATCHED_FROM`` entities, where the batched merge's fixed cost is more than its savings (a single event on
-    the bench's customers: 31 us one at a time, 93 us batched; equal at three entities)."""
-    if len(blobs) >= BATCHED_FROM:
-        return merge_encoded(mapper, blobs, records)
-    return _merge_each(mapper, blobs, records)
+    """What the writer stores: ``merge_encoded``'s bytes. An entity sent one event after its stored rows (the
+    streamed case) gets it appended to its bytes (``_appended``); the others are merged together when there are
+    ``BATCHED_FROM`` of them or more, else one at a time, where the batched merge's fixed cost is more than its
+    savings (a single event on the bench's customers: 31 us one at a time, 93 us batched; equal at three
+    entities)."""
+    out: list[bytes | None] = [
+        _appended(mapper, blob, batch[0]) if len(batch) == 1 and blob and mapper.spec.numeric else None
+        for blob, batch in zip(blobs, records, strict=True)]
+    rest = [k for k, blob in enumerate(out) if blob is None]
+    if rest:
+        merge = merge_encoded if len(rest) >= BATCHED_FROM else _merge_each
+        for k, blob in zip(rest, merge(mapper, [blobs[k] for k in rest], [records[k] for k in rest]), strict=True):
+            out[k] = blob
+    return out  # type: ignore[return-value]
 
 
 def _merge_each(mapper: RowMapper, blobs: Sequence[bytes | None],
@@ -449,6 +464,58 @@ def _merge_each(mapper: RowMapper, blobs: Sequence[bytes | None],
     spec = mapper.spec
     return [Tail.decode(spec, blob).merge(spec, mapper.tail(batch)).encode()
             for blob, batch in zip(blobs, records, strict=True)]
+
+
+_I8 = struct.Struct("<q")
+_F8 = struct.Struct("<d")
+
+
+def _appended(mapper: RowMapper, blob: bytes, record: Mapping[str, Any]) -> bytes | None:
+    """The streamed event's case of ``Tail.merge`` worked on the bytes: one new row strictly after the stored
+    tail's last (event time, then available-at), its primary key not stored yet, no null anywhere (stored or new),
+    numbers only. The new row goes at the end of each column and the rows older than the horizon come off the
+    front: the same bytes as decode, merge, encode (tests/test_state_batch.py holds the two equal), without a
+    numpy call. None: not that case (the caller merges)."""
+    spec = mapper.spec
+    if mapper.keep is not None and mapper.keep(record) is not True:
+        return None
+    try:
+        event = to_us(record[mapper.event_time])
+        avail = record.get(mapper.available_at) if mapper.available_at else None
+        avail = event if avail is None else to_us(avail)
+        values = []
+        for read, (_, kind) in zip(mapper.readers, spec.inputs, strict=True):
+            value = read(record)
+            if value is None:
+                return None
+            values.append(_F8.pack(float(value)) if kind == "f8" else _I8.pack(_integer(value)))
+    except (TypeError, ValueError, OverflowError, struct.error):  # the merge raises or converts as it does
+        return None
+    n = _row_count(spec, blob)
+    width = 8 * n
+    events = memoryview(blob)[7:7 + width].cast("q")
+    avails = memoryview(blob)[7 + width:7 + 2 * width].cast("q")
+    if n == 0 or (event, avail) <= (events[-1], avails[-1]):
+        return None
+    columns = 7 + 2 * width
+    if len(blob) != columns + len(values) * (width + 1) or any(
+            blob[columns + (i + 1) * width + i] for i in range(len(values))):  # a null mask somewhere
+        return None
+    if spec.has_primary_key:
+        pk, start = values[-1], columns + (len(values) - 1) * (width + 1)
+        at = blob.find(pk, start, start + width)
+        while at >= 0:
+            if (at - start) % 8 == 0:  # this key is stored: the merge replaces that row
+                return None
+            at = blob.find(pk, at + 1, start + width)
+    first = 0 if spec.horizon_us is None else bisect_left(events, event - spec.horizon_us - SLACK_US)
+    cut = 8 * first
+    parts = [_MAGIC, _COUNT.pack(n - first + 1), blob[7 + cut:7 + width], _I8.pack(event),
+             blob[7 + width + cut:columns], _I8.pack(avail)]
+    for i, value in enumerate(values):
+        start = columns + i * (width + 1)
+        parts += (blob[start + cut:start + width], value, _NO_MASK)
+    return b"".join(parts)
 
 
 def merge_encoded(mapper: RowMapper, blobs: Sequence[bytes | None],

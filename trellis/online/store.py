@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from trellis.online.eventlog import Checkpointer
+
 # feast.value_type.ValueType numbers used in the entity-key serialisation
 _STRING, _INT32, _INT64 = 2, 3, 4
 _KEY_TYPES = {"int64": _INT64, "int32": _INT32, "string": _STRING}
@@ -591,45 +593,6 @@ class _Reader:
                 self.conn.close()
 
 
-CHECKPOINT_EVERY = 0.05  # seconds between checkpoints of the store's WAL while small writes go on
-
-
-class _Checkpointer:
-    """Copies the WAL of the store at ``path`` back into the file (a passive checkpoint: never waits for a
-    reader or the writer) every ``CHECKPOINT_EVERY`` seconds after a small write, on a thread of its own and a
-    connection of its own, opened for each checkpoint (so a store file replaced meanwhile is simply the file
-    checkpointed next). A failed checkpoint is retried at the next tick; a store left alone checkpoints itself
-    when its last connection closes."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._dirty = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="store-checkpoints", daemon=True)
-        self._thread.start()
-
-    def written(self) -> None:
-        self._dirty.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(CHECKPOINT_EVERY):
-            if not self._dirty.is_set():
-                continue
-            self._dirty.clear()
-            try:
-                conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0, isolation_level=None)
-                try:
-                    conn.execute("pragma wal_checkpoint(passive)")
-                finally:
-                    conn.close()
-            except sqlite3.Error:
-                self._dirty.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 class OnlineStore:
     """Feast's online store of a generated repo (``feature_repo/``), for Trellis' reads and bulk writes."""
 
@@ -651,7 +614,7 @@ class OnlineStore:
         self._write_lock = threading.Lock()
         self._write_conn: sqlite3.Connection | None = None  # small writes (``apply``), on the file ``_write_identity``
         self._write_identity: tuple[int, int] | None = None
-        self._checkpoints: _Checkpointer | None = None  # started with the small-write connection
+        self._checkpoints: Checkpointer | None = None  # started with the small-write connection
         self._feast: Any = None  # FeatureStore, loaded on first use of Feast's interface
 
     def table(self, view: str) -> str:
@@ -980,7 +943,7 @@ class OnlineStore:
             # A write reads the tails it changes on this connection (``merge``): pages it wrote stay cached here.
             conn.execute(f"pragma cache_size=-{READER_CACHE_KIB}")
             if self._checkpoints is None:
-                self._checkpoints = _Checkpointer(self.path)
+                self._checkpoints = Checkpointer(self.path, "store-checkpoints")
             self._write_conn = conn
         return conn
 
