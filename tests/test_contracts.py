@@ -526,3 +526,94 @@ def test_the_source_contract_names_its_checks(project_copy):
         ("greater_than_or_equal_to", "greater_than_or_equal_to(0.0)"),
         ("less_than_or_equal_to", "less_than_or_equal_to(100000.0)"),
         ("scale", "a multiple of 0.01 (scale 2)")]
+
+
+def test_a_missing_column_is_named_alone_when_later_columns_hold_text(warehouse, project_copy):
+    """A table without terminal_id is refused for that column only: the text of a later timestamp column is still
+    read first (one bad value is a row's reason, not a failure of the whole table)."""
+    warehouse.execute("alter table raw.transactions drop column terminal_id")
+    warehouse.execute("alter table raw.transactions add column seen_at varchar default '2018-04-01T00:00:00'")
+    warehouse.execute("update raw.transactions set seen_at = 'soon' where transaction_id = 3")
+    definition = project_copy / "definitions/sources/transactions.yaml"
+    lines = definition.read_text().splitlines(keepends=True)
+    definition.write_text("".join(line for line in lines if not line.startswith("simulated:"))
+                          + "  seen_at: {type: timestamp, checks: {not_null: false}}\n")
+    project = load_project(project_copy)
+    with pytest.raises(ContractViolation) as caught:
+        ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert str(caught.value) == ("source 'transactions' (raw.transactions) does not match its definition: "
+                                 "source transactions: column_in_dataframe (terminal_id)")
+
+
+def test_csv_timestamps_in_any_iso_form_become_naive_utc(warehouse, project_copy):
+    """ISO 8601 text in its several forms (a space or a T, an offset, a Z, a date alone) in one CSV column is read
+    row by row as naive UTC; text that is no timestamp is that row's reason."""
+    texts = {3: "2018-04-01 05:00:00", 4: "2018-04-01T06:00:00+02:00", 5: "2018-04-01T07:30:00Z",
+             6: "2018-04-02", 7: "soon"}
+    warehouse.execute("create table raw.texts as select * replace (cast(tx_datetime as varchar) as tx_datetime) "
+                      "from raw.transactions")
+    for key, text in texts.items():
+        warehouse.execute("update raw.texts set tx_datetime = ? where transaction_id = ?", [text, key])
+    warehouse.execute(f"copy raw.texts to '{project_copy / 'tx.csv'}' (format csv)")
+    as_file_source(project_copy / "definitions/sources/transactions.yaml", "table: raw.transactions", "path: tx.csv")
+    project = load_project(project_copy)
+    ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert warehouse.sql("select transaction_id, tx_datetime from validated.transactions where transaction_id "
+                         "between 3 and 7 order by 1").fetchall() == [
+        (3, datetime(2018, 4, 1, 5)), (4, datetime(2018, 4, 1, 4)), (5, datetime(2018, 4, 1, 7, 30)),
+        (6, datetime(2018, 4, 2))]
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions").fetchall() == [
+        (7, "tx_datetime: not a timestamp (got soon)")]
+
+
+def test_csv_reasons_found_before_the_checks_are_joined_per_row(warehouse, project_copy):
+    """A CSV row with a fractional int32 (1.5 would become 1, a valid scenario) and text in a number column has
+    both reasons, in the order of the columns."""
+    warehouse.execute("create table raw.texts as select * replace (cast(tx_fraud_scenario as double) as "
+                      "tx_fraud_scenario, cast(terminal_id as varchar) as terminal_id) from raw.fraud_labels")
+    warehouse.execute("update raw.texts set tx_fraud_scenario = 1.5, terminal_id = 'n/a' where transaction_id = 3")
+    warehouse.execute("update raw.texts set tx_fraud_scenario = 2.5 where transaction_id = 4")
+    warehouse.execute(f"copy raw.texts to '{project_copy / 'labels.csv'}' (format csv)")
+    as_file_source(project_copy / "definitions/sources/fraud_labels.yaml", "table: raw.fraud_labels",
+                   "path: labels.csv")
+    project = load_project(project_copy)
+    ingest(warehouse, project, project.sources["fraud_labels"], now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.fraud_labels order by 1").fetchall() == [
+        (3, "terminal_id: not a number (got n/a); tx_fraud_scenario: not an integer (got 1.5)"),
+        (4, "tx_fraud_scenario: not an integer (got 2.5)")]
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("9999-12-31 00:00:00", "more than max_future 5m past the clock (after 2026-01-01 00:05:00)"),
+    ("0001-01-01 00:00:00", "before not_before 2000-01-01 00:00:00"),
+])
+def test_a_time_nanoseconds_cannot_hold_is_a_row_reason_naming_the_bound(warehouse, project_copy, value, reason):
+    """Pandas holds nanoseconds from 1677 to 2262: a time outside is quarantined before the contract's coercion
+    (which would fail the whole column), with the bound of the source that it breaks."""
+    project = load_project(project_copy)
+    warehouse.execute("update raw.transactions set tx_datetime = ? where transaction_id = 3", [value])
+    ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions").fetchall() == [
+        (3, f"tx_datetime: {reason} (got {value})")]
+
+
+def test_without_time_bounds_nanoseconds_are_the_only_range(warehouse, project_copy):
+    """A source declaring neither not_before nor max_future takes any time pandas can hold, the last microsecond
+    of 2262-04-11 included; a time outside is quarantined naming that range."""
+    definition = project_copy / "definitions/sources/transactions.yaml"
+    lines = definition.read_text().splitlines(keepends=True)
+    definition.write_text("".join(line for line in lines if not line.startswith(("not_before:", "max_future:"))))
+    project = load_project(project_copy)
+    source = project.sources["transactions"]
+    assert (source.not_before, source.max_future) == (None, None)
+    values = {3: "9999-12-31 00:00:00", 4: "0001-01-01 00:00:00", 5: "2262-04-11 23:47:16.854775",
+              6: "1677-09-22 00:00:00"}
+    for key, value in values.items():
+        warehouse.execute("update raw.transactions set tx_datetime = ? where transaction_id = ?", [value, key])
+    ingest(warehouse, project, source, now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
+        (3, "tx_datetime: outside 1677-09-21 to 2262-04-11 (got 9999-12-31 00:00:00)"),
+        (4, "tx_datetime: outside 1677-09-21 to 2262-04-11 (got 0001-01-01 00:00:00)")]
+    assert warehouse.sql("select cast(tx_datetime as varchar) from validated.transactions where transaction_id "
+                         "in (5, 6) order by 1").fetchall() == [("1677-09-22 00:00:00",),
+                                                              ("2262-04-11 23:47:16.854775",)]
