@@ -46,8 +46,9 @@ def run(scale: float = 1.0, n_days: int = 183) -> int:
     if pipeline.scores is not None:
         for event in pipeline.scores.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
-            rows = mat.metadata["dagster/row_count"].value
-            print(f"  {mat.asset_key.to_user_string():28s} {rows:>12,} rows  (partition {pipeline.score_day})")
+            rows = mat.metadata.get("dagster/row_count")
+            print(f"  {mat.asset_key.to_user_string():28s} {'' if rows is None else f'{rows.value:>12,} rows'}  "
+                  f"(partition {pipeline.score_day})")
     print_evaluations(result)
     print_parity(result)
     checks = list(result.get_asset_check_evaluations())

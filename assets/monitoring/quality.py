@@ -53,6 +53,7 @@ def _quality_asset(model_name: str) -> dg.AssetsDefinition:
             replace_partition(con, quality_table_name(model_name), pd.DataFrame([row]), day)
         ap = row.get("average_precision")
         yield dg.MaterializeResult(metadata={
+            "dagster/row_count": dg.MetadataValue.int(1),
             "matured_share": dg.MetadataValue.float(float(row["matured_share"])),
             "positives": dg.MetadataValue.int(row["positives"]),
             "average_precision": dg.MetadataValue.float(float("nan") if ap is None else float(ap)),
