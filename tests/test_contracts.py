@@ -10,7 +10,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from trellis.contracts import ContractViolation, feature_schema, ingest, source_schema
+from trellis.contracts import ContractViolation, feature_schema, ingest, ingest_all, source_schema
 from trellis.simulate import SimulationConfig, simulate, write_duckdb
 from trellis.spec import load_project
 
@@ -568,11 +568,12 @@ def test_csv_timestamps_in_any_iso_form_become_naive_utc(warehouse, project_copy
 
 def test_csv_reasons_found_before_the_checks_are_joined_per_row(warehouse, project_copy):
     """A CSV row with a fractional int32 (1.5 would become 1, a valid scenario) and text in a number column has
-    both reasons, in the order of the columns."""
+    both reasons, in the order of the columns; a row with a value that does not read is not checked further."""
     warehouse.execute("create table raw.texts as select * replace (cast(tx_fraud_scenario as double) as "
                       "tx_fraud_scenario, cast(terminal_id as varchar) as terminal_id) from raw.fraud_labels")
     warehouse.execute("update raw.texts set tx_fraud_scenario = 1.5, terminal_id = 'n/a' where transaction_id = 3")
     warehouse.execute("update raw.texts set tx_fraud_scenario = 2.5 where transaction_id = 4")
+    warehouse.execute("update raw.texts set terminal_id = 'n/a', tx_fraud = 5 where transaction_id = 5")
     warehouse.execute(f"copy raw.texts to '{project_copy / 'labels.csv'}' (format csv)")
     as_file_source(project_copy / "definitions/sources/fraud_labels.yaml", "table: raw.fraud_labels",
                    "path: labels.csv")
@@ -580,7 +581,8 @@ def test_csv_reasons_found_before_the_checks_are_joined_per_row(warehouse, proje
     ingest(warehouse, project, project.sources["fraud_labels"], now=NOW)
     assert warehouse.sql("select transaction_id, _reason from quarantine.fraud_labels order by 1").fetchall() == [
         (3, "terminal_id: not a number (got n/a); tx_fraud_scenario: not an integer (got 1.5)"),
-        (4, "tx_fraud_scenario: not an integer (got 2.5)")]
+        (4, "tx_fraud_scenario: not an integer (got 2.5)"),
+        (5, "terminal_id: not a number (got n/a)")]
 
 
 @pytest.mark.parametrize(("value", "reason"), [
@@ -617,3 +619,72 @@ def test_without_time_bounds_nanoseconds_are_the_only_range(warehouse, project_c
     assert warehouse.sql("select cast(tx_datetime as varchar) from validated.transactions where transaction_id "
                          "in (5, 6) order by 1").fetchall() == [("1677-09-22 00:00:00",),
                                                               ("2262-04-11 23:47:16.854775",)]
+
+
+def test_a_time_zone_aware_table_column_is_read_as_naive_utc(warehouse, project_copy):
+    """A DuckDB table whose event time is TIMESTAMP WITH TIME ZONE (the column reads as tz-aware datetimes) is
+    accepted, its times written as naive UTC."""
+    project = load_project(project_copy)
+    expected = warehouse.sql("select transaction_id, tx_datetime from raw.transactions order by 1").fetchall()
+    warehouse.execute("set TimeZone = 'UTC'")
+    warehouse.execute("alter table raw.transactions alter tx_datetime type timestamptz")
+    warehouse.execute("set TimeZone = 'America/New_York'")
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert result.rows_quarantined == 0
+    assert warehouse.sql("select transaction_id, tx_datetime from validated.transactions order by 1").fetchall() \
+        == expected
+
+
+def test_a_time_at_an_early_not_before_that_nanoseconds_cannot_hold_names_that_range(warehouse, project_copy):
+    """not_before is inclusive: at a not_before earlier than 1677, a time exactly there passes it, and is
+    quarantined for the range pandas can hold."""
+    definition = project_copy / "definitions/sources/transactions.yaml"
+    definition.write_text(definition.read_text().replace('not_before: "2000-01-01"', 'not_before: "1600-01-01"'))
+    project = load_project(project_copy)
+    warehouse.execute("update raw.transactions set tx_datetime = '1600-01-01' where transaction_id = 3")
+    warehouse.execute("update raw.transactions set tx_datetime = '1599-12-31' where transaction_id = 4")
+    ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
+        (3, "tx_datetime: outside 1677-09-21 to 2262-04-11 (got 1600-01-01 00:00:00)"),
+        (4, "tx_datetime: before not_before 1600-01-01 00:00:00 (got 1599-12-31 00:00:00)")]
+
+
+def test_a_typed_table_with_several_wrong_columns_names_each_and_the_table(warehouse, project_copy):
+    project = load_project(project_copy)
+    warehouse.execute("alter table raw.transactions alter tx_amount type varchar")
+    warehouse.execute("alter table raw.transactions alter terminal_id type boolean using terminal_id > 5")
+    with pytest.raises(ContractViolation) as caught:
+        ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert str(caught.value) == (
+        "source 'transactions' (raw.transactions) does not match its definition: terminal_id is BOOLEAN, the "
+        "definition declares int64; tx_amount is VARCHAR, the definition declares float64")
+
+
+def test_on_violation_fail_names_the_count_and_the_first_five_reasons(warehouse, project_copy):
+    path = project_copy / "definitions/sources/transactions.yaml"
+    path.write_text(path.read_text().replace("on_violation: quarantine", "on_violation: fail"))
+    project = load_project(project_copy)
+    rows = warehouse.sql("select count(*) from raw.transactions").fetchone()[0]
+    warehouse.execute("update raw.transactions set tx_amount = -transaction_id where transaction_id between 1 and 6")
+    with pytest.raises(ContractViolation) as caught:
+        ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    first = "; ".join(f"tx_amount: greater_than_or_equal_to(0.0) (got -{i}.0)" for i in range(1, 6))
+    assert str(caught.value) == (f"source 'transactions': 6 of {rows} rows break the contract (on_violation: fail). "
+                                 f"First: {first}")
+    assert "validated" not in warehouse.sql("select schema_name from information_schema.schemata").df().values
+
+
+def test_a_failed_write_rolls_back_every_source_and_raises_its_own_error(warehouse, project_copy):
+    """ingest_all writes every source in one transaction: when DuckDB refuses the last table (a view stands
+    where quarantine.transactions goes), the labels already written are rolled back, DuckDB's error is the one
+    raised, and the caller's connection is usable again."""
+    project = load_project(project_copy)
+    warehouse.execute("create schema quarantine")
+    warehouse.execute("create view quarantine.transactions as select 1 as x")
+    with pytest.raises(duckdb.CatalogException, match="quarantine.transactions|transactions"):
+        ingest_all(warehouse, project, [project.sources["fraud_labels"], project.sources["transactions"]], now=NOW)
+    tables = warehouse.sql("select table_schema || '.' || table_name from information_schema.tables "
+                           "where table_schema <> 'raw'").fetchall()
+    assert tables == [("quarantine.transactions",)]
+    warehouse.execute("begin transaction")  # no transaction left open
+    warehouse.execute("commit")

@@ -551,3 +551,29 @@ def test_the_templates_commented_example_of_a_label_on_the_row_validates(tmp_pat
         "7d",
     )
     assert labels.columns["tx_fraud"].from_ == "TX_FRAUD"
+
+
+def test_the_staged_postgresql_copy_is_dropped_from_the_callers_connection(tmp_path: Path, postgres_db: str,
+                                                                          monkeypatch):
+    """ingest stages a PostgreSQL table as a temporary table of the caller's connection; once written, the copy is
+    dropped there (a caller that keeps its connection open does not keep the rows twice), and a source's staged
+    copy serves the sources derived from it in the same ingest_all."""
+    import psycopg
+
+    from trellis.contracts import ingest_all
+
+    rows = simulated_rows(days=3)
+    with psycopg.connect(postgres_db) as con:
+        con.execute('create schema shop; create table shop.tx ("TRANSACTION_ID" bigint, "TX_DATETIME" timestamp, '
+                    '"CUSTOMER_ID" integer, "TERMINAL_ID" bigint, "TX_AMOUNT" numeric(12, 2), "TX_FRAUD" smallint)')
+        with con.cursor().copy('copy shop.tx from stdin') as copy:
+            for row in rows.itertuples(index=False):
+                copy.write_row(row)
+    root = new_project(tmp_path / "mine", "postgres: {table: shop.tx, dsn_env: SHOP_DSN}")
+    monkeypatch.setenv("SHOP_DSN", postgres_db)
+    project = load_project(root)
+    staged = "select count(*) from duckdb_tables() where table_name like '__postgres_%'"
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        results = ingest_all(con, project, [project.sources["transactions"], project.sources["fraud_labels"]])
+        assert [(r.rows_in, r.rows_accepted) for r in results] == [(len(rows), len(rows))] * 2
+        assert con.sql(staged).fetchone() == (0,)
