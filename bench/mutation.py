@@ -3,8 +3,8 @@
 mutmut 3 (configured in pyproject.toml, [tool.mutmut]) copies the sources into mutants/, makes every small change
 it knows to each function of these modules (a `<` for a `<=`, a constant off by one, an argument dropped), and
 runs, for each mutant, the fast tests (not marked slow) that call the mutated function. A mutant is *killed*
-when a test fails, *survives* when every test passes. Results are kept in mutants/, so a second run only tests
-what changed.
+when a test fails, *survives* when every test passes. Results are kept in mutants/ (with the traced tests, so a
+second run skips the stats collection for the tests it has seen).
 
 This script runs mutmut on the chosen modules and writes bench/results/mutation.md: per module the mutants,
 killed, survived (with each survivor's diff), equivalent and the kill rate over the non-equivalent mutants.

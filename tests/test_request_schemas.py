@@ -88,7 +88,7 @@ REFUSED = [
     ("level", -4), ("level", 8), ("id", -1),
     ("n64", 1.5), ("n64", True), ("n64", "5"), ("n32", 5.0), ("n32", None),
     ("amount", -0.01), ("amount", 1000.01), ("amount", 12.345), ("amount", True), ("amount", "12.34"),
-    ("amount", float("nan")), ("amount", float("inf")), ("ratio", 1.01),
+    ("amount", float("nan")), ("amount", float("inf")), ("ratio", 1.01), ("ratio", float("-inf")),
     ("flag", 1), ("flag", "true"), ("name", "x" * 1001), ("name", 5),
     ("code", 2), ("code", True), ("code", 1.0), ("code", "1"), ("code64", 8), ("code64", True), ("code64", "7"),
     ("day", "2024-01-02"), ("day", True), ("kind_of", "c"), ("kind_of", 1),
@@ -250,3 +250,85 @@ def test_a_request_timestamp_other_than_the_event_time_is_checked_like_it() -> N
                     "card_issued_at")["type"] == "time_not_before"
     later = (_now() + timedelta(minutes=6)).isoformat()
     assert _refused(request, {**valid, "card_issued_at": later}, "card_issued_at")["type"] == "time_max_future"
+
+
+def test_the_models_describe_themselves_in_the_openapi_document(row: type[BaseModel]) -> None:
+    """The generated models carry their description: the OpenAPI document shows it for the bodies."""
+    assert row.model_json_schema()["description"] == "A row of source card_events."
+    project = load_project(REPO)
+    request = score_request_model(project, project.models["card_fraud"], MAX_FUTURE)
+    assert request.model_json_schema()["description"] == (
+        "A transaction to score with model card_fraud. A missing or unknown entity key gets the group's declared "
+        "defaults, flagged in the response's 'defaults'.")
+
+
+def test_times_are_utc_whatever_the_machine_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine five hours behind UTC: a naive time is UTC (not the machine's wall clock), an offset is
+    converted to UTC, and max_future counts from the UTC clock."""
+    import time
+
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    try:
+        row = source_row_model(SOURCE, MAX_FUTURE)
+        parsed = row.model_validate({**VALID, "ts": "2024-01-01T00:00:00", "known_at": "2024-01-01T03:00:00+02:00"})
+        recent = (_now() - timedelta(minutes=1)).isoformat()
+        recent_errors = _errors(row, {**VALID, "ts": recent, "known_at": recent})
+        ahead = (_now() + timedelta(hours=2)).isoformat()
+        ahead_errors = _errors(row, {**VALID, "ts": ahead, "known_at": ahead})
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert (parsed.ts, parsed.known_at) == (datetime(2024, 1, 1), datetime(2024, 1, 1, 1))
+    assert recent_errors == []
+    assert {e["type"] for e in ahead_errors} == {"time_max_future"}
+
+
+def test_max_future_is_inclusive_as_at_ingestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The latest time allowed is the clock plus max_future, included (ingestion's contract checks <= too): with
+    the clock held still, exactly that time passes and a microsecond later is refused."""
+    import serving.schemas
+
+    clock = datetime(2024, 6, 1, 12, 0, 0)
+
+    class Still(datetime):
+        @classmethod
+        def now(cls, tz=None):  # noqa: ANN001, ANN206
+            return clock.replace(tzinfo=UTC).astimezone(tz) if tz is not None else clock
+
+    row = source_row_model(SOURCE, MAX_FUTURE)  # built first: its timestamp fields are of the real datetime
+    monkeypatch.setattr(serving.schemas, "datetime", Still)  # the clock the time check reads
+    edge = clock + timedelta(minutes=5)
+    assert _errors(row, {**VALID, "ts": edge.isoformat(), "known_at": edge.isoformat()}) == []
+    past = (edge + timedelta(microseconds=1)).isoformat()
+    assert _refused(row, {**VALID, "ts": edge.isoformat(), "known_at": past}, "known_at")["type"] == "time_max_future"
+
+
+def test_a_decision_override_column_is_an_optional_field_with_its_column_checks() -> None:
+    """A spine column that only a decision override names (a partner) becomes an optional request field with its
+    column's type and checks: a partner of another type or out of range is a 422, as at ingestion."""
+    from trellis.spec import Column, DecisionOverride
+
+    project = load_project(REPO)
+    spine = project.sources["transactions"]
+    partner = Column.model_validate({"type": "int32", "checks": {"ge": 1, "le": 99}})
+    project.sources["transactions"] = spine.model_copy(update={"columns": {**spine.columns, "partner_id": partner}})
+    model = project.models["card_fraud"]
+    override = DecisionOverride.model_validate({"when": {"partner_id": 7}, "bands": [{"decision": "approve"}]})
+    model = model.model_copy(update={"decision": model.decision.model_copy(update={"overrides": [override]})})
+    request = score_request_model(project, model, MAX_FUTURE)
+    valid = {"tx_datetime": "2024-01-01T00:00:00", "tx_amount": 10.5}
+    assert request.model_validate(valid).partner_id is None
+    assert request.model_validate({**valid, "partner_id": 7}).partner_id == 7
+    for value in (0, 100, "7", 7.5, True):
+        _refused(request, {**valid, "partner_id": value}, "partner_id")
+
+
+def test_a_spine_without_max_future_takes_the_service_setting_for_scoring() -> None:
+    project = load_project(REPO)
+    project.sources["transactions"] = project.sources["transactions"].model_copy(update={"max_future": None})
+    request = score_request_model(project, project.models["card_fraud"], MAX_FUTURE)
+    inside, outside = _now() + MAX_FUTURE - timedelta(minutes=1), _now() + MAX_FUTURE + timedelta(minutes=1)
+    assert request.model_validate({"tx_datetime": inside.isoformat(), "tx_amount": 1.0}).tx_datetime == inside
+    error = _refused(request, {"tx_datetime": outside.isoformat(), "tx_amount": 1.0}, "tx_datetime")
+    assert error["msg"] == f"{outside.isoformat()} is more than 3600s in the future (max_future)"
