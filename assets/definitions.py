@@ -12,6 +12,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from assets.evaluation.assets import evaluation_assets
+from assets.experiments.assets import readout_assets
 from assets.features.assets import contract_checks, dbt_project, feature_dbt_assets
 from assets.monitoring.assets import decisions, parity_assets
 from assets.monitoring.drift import drift_assets, drift_sensors
@@ -31,7 +32,7 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[*simulation_assets(), *source_assets(), feature_dbt_assets(), feast_registry, online_materialized,
                 *training_set_assets(), *model_assets(), *evaluation_assets(), *scoring_assets(), *parity_assets(),
-                *drift_assets(), *quality_assets(), decisions],
+                *drift_assets(), *quality_assets(), decisions, *readout_assets()],
         asset_checks=[*contract_checks(), *model_checks()],
         sensors=[*retrain_sensors(), *drift_sensors()],
         schedules=scoring_schedules(),

@@ -99,6 +99,7 @@ customer_spending_state = FeatureView(
     schema=[
         Field(name='customer_id', dtype=Int64),
         Field(name='state', dtype=Bytes),
+        Field(name='state_delta', dtype=Bytes),
     ],
     source=customer_spending_state_source,
     online=True,
@@ -200,6 +201,7 @@ device_sharing_state = FeatureView(
     schema=[
         Field(name='device_id', dtype=Int64),
         Field(name='state', dtype=Bytes),
+        Field(name='state_delta', dtype=Bytes),
     ],
     source=device_sharing_state_source,
     online=True,
@@ -282,6 +284,7 @@ terminal_risk_state = FeatureView(
     schema=[
         Field(name='terminal_id', dtype=Int64),
         Field(name='state', dtype=Bytes),
+        Field(name='state_delta', dtype=Bytes),
     ],
     source=terminal_risk_state_source,
     online=True,

@@ -19,9 +19,11 @@ hop for a blocking route) cost about as much CPU as the scoring or the write its
 
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import math
+import queue
 import threading
 import time
 import uuid
@@ -54,6 +56,7 @@ from serving.schemas import (
 from serving.settings import Settings
 from trellis.decisionlog import DecisionLog, DecisionLogUnavailable
 from trellis.flags import FLAGS_FILE, NO_FLAGS, Assignment, Flags, ServedModels
+from trellis.guardrails import CanaryGuard, Verdict
 from trellis.online.eventlog import LogConflict, LogUnavailable
 from trellis.online.state import StateError
 from trellis.online.store import StoreUnavailable
@@ -165,6 +168,8 @@ class Metrics:
                                 registry=self.registry)
         self.decisions = Counter("trellis_decisions", "Scoring decisions by model version.",
                                  ["decision", "model", "version"], registry=self.registry)
+        self.shadow_dropped = Counter("trellis_shadow_dropped", "Answers whose shadow scoring was dropped: the "
+                                                                "shadow queue was full.", registry=self.registry)
 
 
 class MetricsMiddleware:
@@ -343,8 +348,8 @@ class LeanPath:
                     counter = self.requests[path, status] = self.metrics.requests.labels(path, str(status))
                 counter.inc()
         shadows = scope.pop("trellis.shadows", None)
-        if shadows:  # the answer is sent and measured: shadow versions cost neither its bytes nor its latency
-            self.app.state.service.run_shadows(shadows)
+        if shadows:  # the answer is sent and measured: handed to the shadow thread, never waited for
+            self.app.state.service.submit_shadows(shadows)
 
 
 async def logged(service: "Service", scored: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]
@@ -408,7 +413,7 @@ class ScoringApp(FastAPI):
 class Service:
     """What the lifespan opens: the store, the online features, the scorer and the alias watcher."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
         from trellis.online.eventlog import open_log
         from trellis.online.service import OnlineFeatures
         from trellis.online.store import OnlineStore
@@ -431,6 +436,8 @@ class Service:
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.shadow_worker = ShadowWorker(self.run_shadows, settings.shadow_queue_size,
+                                          None if metrics is None else metrics.shadow_dropped)
         self.flags: Flags | None = None
         flags = settings.flags or Path(settings.project) / FLAGS_FILE
         if settings.flags is not None or flags.is_file():
@@ -440,6 +447,11 @@ class Service:
                                models=ServedModels(self._resolve_alias, self._load_version),
                                default_ref=f"alias:{settings.alias}", fallback=lambda: self.scorer._model,
                                poll_ms=settings.flags_poll_ms)
+        self.guard: CanaryGuard | None = None  # judges a canary the flags run (trellis.guardrails)
+        self.guard_status: str | None = None
+        if self.flags is not None and self.decisions is not None:
+            self.guard = CanaryGuard(self.scorer.definition, flags, self.paths.rollback_log,
+                                     self.decisions.path)
 
     def open_decision_log(self) -> None:
         """Open the decision log (when enabled and not open yet); a failure is kept as ``decision_error``, which
@@ -472,9 +484,13 @@ class Service:
         alias answers, nothing in shadow)."""
         return NO_FLAGS if self.flags is None else self.flags.assign(request)
 
+    def submit_shadows(self, jobs: Sequence[Any]) -> None:
+        """``jobs`` (``run_shadows``') handed to the shadow thread; dropped and counted when its queue is full."""
+        self.shadow_worker.submit(jobs)
+
     def run_shadows(self, jobs: Sequence[tuple[Sequence[Any], Mapping[str, Any], Mapping[str, Any],
                                                Mapping[str, Any]]]) -> None:
-        """Shadow scoring, after the answers have left: each job (shadow versions, the inputs the answer used, the
+        """Shadow scoring (on the shadow thread, ``ShadowWorker``), after the answers have left: each job (shadow versions, the inputs the answer used, the
         request, its decision record) scored per version on the same inputs and logged beside the answer, as a
         record with ``role: shadow``, ``of`` the answer's request id and request id ``<of>/shadow/<version>``.
         Nothing here reaches an answer: a failure is logged, never raised."""
@@ -501,6 +517,21 @@ class Service:
                 decisions.submit(records).add_done_callback(_shadow_logged)
         except DecisionLogUnavailable as exc:
             log.warning("%d shadow scores not logged: %s", len(records), exc)
+
+    def check_guardrails(self) -> Verdict | None:
+        """The canary judged against its guardrails, rolled back on a breach; a new outcome is logged once."""
+        if self.guard is None:
+            return None
+        try:
+            verdict = self.guard.check()
+            line = verdict.line()
+        except Exception as exc:  # the flags file unreadable or changing: judged again next time
+            verdict, line = None, f"guardrails not judged: {type(exc).__name__}: {exc}"
+        status = verdict.status if verdict is not None else line
+        if status != self.guard_status:
+            log.info("guardrails: %s", line)
+            self.guard_status = status
+        return verdict
 
     def _resolve_alias(self, alias: str) -> str:
         from trellis.registry import alias_version
@@ -556,6 +587,7 @@ class Service:
                 "error": "; ".join(errors) or None}
 
     def start(self) -> None:
+        self.shadow_worker.start()
         self.reload()
         if self.flags is not None:  # loads the versions the flags name, here, before the first request
             self.flags.start()
@@ -566,6 +598,10 @@ class Service:
             self._threads.append(threading.Thread(target=self._every, args=(self.settings.alias_poll_seconds,
                                                                            self.reload), name="alias-watcher",
                                                   daemon=True))
+        if self.guard is not None and self.settings.guardrails_seconds > 0:
+            self._threads.append(threading.Thread(target=self._every, args=(self.settings.guardrails_seconds,
+                                                                           self.check_guardrails),
+                                                  name="canary-guardrails", daemon=True))
         if self.settings.catch_up_seconds > 0:
             self._threads.append(threading.Thread(target=self._every, args=(self.settings.catch_up_seconds,
                                                                            self.catch_up), name="log-catch-up",
@@ -607,6 +643,7 @@ class Service:
         self._stop.set()
         for thread in getattr(self, "_threads", []):
             thread.join(timeout=5)
+        self.shadow_worker.stop()  # the shadow jobs queued are scored and logged before the log closes
         if self.flags is not None:
             self.flags.stop()
         self.online.close()  # the requests already submitted are answered first
@@ -614,6 +651,61 @@ class Service:
         self.log.close()
         if self.decisions is not None:
             self.decisions.close()
+
+
+class ShadowWorker:
+    """Shadow scoring off the event loop: one daemon thread takes the jobs from a bounded queue, in order. A job
+    that finds the queue full is dropped and counted (``trellis_shadow_dropped_total``): shadow scoring never
+    delays or fails an answer, whatever the shadow versions cost."""
+
+    def __init__(self, run: Any, capacity: int, dropped: Any = None):
+        self._run, self._dropped = run, dropped
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="shadow-scoring", daemon=True)
+            self._thread.start()
+
+    def submit(self, jobs: Sequence[Any]) -> bool:
+        try:
+            self._queue.put_nowait(jobs)
+            return True
+        except queue.Full:
+            self.dropped += len(jobs)
+            if self._dropped is not None:
+                self._dropped.inc(len(jobs))
+            return False
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._queue.get()
+            try:
+                if jobs is None:
+                    return
+                self._run(jobs)
+            except Exception as exc:  # run_shadows logs its own failures; this is the last guard of the thread
+                log.warning("shadow scoring failed: %s: %s", type(exc).__name__, exc)
+            finally:
+                self._queue.task_done()
+
+    def join(self) -> None:
+        """Until every job queued so far is done (tests; ``stop``)."""
+        self._queue.join()
+
+    def stop(self, timeout: float = 10) -> None:
+        """The jobs queued are done, then the thread ends (waits at most ``timeout`` seconds)."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.warning("shadow scoring: queue still full after %ss; %d jobs not scored", timeout,
+                        self._queue.qsize())
+        self._thread.join(timeout=timeout)
+        self._thread = None
 
 
 def _shadow_logged(future: Any) -> None:
@@ -675,7 +767,7 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = Service(settings)
+        service = Service(settings, metrics)
         service.start()
         # Everything loaded so far (the libraries, the model, the definitions: millions of objects) lives as
         # long as the process: out of the collector's sight, a full collection no longer walks it. Without this,
@@ -729,8 +821,19 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         started = time.perf_counter_ns()
         assignment = service.assign(body)
         request_id = uuid.uuid4().hex
-        answer, inputs = service.scorer.scored(body, explain=explain, with_features=include_features,
-                                               model=assignment.model)
+        try:
+            answer, inputs = service.scorer.scored(body, explain=explain, with_features=include_features,
+                                                   model=assignment.model)
+        except (StoreUnavailable, ModelNotLoaded, StateError):
+            raise
+        except Exception as exc:
+            if assignment.model is None:
+                raise
+            # The version the flags chose failed (a broken canary): the service's own version answers, and the
+            # rollout says so (an error of that arm, which the canary's error-rate guardrail counts).
+            answer, inputs = service.scorer.scored(body, explain=explain, with_features=include_features)
+            assignment = dataclasses.replace(assignment, shadows=(), rollout={
+                **assignment.rollout, "reason": "ERROR", "error": f"scoring: {type(exc).__name__}"})
         result = {"request_id": request_id, **answer, "rollout": assignment.rollout}
         record = None if service.decisions is None else \
             service.decision_record(result, body, (time.perf_counter_ns() - started) // 1000, assignment)
@@ -759,7 +862,7 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         try:
             (result,) = await logged(service, [score_one(service, body.model_dump(), include_features, explain,
                                                          shadows)])
-            return ORJSON(result, background=BackgroundTask(service.run_shadows, shadows) if shadows else None)
+            return ORJSON(result, background=BackgroundTask(service.submit_shadows, shadows) if shadows else None)
         except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return _unavailable(str(exc))
         except StateError as exc:
@@ -773,7 +876,7 @@ def create_app(settings: Settings | None = None) -> ScoringApp:
         try:
             scored = [score_one(service, item.model_dump(), shadows=shadows) for item in body]
             return ORJSON({"results": await logged(service, scored)},
-                          background=BackgroundTask(service.run_shadows, shadows) if shadows else None)
+                          background=BackgroundTask(service.submit_shadows, shadows) if shadows else None)
         except (StoreUnavailable, ModelNotLoaded, DecisionLogUnavailable) as exc:
             return _unavailable(str(exc))
         except StateError as exc:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
                                                  "<project>/flags/flags.flagd.json when it exists; without one the "
                                                  "alias serves every request.")
     flags_poll_ms: int = Field(500, ge=50, description="How often the flags file is checked for a change.")
+    shadow_queue_size: int = Field(1024, ge=1, description="Answers waiting for shadow scoring at most (one thread "
+                                                           "scores them); past it, dropped and counted in "
+                                                           "trellis_shadow_dropped_total.")
+    guardrails_seconds: float = Field(10.0, ge=0, description="How often a running canary is judged against its "
+                                                              "model's guardrails (trellis.guardrails) and rolled "
+                                                              "back on a breach; 0: never.")
     max_batch: int = Field(1000, ge=1, description="Largest /v1/score/batch or /v1/events batch.")
     max_future_seconds: float = Field(300.0, ge=0, description="How far ahead of the clock a time may be.")
     top_k: int = Field(3, ge=1, description="Reason codes per response.")

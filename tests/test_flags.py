@@ -325,6 +325,7 @@ def test_shadow_scoring_starts_after_the_answer_has_left(two_versions) -> None:
     for lean in (True, False):
         with TestClient(create_app(settings.model_copy(update={"lean_path": lean}))) as client:
             client.portal.call(call, client.app)
+            client.app.state.service.shadow_worker.join()  # scored on the shadow thread
             assert seen[-1] == sum(r["role"] == "shadow" for r in records_of(root)) - 1, (lean, seen)
 
 
@@ -471,3 +472,173 @@ def test_the_reference_flags_file_is_the_generated_example_and_applies(tmp_path:
     assert shares == {"champion": 0.95, "challenger": 0.05}
     with pytest.raises(FlagsError, match="no flag of model 'other'"):
         check_flags(json.loads(text), model="other", request_fields=FIELDS)
+
+
+# --- flags in a project's copy and a new project ------------------------------------------------------------------
+
+def test_a_projects_copy_keeps_its_flags(tmp_path: Path) -> None:
+    """``copy_sources`` copies ``flags/``: a copy of the project serves what its flags say, not the alias alone."""
+    from trellis.paths import ProjectPaths
+
+    copy = ProjectPaths.of(REPO).copy_sources(tmp_path / "copy")
+    assert (copy / "flags" / "flags.flagd.json").read_text() == (REPO / "flags" / "flags.flagd.json").read_text()
+
+
+def test_init_lays_out_a_no_op_flags_file_and_the_fraud_example_its_flags(tmp_path: Path) -> None:
+    """`trellis init` writes ``flags/flags.flagd.json``: for a new project an empty document, which Trellis applies
+    as no flag (the alias serves every request, nothing refused); for the fraud example the reference flags."""
+    from trellis.scaffold import init_project
+
+    written = init_project(tmp_path / "new")
+    assert "flags/flags.flagd.json" in written
+    empty = json.loads((tmp_path / "new" / "flags" / "flags.flagd.json").read_text())
+    plan = check_flags(empty, model="any_model", request_fields=FIELDS)
+    assert (plan.model, plan.shadow, plan.refs) == (None, None, frozenset())
+    written = init_project(tmp_path / "fraud", example="fraud")
+    assert "flags/flags.flagd.json" in written
+    assert (tmp_path / "fraud" / "flags" / "flags.flagd.json").read_text() == \
+        (REPO / "flags" / "flags.flagd.json").read_text()
+
+
+def fake_models(calls: list[str] | None = None) -> Any:
+    """``ServedModels`` over a registry of any version (models without an explainer: what flags need of them)."""
+    from trellis.flags import ServedModels
+    from trellis.scorer import LoadedModel
+
+    return ServedModels(lambda alias: {"champion": "1", "challenger": "2"}[alias],
+                        lambda version: LoadedModel(MODEL, version, None, None, ()))  # type: ignore[arg-type]
+
+
+def started_flags(path: Path, poll_ms: int = 50) -> Any:
+    from trellis.flags import Flags
+
+    flags = Flags(path, MODEL, request_fields=FIELDS, models=fake_models(), default_ref="alias:champion",
+                  fallback=lambda: None, poll_ms=poll_ms)
+    flags.start()
+    return flags
+
+
+def test_an_empty_flags_document_serves_the_alias_with_no_error(tmp_path: Path) -> None:
+    path = tmp_path / "flags.flagd.json"
+    path.write_text((REPO / "trellis" / "templates" / "project" / "flags" / "flags.flagd.json").read_text())
+    flags = started_flags(path)
+    try:
+        assert flags.error is None, flags.error
+        assignment = flags.assign({"customer_id": 1})
+        assert (assignment.model, assignment.shadows, assignment.rollout["reason"]) == (None, (), "DEFAULT")
+    finally:
+        flags.stop()
+
+
+def test_a_broken_flags_file_is_logged_once_in_one_line_and_its_fix_once(tmp_path: Path, caplog) -> None:
+    """A flags file broken while served, polled every 50 ms for a second: one warning naming the file, the line and
+    the problem, no traceback (the provider's own handler logged one per poll), the last good flags still
+    serving; then fixed: one line saying so, and the new flags serve."""
+    import logging
+
+    path = tmp_path / "flags.flagd.json"
+    document = flags_document({"champion": "alias:champion", "challenger": "alias:challenger"})
+    write_flags(path, document)
+    flags = started_flags(path)
+    try:
+        assert flags.error is None and flags.assign({"customer_id": 1}).rollout["variant"] == "champion"
+        caplog.clear()
+        caplog.set_level(logging.DEBUG)
+        path.write_text('{"flags": {\n  "card_fraud.model": }\n')
+        time.sleep(1.0)
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        line = warnings[0].getMessage()
+        assert "\n" not in line and f"{path}:2: flags: not JSON" in line, line
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        assert flags.assign({"customer_id": 1}).rollout["variant"] == "champion"  # the last good flags
+        assert flags.error is not None and str(path) in flags.error
+        caplog.clear()
+        document["flags"][f"{MODEL}.model"]["defaultVariant"] = "challenger"
+        write_flags(path, document)
+        deadline = time.monotonic() + 5
+        while flags.error is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert flags.error is None
+        fixed = [r.getMessage() for r in caplog.records if r.name == "trellis.flags"]
+        assert len(fixed) == 1 and "fixed" in fixed[0] and str(path) in fixed[0], fixed
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert flags.assign({"customer_id": 1}).rollout["variant"] == "challenger"
+    finally:
+        flags.stop()
+
+
+# --- shadow scoring off the event loop ----------------------------------------------------------------------------
+
+def test_a_slow_shadow_version_does_not_delay_the_next_answer(two_versions, monkeypatch) -> None:
+    """The challenger in shadow made slow (0.4 s per shadow score): answers in a row each come at once (the shadow
+    versions are scored on the shadow thread, not on the event loop the next request waits for), and every shadow
+    record still reaches the decision log. A shadow queue of one: what does not fit is dropped and counted, and
+    no answer fails."""
+    from trellis.scorer import Scorer
+
+    root, settings, paths = two_versions
+    write_flags(root / "flags" / "flags.flagd.json", flags_document({"champion": "alias:champion"},
+                                                                    shadow=["alias:challenger"]))
+    txs = [request_of(tx) for tx in last_day_transactions(paths, 10)]
+    shadow_score = Scorer.shadow_score
+
+    def slow(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.4)
+        return shadow_score(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "shadow_score", slow)
+    for lean in (True, False):
+        for part in ("", "-wal", "-shm"):
+            (root / "data" / f"decision_log.db{part}").unlink(missing_ok=True)
+        with TestClient(create_app(settings.model_copy(update={"lean_path": lean}))) as client:
+            took = []
+            for tx in txs[:4]:
+                started = time.perf_counter()
+                assert client.post("/v1/score", json=tx).status_code == 200
+                took.append(time.perf_counter() - started)
+            assert max(took) < 0.3, (lean, took)  # a shadow score alone takes 0.4 s
+            client.app.state.service.shadow_worker.join()
+        records = records_of(root)
+        primaries = {r["request_id"] for r in records if r["role"] == "primary"}
+        assert len(primaries) == 4 and {r["of"] for r in records if r["role"] == "shadow"} == primaries, lean
+    for part in ("", "-wal", "-shm"):
+        (root / "data" / f"decision_log.db{part}").unlink(missing_ok=True)
+    with TestClient(create_app(settings.model_copy(update={"shadow_queue_size": 1}))) as client:
+        answers = [client.post("/v1/score", json=tx) for tx in txs]
+        assert {a.status_code for a in answers} == {200}
+        dropped = client.app.state.service.shadow_worker.dropped
+        assert dropped > 0, dropped
+        metrics = client.get("/metrics").text
+        assert f"trellis_shadow_dropped_total {float(dropped)}" in metrics, metrics
+    shadows = [r for r in records_of(root) if r["role"] == "shadow"]
+    assert len(shadows) == len(txs) - dropped
+
+
+def test_a_canary_that_fails_to_score_is_answered_by_the_alias_and_logged_as_an_error(two_versions) -> None:
+    """The version a request's arm names raises while scoring: the alias's version answers (200), and the answer
+    and its record say so (rollout reason ERROR, the error's type, the arm kept): the canary's error rate."""
+    root, settings, paths = two_versions
+    write_flags(root / "flags" / "flags.flagd.json", flags_document(
+        {"champion": "alias:champion", "challenger": "alias:challenger"}, [["champion", 0], ["challenger", 100]]))
+    txs = [request_of(tx) for tx in last_day_transactions(paths, 5)]
+
+    class Broken:
+        def explain_row(self, row: Any) -> Any:
+            raise RuntimeError("a broken canary")
+
+    import dataclasses
+
+    with TestClient(create_app(settings)) as client:
+        models = client.app.state.service.flags.models
+        models.snapshot = {**models.snapshot, "alias:challenger": dataclasses.replace(
+            models.snapshot["alias:challenger"], explainer=Broken())}
+        answers = [client.post("/v1/score", json=tx) for tx in txs]
+    assert {a.status_code for a in answers} == {200}
+    for answer in answers:
+        body = answer.json()
+        assert body["model"]["version"] == "1", body
+        assert body["rollout"] == {"flag": f"{MODEL}.model", "variant": "challenger", "reason": "ERROR",
+                                   "experiment": EXPERIMENT, "arm": "challenger", "error": "scoring: RuntimeError"}
+    assert {r["rollout"]["error"] for r in records_of(root)} == {"scoring: RuntimeError"}

@@ -41,7 +41,7 @@ from hypothesis import example, given, settings
 from trellis.online.materialize import materialize, tails
 from trellis.online.parity import scratch_store
 from trellis.online.service import OnlineFeatures
-from trellis.online.state import STATE_FIELD, group_spec, state_view, to_us
+from trellis.online.state import DELTA_FIELD, STATE_FIELD, group_spec, state_view, to_us
 from trellis.online.store import (
     META,
     PAGE_SIZE,
@@ -545,7 +545,8 @@ def test_materialize_writes_the_rows_feast_materialize_writes(applied: Applied, 
     for g in applied.groups:  # the state views hold the tails as of as_of, at as_of's whole second
         rows = ours[trellis_store.table(state_view(g))]
         assert {r[5] for r in rows} == {feast_event_ts(as_of)}
-        assert len(rows) == len(exported[g][0])
+        assert len(rows) == 2 * len(exported[g][0])  # a tail and an empty delta per entity
+        assert {r[2] for r in rows if r[1] == DELTA_FIELD} == {b""}
 
     # Over Feast's own rows in the store `feast apply` made (a full refresh deletes them and writes its own,
     # keeping the _ek index up to date): the same rows again, tables and indexes still exactly as Feast made them.
@@ -924,10 +925,12 @@ def test_redis_serves_the_same_values_as_sqlite(applied: Applied, redis_store: O
     # in the order asked, absent entities included, on both backends.
     wanted = [(state_view(g), sqlite_online.encoders[g](k)) for i in range(0, 40, 7)
               for g in applied.groups for k in keys[g][i:i + 1] + [987_654_321]]
-    expected = [sqlite_store.read_values(view, [key], STATE_FIELD)[0] for view, key in wanted]
-    assert sqlite_store.read_many(wanted, STATE_FIELD) == expected
-    assert [v or None for v in redis_store.read_many(wanted, STATE_FIELD)] == expected
-    assert sum(v is None for v in expected) == len(expected) // 2
+    fields = (STATE_FIELD, DELTA_FIELD)
+    expected = [tuple(sqlite_store.read_values(view, [key], f)[0] for f in fields) for view, key in wanted]
+    assert sqlite_store.read_many(wanted, fields) == expected
+    assert [tuple(v or None for v in values) for values in redis_store.read_many(wanted, fields)] == \
+        [tuple(v or None for v in values) for values in expected]
+    assert sum(v is None for v, _ in expected) == len(expected) // 2
 
     times = [to_us(as_of) - 3600 * 10**6, to_us(as_of), to_us(as_of) + 6 * 3600 * 10**6, to_us(newest) + 8 * 86400 * 10**6]
     materialized = all_vectors(sqlite_online, keys, times)

@@ -27,7 +27,7 @@ def test_every_asset_materializes_and_every_check_passes(pipeline):
         "features/device_sharing", "online/feast_registry", "online/materialized",
         "training/card_fraud_training_set", "models/card_fraud", "models/card_fraud_champion",
         "evaluation/card_fraud", "evaluation/card_fraud_backtest", "monitoring/card_fraud_parity",
-        "logs/decisions",
+        "logs/decisions", "experiments/card_fraud_readouts",
     }
     checks = list(result.get_asset_check_evaluations())
     names = {(c.asset_key.to_user_string(), c.check_name) for c in checks}

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
+from unittest.mock import patch
 
 import hypothesis.strategies as st
 import pytest
@@ -31,10 +32,10 @@ from trellis.online.state import (
     GroupSpec,
     RowMapper,
     Tail,
-    _appended,
     group_spec,
+    joined,
     merge_encoded,
-    merge_tails,
+    merge_states,
     row_mapper,
 )
 from trellis.spec import Project
@@ -73,14 +74,29 @@ def stored_state(mapper: RowMapper, history: Mapping[Any, Sequence[Records]], pr
     return blobs
 
 
+State = tuple[bytes | None, bytes | None]
+
+
+def stored_after(spec: GroupSpec, old: State, new: State) -> State:
+    """An entity's (tail, delta) once ``merge_states``' answer ``new`` is written over ``old``."""
+    return (old[0] if new[0] is None else new[0]), (old[1] if new[1] is None else new[1])
+
+
+def written(mapper: RowMapper, stored: Sequence[bytes | None], rows: Sequence[Records]) -> list[bytes | None]:
+    """What the writer stores (``merge_states``) onto tails without a delta, as readers see it (``joined``)."""
+    states = merge_states(mapper, [(blob, None) for blob in stored], rows)
+    return [joined(mapper.spec, *stored_after(mapper.spec, (blob, None), new))
+            for blob, new in zip(stored, states, strict=True)]
+
+
 def check_write(mapper: RowMapper, blobs: Mapping[Any, bytes], write: Mapping[Any, Records]) -> None:
     keys = list(write)  # in the order the write met them, as ``OnlineFeatures._merged`` passes them
     stored = [blobs.get(key) for key in keys]
     rows = [write[key] for key in keys]
     expected = outcome(one_by_one, mapper, stored, rows)
-    # The batched merge for every size of write, and what the writer stores (``merge_tails``: one entity at a
-    # time for the smallest writes, batched from ``BATCHED_FROM``).
-    for merge in (merge_encoded, merge_tails):
+    # The batched merge for every size of write, and what the writer stores (``merge_states``: streamed rows to
+    # the delta, the others merged one entity at a time for the smallest writes, batched from ``BATCHED_FROM``).
+    for merge in (merge_encoded, written):
         actual = outcome(merge, mapper, stored, rows)
         if expected[0] == "blobs" and actual[0] == "blobs":
             for key, want, got in zip(keys, expected[1], actual[1], strict=True):
@@ -214,59 +230,106 @@ def test_rows_right_on_the_horizon_stay() -> None:
 
 
 @st.composite
-def streamed_events(draw: st.DrawFn) -> tuple[RowMapper, bytes, dict[str, Any]]:
-    """A stored tail and one new event for it: the streamed case, mostly after every stored row (a new event),
-    sometimes not (late, tied, a stored key sent again), with nulls and values that convert or fail."""
-    mapper = draw(st.one_of(random_groups(), st.builds(  # mostly numbers only: the case the append takes
+def streams(draw: st.DrawFn) -> tuple[RowMapper, dict[Any, bytes], list[dict[Any, Records]]]:
+    """Stored tails for a few entities, then a run of writes as a service meets them: mostly new events after
+    every stored row (the streamed case: one per entity, or a few), sometimes tied, late, older than the
+    horizon, a stored key sent again, a null, a row the filter drops."""
+    mapper = draw(st.one_of(random_groups(), st.builds(  # mostly numbers only: the case the delta takes
         group, st.lists(st.sampled_from(["f8", "i8"]), max_size=3), st.sampled_from([None, "i8"]),
         st.sampled_from([None, 0, 4 * HOUR, DAY]), st.sampled_from([None, "avail"]), st.booleans())))
-    history = draw(random_records(mapper, 0, False))
+    spec = mapper.spec
+    history = {key: [draw(random_records(mapper, key, False))] for key in range(3)}
     try:
-        blob = stored_state(mapper, {0: [history]})[0]
+        blobs = stored_state(mapper, history)
     except TypeError:
-        blob = b""
-    (event,) = draw(random_records(mapper, 0, False).filter(lambda rows: len(rows) == 1))
-    if draw(st.integers(0, 3)):  # after the newest stored row, tied with it, or right on a stored row's horizon
-        newest = max(history, key=lambda r: (r["ts"], r["avail"] if r["avail"] is not None else r["ts"]))
-        event["ts"] = newest["ts"] + draw(st.sampled_from([0, 1, HOUR, 3 * DAY]))
-        if event["ts"] == newest["ts"] and draw(st.booleans()):
-            event["avail"] = newest["avail"]
-        horizon = mapper.spec.horizon_us
-        if horizon is not None and draw(st.booleans()):
-            event["ts"] = draw(st.sampled_from(history))["ts"] + horizon + SLACK_US
-        event["keep"] = True
-        if mapper.spec.has_primary_key and draw(st.booleans()):  # a key not stored yet (few are drawn)
-            event["id"] = 100 if mapper.spec.inputs[-1][1] == "i8" else "new"
-        for name, kind in mapper.spec.inputs:  # mostly no null (a null takes the merge)
-            if kind != "str" and not name.startswith("pk:") and event[name] is None and draw(st.booleans()):
-                event[name] = draw(st.integers(-3, 3))
-    return mapper, blob, event
+        blobs = {}
+    clock = {key: max(r["ts"] for rows in writes for r in rows) for key, writes in history.items()}
+    next_id = 100
+    sent: list[Any] = []
+    writes = []
+    for _ in range(draw(st.integers(1, 14))):
+        write: dict[Any, Records] = {}
+        for key in draw(st.lists(st.sampled_from(range(3)), min_size=1, unique=True)):
+            rows = []
+            for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+                step = draw(st.sampled_from([1, 1, HOUR, HOUR, 3 * DAY, 0, -HOUR, -4 * DAY]))
+                ts = clock[key] + step
+                clock[key] = max(clock[key], ts)
+                row: dict[str, Any] = {"k": key, "ts": ts, "avail": None, "keep": True}
+                if draw(st.integers(0, 9)) == 0:
+                    row["avail"] = ts + draw(LAGS.filter(lambda lag: lag is not None))
+                    row["keep"] = draw(st.sampled_from([True, False, None]))
+                for name, kind in spec.inputs:
+                    if name.startswith("pk:"):
+                        next_id += 1
+                        sent.append(next_id if kind == "i8" else f"n{next_id}")
+                        pick = draw(st.integers(0, 9))  # mostly a new key; else one stored, or one sent lately
+                        row["id"] = sent[-1] if pick > 1 else draw(PRIMARY_KEYS[kind]) if pick else \
+                            draw(st.sampled_from(sent[-8:]))
+                    else:
+                        value = draw(VALUES[kind])
+                        row[name] = value if value is not None or draw(st.integers(0, 9)) == 0 else 1
+                rows.append(row)
+            write[key] = rows
+        writes.append(write)
+    return mapper, blobs, writes
 
 
-@settings(max_examples=600, deadline=None)
-@given(case=streamed_events())
-def test_a_streamed_event_appended_in_place_is_the_merged_tail(case) -> None:
-    """``_appended`` (the one-row append on the bytes) gives what decode, merge, encode gives, or declines."""
-    mapper, blob, event = case
-    appended = _appended(mapper, blob, event) if blob and mapper.spec.numeric else None
-    if appended is not None:
-        assert appended == one_by_one(mapper, [blob], [[event]])[0]
-    check_write(mapper, {0: blob} if blob else {}, {0: [event]})
+@settings(max_examples=300, deadline=None)
+@given(case=streams(), limit=st.sampled_from([1, 2, 3, 32]))
+def test_writes_through_the_delta_keep_the_merged_tail(case, limit: int) -> None:
+    """Write after write, what a reader sees of the stored (tail, delta) (``joined``) is what merging every
+    write into the tail gives, byte for byte, whatever the delta's size limit (small ones fold it often)."""
+    mapper, blobs, writes = case
+    spec = mapper.spec
+    states: dict[Any, State] = {key: (blob, None) for key, blob in blobs.items()}
+    reference = dict(blobs)
+    with patch("trellis.online.state.DELTA_ROWS", limit):
+        for write in writes:
+            keys = list(write)
+            expected = outcome(one_by_one, mapper, [reference.get(k) for k in keys], [write[k] for k in keys])
+            actual = outcome(merge_states, mapper, [states.get(k, (None, None)) for k in keys],
+                             [write[k] for k in keys])
+            if expected[0] == "raised" or actual[0] == "raised":
+                assert actual == expected
+                return
+            for key, want, new in zip(keys, expected[1], actual[1], strict=True):
+                state = stored_after(spec, states.get(key, (None, None)), new)
+                assert joined(spec, *state) == want, f"entity {key!r}"
+                if state[1]:
+                    assert len(Tail.decode(spec, state[1])) <= limit
+                states[key], reference[key] = state, want
 
 
-def test_the_usual_streamed_event_takes_the_append() -> None:
-    """A new transaction on a known customer (after the stored rows, a new key, no null) is the in-place append,
-    pruned by the horizon; a stored key sent again, a late event or a null are not."""
+def test_the_usual_streamed_event_goes_to_the_delta() -> None:
+    """A new transaction on a known customer (after the stored rows, a new key, no null) is written to the
+    delta alone, the stored tail untouched; the event that would overflow the delta folds it into the tail
+    (pruned by the horizon) and empties it; a stored key sent again, a tied event or a null take the merge."""
     mapper = group(["f8", "i8"], "i8", horizon_us=HOUR)
+    spec = mapper.spec
     history = [{"k": 0, "ts": t, "id": i, "c0": 1.5, "c1": i} for i, t in enumerate([0, HOUR, SLACK_US])]
-    blob = stored_state(mapper, {0: [history]})[0]
-    new = {"k": 0, "ts": 2 * HOUR + SLACK_US, "id": 7, "c0": 2.5, "c1": 3}
-    appended = _appended(mapper, blob, new)
-    assert appended == one_by_one(mapper, [blob], [[new]])[0]
-    assert Tail.decode(mapper.spec, appended).event_us.tolist() == [HOUR, SLACK_US, 2 * HOUR + SLACK_US]
-    assert _appended(mapper, blob, {**new, "id": 1}) is None  # stored key: the merge replaces that row
-    assert _appended(mapper, blob, {**new, "ts": SLACK_US}) is None  # tied with the last stored row
-    assert _appended(mapper, blob, {**new, "c1": None}) is None  # a null needs a mask
+    tail = stored_state(mapper, {0: [history]})[0]
+    state: State = (tail, None)
+    reference = tail
+    for i in range(40):
+        new = {"k": 0, "ts": 2 * HOUR + SLACK_US + i, "id": 10 + i, "c0": 2.5, "c1": i}
+        (written_state,) = merge_states(mapper, [state], [[new]])
+        if i < 32:
+            assert written_state[0] is None and len(Tail.decode(spec, written_state[1])) == i + 1
+        elif i == 32:
+            assert written_state[1] == b"" and written_state[0] is not None  # folded
+        state = stored_after(spec, state, written_state)
+        reference = one_by_one(mapper, [reference], [[new]])[0]
+        assert joined(spec, *state) == reference
+    assert Tail.decode(spec, reference).event_us.tolist()[0] == SLACK_US  # the first two rows pruned
+    late = {"k": 0, "ts": SLACK_US, "id": 99, "c0": 2.5, "c1": 3}
+    for case in ({**late, "id": 2, "ts": 3 * HOUR + SLACK_US},  # a stored key: the merge replaces that row
+                 {**late, "id": 48, "ts": 3 * HOUR + SLACK_US},  # a key in the delta: the same
+                 {**late, "ts": 2 * HOUR + SLACK_US + 39},  # tied with the last stored row
+                 {**late, "ts": 3 * HOUR + SLACK_US, "c1": None}):  # a null needs a mask
+        (merged,) = merge_states(mapper, [state], [[case]])
+        assert merged[0] is not None and merged[1] == b""
+        assert merged[0] == one_by_one(mapper, [reference], [[case]])[0]
 
 
 def test_null_string_primary_keys_fail_or_merge_as_one_by_one() -> None:

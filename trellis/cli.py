@@ -730,5 +730,89 @@ def serve(project_dir: Path, model_name: str | None, alias: str, host: str, port
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
 
 
+@main.group()
+def experiments() -> None:
+    """Canaries, A/B tests and shadow versions read out from the decision log and matured labels."""
+
+
+@experiments.command(name="report")
+@project_option
+@click.argument("name")
+@click.option("--as-of", "as_of", default=None,
+              help="Readout time: only labels available by then count (default: now, UTC).")
+@click.option("--alert-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Share of the highest scores flagged for recall at a fixed alert rate.")
+@click.option("--control", default=None, help="Control arm (default: champion or control, else the largest arm).")
+@click.option("--resamples", type=click.IntRange(1), default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--min-positives", type=click.IntRange(0), default=30, show_default=True,
+              help="Matured frauds each side needs for a verdict (fewer: inconclusive).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown file written, the plot beside it (default: <data>/reports/experiment_<NAME>.md).")
+def experiments_report(project_dir: Path, name: str, as_of: str | None, alert_rate: float, control: str | None,
+                       resamples: int, seed: int, min_positives: int, out: Path | None) -> None:
+    """Read out experiment NAME (the flag's metadata.experiment) from the decision log: per arm and shadow
+    version, over the labels matured by --as-of, average precision with a bootstrap interval, recall and
+    false-positive rate, the decision mix and the fraud amount stopped; each challenger against its control with
+    the decision rule's verdict. Writes markdown and a PNG plot."""
+    import re
+
+    from trellis import experiments as readouts
+    from trellis import lifecycle
+    from trellis.decisionlog import DecisionLogUnavailable, decisions_frame, read_decisions
+
+    project, paths = _lifecycle_project(project_dir)
+    cutoff = _datetime(as_of, "--as-of") or datetime.now(UTC).replace(tzinfo=None)
+    log_path = paths.decision_log
+    if not log_path.exists():
+        _fail(f"no decision log at {log_path}: the scoring service writes it (`trellis serve`); "
+              "TRELLIS_DECISION_LOG names another file")
+    with _one_line_errors():
+        try:
+            records = read_decisions(log_path)
+        except DecisionLogUnavailable as exc:
+            _fail(_first_line(exc))
+        if not records:
+            _fail(f"the decision log {log_path} holds no decision yet")
+        frame = decisions_frame(records).to_pandas()
+        known = readouts.experiments_in(frame)
+        if name not in known:
+            _fail(f"unknown experiment {name!r} in {log_path}; experiments logged: "
+                  + (", ".join(known) or "none (a flag names its experiment in metadata.experiment)"))
+        ours = frame[frame["experiment"] == name]
+        models_logged = sorted(ours["model"].dropna().unique())
+        if len(models_logged) != 1:
+            _fail(f"experiment {name!r} in {log_path} names {len(models_logged)} models "
+                  f"({', '.join(models_logged)}); an experiment reads out one model")
+        model = lifecycle.model_of(project, models_logged[0])
+        key = model.label.join_key
+        if key not in ours.columns or ours[key].isna().all():
+            _fail(f"the decisions of {name!r} in {log_path} have no {key!r} (the label join key of {model.name})")
+        needed = [f"validated.{model.label.source}"]
+        if lifecycle.default_amount_column(project, model):
+            needed.append(f"validated.{model.spine}")
+        lifecycle.require_tables(paths, needed, f"trellis ingest --project {project_dir}")
+        with _warehouse(paths) as con:
+            labels = readouts.load_outcomes(con, project, model, ours[key].dropna().unique())
+        result = readouts.readout(frame, labels, cutoff, experiment=name, key=key, alert_rate=alert_rate,
+                                  resamples=resamples, seed=seed, min_positives=min_positives, control=control)
+        if result.matured == 0:
+            _fail(f"no label of the {int((ours['role'] == 'primary').sum()):,} answers of {name!r} has matured by "
+                  f"{cutoff:%Y-%m-%d %H:%M:%S} ({model.label.source}.available_at); read out later or pass a "
+                  "later --as-of")
+        target = out or paths.data / "reports" / f"experiment_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        plot = result.plot(target.with_suffix(".png"))
+        target.write_text(result.markdown(plot.name))
+    for row in result.groups.itertuples():
+        click.echo(f"  {row.group:<20} {row.decisions:>9,} decisions, {row.matured_share:6.1%} matured, "
+                   f"{row.positives:>6,} frauds, average precision {row.average_precision:.4f} "
+                   f"[{row.ap_low:.4f}, {row.ap_high:.4f}]")
+    for row in result.comparisons.itertuples():
+        click.echo(f"  {row.challenger} - {row.control}: {row.ap_diff:+.4f} [{row.diff_low:+.4f}, "
+                   f"{row.diff_high:+.4f}] {row.verdict}")
+    click.echo(f"report: {target}")
+
+
 if __name__ == "__main__":
     main()

@@ -21,7 +21,10 @@
   as PNG files, drawn with matplotlib's Agg canvas (no pyplot, no global backend switch), and markdown
   tables (model vs baseline with lift; per fold; a summary) for the Dagster UI and the demo;
 * ``log_to_mlflow``: held-out metrics (``test_*``, ``baseline_test_*``, ``lift_test_*``) and the plots as
-  artifacts of the evaluated version's run, so ``trellis models list`` shows them.
+  artifacts of the evaluated version's run, so ``trellis models list`` shows them;
+* fairness (when the model declares ``fairness:``): the held-out report carries ``trellis.fairness.assess`` of
+  the model's scores (per segment and group: false-positive rate, recall, alert rate; the ratios), in its
+  JSON form, as ``fairness_<segment>_<metric>_ratio`` metrics and as ``evaluation/fairness.md`` in MLflow.
 
 Periods are half-open ``[start, end)``; the held-out periods are whole days of the split's time zone
 (``trellis.splits``), and the last backtest fold's test period includes its end (the latest event). Everything is deterministic: the same
@@ -150,6 +153,7 @@ class Report:
     scores: pd.DataFrame  # event_time, label, model, baseline (and amount / card when known), time-ordered
     model: dict[str, float]
     baseline: dict[str, float]
+    fairness: Any = None  # trellis.fairness.FairnessReport of the model's scores, when the model declares segments
 
     @property
     def rows(self) -> int:
@@ -165,11 +169,14 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: period, sizes, and model / baseline / lift metrics (undefined values as null)."""
-        return {"name": self.name, **self.window.as_dict(), "train_rows": self.train_rows, "rows": self.rows,
-                "positives": self.positives,
-                MODEL: {k: _json_number(v) for k, v in self.model.items()},
-                BASELINE: {k: _json_number(v) for k, v in self.baseline.items()},
-                "lift": {k: _json_number(v) for k, v in self.lift.items()}}
+        out = {"name": self.name, **self.window.as_dict(), "train_rows": self.train_rows, "rows": self.rows,
+               "positives": self.positives,
+               MODEL: {k: _json_number(v) for k, v in self.model.items()},
+               BASELINE: {k: _json_number(v) for k, v in self.baseline.items()},
+               "lift": {k: _json_number(v) for k, v in self.lift.items()}}
+        if self.fairness is not None:
+            out["fairness"] = self.fairness.as_dict()
+        return out
 
 
 def _report(name: str, window: Window, train_rows: int, test: pd.DataFrame, model_scores: np.ndarray,
@@ -245,10 +252,16 @@ def held_out(frame: pd.DataFrame, model: Model, classifier: CatBoostClassifier,
     periods = split.periods
     window = Window(train_start=pd.Timestamp(periods.train.start), train_end=pd.Timestamp(periods.train.end),
                     test_start=pd.Timestamp(periods.test.start), test_end=pd.Timestamp(periods.test.end))
-    return _report("held-out", window, len(train), test, classifier.predict_proba(x_test)[:, 1],
-                   baseline.predict_proba(x_test)[:, 1], label_column=label_column, time_column=time_column,
-                   amount_column=amount_column, card_column=card_column,
-                   known=_known(frame, card_column, label_column, known), time_zone=periods.time_zone)
+    report = _report("held-out", window, len(train), test, classifier.predict_proba(x_test)[:, 1],
+                     baseline.predict_proba(x_test)[:, 1], label_column=label_column, time_column=time_column,
+                     amount_column=amount_column, card_column=card_column,
+                     known=_known(frame, card_column, label_column, known), time_zone=periods.time_zone)
+    if model.fairness is not None:  # segments whose column the frame lacks are listed as not measured
+        from trellis.fairness import assess
+
+        report.fairness = assess(test, model, report.scores[MODEL].to_numpy(), label_column=label_column,
+                                 skip_missing=True)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -565,6 +578,102 @@ def summary_markdown(held_out_metrics: dict[str, dict[str, Any]] | None,
 
 
 # ---------------------------------------------------------------------------------------------------
+# Model card
+
+MODEL_CARD = "model_card.md"
+
+
+def model_card(project: Project, model: Model, info: Any, report: Report | None = None,
+               backtest_summary: dict[str, dict[str, dict[str, Any]]] | None = None,
+               history: list[dict[str, Any]] | None = None) -> str:
+    """The model card of one registered version (markdown): what it is and who owns it; its data (training
+    fingerprint, cutoff, periods, sizes); its features with their groups' owners; held-out metrics against the
+    baseline; the backtest summary; the fairness table; the champion moves that concern it (``history``:
+    ``registry.history``); and its known limitations, stated from the facts above. ``info`` is the version's
+    ``registry.VersionInfo``; a part whose input is not given says so rather than being left out."""
+    features, requests = project.model_inputs(model)
+    lines = [f"# Model card: {model.name} v{info.version}", "",
+             model.description.strip() or "(no description)", "",
+             f"- owner: {model.owner or 'not declared'}",
+             f"- MLflow run: {info.run_id or 'n/a'}; training set {info.training_fingerprint or 'n/a'} "
+             f"({info.training_set_path or 'path not recorded'})",
+             f"- decision threshold {model.threshold:g}; CatBoost {model.catboost}, seed {model.seed}", "",
+             "## Data and time range", ""]
+    label = model.label
+    lines.append(f"- spine `{model.spine}`, label `{label.source}.{label.column}` joined on `{label.join_key}`; "
+                 f"labels counted only once known (training as of {info.training_as_of or 'n/a'})")
+    if report is not None:
+        w = report.window
+        lines += [f"- train {w.train_start} to {w.train_end} ({report.train_rows:,} rows)",
+                  f"- held-out test {w.test_start} to {w.test_end} ({report.rows:,} rows, {report.positives:,} "
+                  "frauds)"]
+    else:
+        lines.append("- periods: not evaluated yet (`trellis evaluate`)")
+    lines += ["", "## Features and owners", "", "| feature | group | owner |", "| --- | --- | --- |"]
+    for feature in features:
+        group = project.feature_groups[feature.group]
+        lines.append(f"| {feature.qualified} | {feature.group} | {group.owner or 'not declared'} |")
+    for request_set in requests:
+        for item in request_set.features:
+            lines.append(f"| {request_set.name}__{item.name} | {request_set.name} (request) | "
+                         f"{request_set.owner or 'not declared'} |")
+    lines += ["", "## Metrics (held-out)", ""]
+    lines.append(metrics_markdown(report.model, report.baseline) if report is not None else "not evaluated yet")
+    lines += ["", "## Backtest", ""]
+    lines.append(summary_markdown(None, backtest_summary) if backtest_summary is not None
+                 else "not run for this card (`trellis backtest`)")
+    lines += ["", "## Fairness", ""]
+    fair = report.fairness if report is not None else None
+    if model.fairness is None:
+        lines.append("no segments declared (`fairness:` in the model definition)")
+    elif fair is None:
+        lines.append("not measured yet (`trellis evaluate`)")
+    else:
+        lines.append(fair.markdown())
+    lines += ["", "## Approvals (champion moves of this version)", ""]
+    moves = [e for e in history or [] if str(info.version) in (str(e.get("to")), str(e.get("from")))]
+    if history is None:
+        lines.append("not given")
+    elif not moves:
+        lines.append("none recorded (a first version becomes champion at registration, without an event)")
+    for event in moves:
+        lines.append(f"- {event.get('when')}: {event.get('action')} {event.get('from')} -> {event.get('to')} by "
+                     f"{event.get('who')}: {event.get('why') or '(no reason given)'}")
+    lines += ["", "## Known limitations", ""]
+    limits = []
+    if any(project.sources[name].simulated is not None for name in (model.spine, label.source)):
+        limits.append("trained and evaluated on the simulated reference data (the handbook's simulator), not on "
+                      "real transactions")
+    if fair is not None:
+        for segment in fair.segments:
+            small = int((~segment.groups["judged"]).sum())
+            if small:
+                limits.append(f"fairness: {small} of {len(segment.groups)} {segment.name} groups too small to judge")
+        for name, column in fair.unmeasured.items():
+            limits.append(f"fairness: segment {name} not measured (column {column} not in the evaluated rows)")
+        from trellis.fairness import METRICS as FAIRNESS_METRICS
+
+        ungated = [m for m in FAIRNESS_METRICS if not any(m in s.min_ratio for s in fair.segments)]
+        if ungated:
+            limits.append(f"fairness: not gated on {', '.join(ungated)}")
+    if model.fairness is not None and any(s.derive == "simulated_region" for s in model.fairness.segments.values()):
+        limits.append("the customer region is synthetic (derived from the customer id), not a real attribute")
+    lines += [f"- {text}" for text in limits]
+    return "\n".join(lines) + "\n"
+
+
+def log_model_card(tracking_uri: str, run_id: str, text: str) -> str:
+    """Store ``text`` as the artifact ``model_card.md`` of the version's run; returns the artifact path."""
+    from trellis.modeling import _mlflow
+
+    with _mlflow(tracking_uri):
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).log_text(run_id, text, MODEL_CARD)
+    return MODEL_CARD
+
+
+# ---------------------------------------------------------------------------------------------------
 # MLflow
 
 
@@ -580,6 +689,9 @@ def log_to_mlflow(tracking_uri: str, run_id: str, report: Report, artifacts: Ite
     values = {**{f"test_{k}": v for k, v in report.model.items()},
               **{f"baseline_test_{k}": v for k, v in report.baseline.items()},
               **{f"lift_test_{k}": v for k, v in report.lift.items()}}
+    if report.fairness is not None:  # e.g. fairness_region_recall_ratio
+        values.update({f"fairness_{s.name}_{m}_ratio": r for s in report.fairness.segments
+                       for m, r in s.ratios.items() if r is not None})
     logged = {k: float(v) for k, v in values.items() if _finite(v)}
     with _mlflow(tracking_uri):
         from mlflow import MlflowClient
@@ -590,6 +702,8 @@ def log_to_mlflow(tracking_uri: str, run_id: str, report: Report, artifacts: Ite
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(logged.items())])
         for path in artifacts:
             client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        if report.fairness is not None:
+            client.log_text(run_id, report.fairness.markdown() + "\n", f"{artifact_path}/fairness.md")
     return logged
 
 
@@ -606,9 +720,11 @@ __all__ = [
     "backtest_windows",
     "folds_markdown",
     "held_out",
+    "log_model_card",
     "log_to_mlflow",
     "markdown_image",
     "metrics_markdown",
+    "model_card",
     "plot_backtest",
     "plot_report",
     "score_metrics",

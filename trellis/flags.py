@@ -221,6 +221,8 @@ def check_flags(data: Any, *, model: str, request_fields: Collection[str], path:
         raise FlagsError(path, None, "flags", 'a flags file is an object with "flags": {...}')
     flags, evaluators = data["flags"], data.get("$evaluators") or {}
     model_key, shadow_key = MODEL_FLAG.format(model=model), SHADOW_FLAG.format(model=model)
+    if not flags:  # the empty document `trellis init` writes: no flag, the alias serves every request
+        return FlagsPlan(None, None)
     if model_key not in flags and shadow_key not in flags:
         raise FlagsError(path, None, "flags", f"no flag of model {model!r}: declare {model_key!r} (the version "
                                               f"served) and optionally {shadow_key!r} (versions in shadow)")
@@ -389,12 +391,15 @@ class Flags:
         self.applied_error: str | None = None  # the last file Trellis refused (kept the previous flags)
         self.provider_error: str | None = None  # the provider could not read the file
         self._pending: dict | None = None  # a refused file, tried again by refresh()
+        self._reported: str | None = None  # the problem last logged: each is logged once, and its fix once
+        self._report_lock = threading.Lock()
         self._static: dict[str, tuple[int, Any]] = {}  # flag -> (generation, details) of a STATIC resolution
         self._generation = 0
         self._apply_lock = threading.Lock()
         self._store: Any = None  # the provider's flag store (behind the gate)
         self._client: Any = None
         self._provider: Any = None
+        self._connector: Any = None  # the provider's file connector
 
     # -- the provider --------------------------------------------------------------------------------------
 
@@ -413,16 +418,20 @@ class Flags:
             raise RuntimeError("openfeature-provider-flagd changed its file connector: trellis.flags needs its "
                                "flag_store to apply a flags file only once its models are loaded")
         connector.flag_store = _Gate(connector.flag_store, self)
+        # The connector re-reads a file it could not parse at every poll, and its own handler logs a traceback each
+        # time: ours keeps the problem as one line (file, line, what) and tells the provider only when it changes.
+        self._connector = connector
+        connector.handle_error = self._file_error
         self._provider = provider
         self._client = api.get_client(domain=self.domain)
         self._client.add_handler(ProviderEvent.PROVIDER_ERROR, self._on_error)
-        self._client.add_handler(ProviderEvent.PROVIDER_READY, self._on_ready)
-        self._client.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self._on_ready)
         try:
             api.set_provider_and_wait(provider, domain=self.domain)
         except Exception as exc:  # no file, not JSON: the service's own model answers; the watcher keeps trying
-            self.provider_error = f"{self.path}: {exc}; serving {self.default_ref} until the flags can be read"
-            log.warning("flags: %s", self.provider_error)
+            cause = exc.__cause__ or exc
+            self.provider_error = f"{self._problem(f'{type(cause).__name__}: {cause}')}; serving " \
+                                  f"{self.default_ref} until the flags can be read"
+            self._report()
 
     def stop(self) -> None:
         if self._provider is None:
@@ -432,19 +441,58 @@ class Flags:
         from openfeature.provider.no_op_provider import NoOpProvider
 
         api.set_provider(NoOpProvider(), domain=self.domain)  # shuts the flagd provider (and its watcher) down
-        for event, handler in ((ProviderEvent.PROVIDER_ERROR, self._on_error),
-                               (ProviderEvent.PROVIDER_READY, self._on_ready),
-                               (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self._on_ready)):
-            self._client.remove_handler(event, handler)
+        self._client.remove_handler(ProviderEvent.PROVIDER_ERROR, self._on_error)
         self._provider = None
 
-    def _on_error(self, details: Any) -> None:
-        self.provider_error = f"{self.path}: {details.message or details.error_code}; still serving the " \
-                              "previous flags"
-        log.warning("flags: %s", self.provider_error)
+    def _problem(self, message: str) -> str:
+        """One line naming the file and what is wrong with it (for JSON, the line and column)."""
+        try:
+            json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return f"{self.path}: no such file"
+        except json.JSONDecodeError as exc:
+            return str(FlagsError(self.path, exc.lineno, "flags", f"not JSON: {exc.msg} (column {exc.colno})"))
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"{self.path}: cannot be read: {exc}"
+        return f"{self.path}: {message}"
 
-    def _on_ready(self, details: Any) -> None:
-        self.provider_error = None
+    def _file_error(self, message: str) -> None:
+        """The connector's error handler (it could not read or parse the file): the provider told once per
+        problem, the problem logged once."""
+        from openfeature.event import ProviderEventDetails
+        from openfeature.exception import ErrorCode
+
+        serving = "still serving the previous flags" if self.plan is not None else \
+            f"serving {self.default_ref} until the flags can be read"
+        error = f"{self._problem(message)}; {serving}"
+        connector = self._connector
+        connector.should_emit_ready_on_success = True
+        if error != self.provider_error:
+            self.provider_error = error
+            connector.emit_provider_error(ProviderEventDetails(message=error, error_code=ErrorCode.PARSE_ERROR))
+        self._report()
+
+    def _on_error(self, details: Any) -> None:
+        """Another error of the provider than the file's (those are ``_file_error``'s, which emits them: the
+        handlers run later, on the SDK's event threads, so this one never sets what the file's fix has cleared).
+        A problem is cleared only by a file applied (``_apply``)."""
+        message = str(details.message or details.error_code)
+        if self.provider_error is None and not message.startswith(str(self.path)):
+            self.provider_error = f"{self.path}: {message}; still serving the previous flags"
+            self._report()
+
+    def _report(self, applied: str | None = None) -> None:
+        """Log what changed: a new problem once (a warning, one line), its fix once, a file applied. (Called from
+        the connector's thread, the SDK's event threads and ``refresh``: one at a time.)"""
+        with self._report_lock:
+            error = self.error
+            if error is not None and error != self._reported:
+                log.warning("flags: %s", error)
+            elif error is None and self._reported is not None:
+                log.info("flags: %s fixed%s", self.path, f": applied ({applied})" if applied else "")
+            elif error is None and applied:
+                log.info("flags: %s applied (%s)", self.path, applied)
+            self._reported = error
 
     @property
     def error(self) -> str | None:
@@ -467,15 +515,17 @@ class Flags:
                 raise FlagsError(self.path, _line(text, *needles), field,
                                  f"{exc.ref!r} cannot be loaded: {exc}") from None
         except FlagsError as exc:
-            self.applied_error = f"{exc}; still serving the previous flags"
+            # The provider read the file (it handed it over): a problem reading it is over, this one replaces it.
+            self.applied_error, self.provider_error = f"{exc}; still serving the previous flags", None
             self._pending = data
-            log.warning("flags: %s", self.applied_error)
+            self._report()
             return
         store.update(data)
-        self.plan, self.applied_error, self._pending = plan, None, None
+        # The provider read the file (it handed it over), so any earlier problem reading it is over too.
+        self.plan, self.applied_error, self.provider_error, self._pending = plan, None, None, None
         self._generation += 1  # static answers kept from the previous flags are stale now
         self.models.retain(plan.refs)
-        log.info("flags: %s applied (%s)", self.path, ", ".join(sorted(plan.refs)) or "no model versions")
+        self._report(", ".join(sorted(plan.refs)) or "no model versions")
 
     @staticmethod
     def _named_by(plan: FlagsPlan, ref: str) -> tuple[str, tuple[str, ...]]:
@@ -525,6 +575,9 @@ class Flags:
     def assign(self, request: Mapping[str, Any]) -> Assignment:
         """The model flag and the shadow flag evaluated for ``request`` (the OpenFeature client, flagd's
         in-process evaluation)."""
+        plan = self.plan
+        if plan is not None and plan.model is None and plan.shadow is None:  # an empty flags document
+            return NO_FLAGS
         models, units = self.models.snapshot, {}
         details = self._details(self.model_key, self.default_ref, request, units, "string")
         model = models.get(details.value)

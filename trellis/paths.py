@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE_PARTS = ("definitions", "dbt_project", "feature_repo")  # what a project is, without its build output
+FLAGS_PART = "flags"  # the flags files (trellis.flags), copied with the sources when the project has them
 # Variables that point commands at a project's files (dbt_env sets the middle three); a child process meant for
 # another project must not inherit them.
 PROJECT_ENV = ("TRELLIS_PROJECT", "TRELLIS_DATA_DIR", "TRELLIS_WAREHOUSE", "TRELLIS_FEATURE_EXPORTS",
@@ -53,6 +54,12 @@ class ProjectPaths:
         return Path(os.environ.get("TRELLIS_DECISION_LOG") or self.data / "decision_log.db").resolve()
 
     @property
+    def rollback_log(self) -> Path:
+        """The canary rollbacks the guardrails made, one JSON line each (``trellis.guardrails``):
+        ``TRELLIS_ROLLBACK_LOG``, or ``<data>/rollbacks.jsonl``."""
+        return Path(os.environ.get("TRELLIS_ROLLBACK_LOG") or self.data / "rollbacks.jsonl").resolve()
+
+    @property
     def mlflow_uri(self) -> str:
         """MLflow tracking and registry store: a local SQLite file by default, any MLflow URI via the env."""
         return os.environ.get("TRELLIS_MLFLOW_URI") or f"sqlite:///{self.data / 'mlflow.db'}"
@@ -80,9 +87,12 @@ class ProjectPaths:
 
     def copy_sources(self, dest: str | Path) -> Path:
         """A self-contained copy of the project at ``dest``: definitions, dbt project and Feast repo, without
-        build output (dbt targets and logs, Parquet exports, databases, bytecode)."""
+        build output (dbt targets and logs, Parquet exports, databases, bytecode), and its flags (``flags/``, which
+        version serves: a copy without them would serve the alias alone) when it has any."""
         dest = Path(dest)
         for part in SOURCE_PARTS:
             shutil.copytree(self.root / part, dest / part,
                             ignore=shutil.ignore_patterns("target", "logs", "*.parquet", "*.db", "__pycache__"))
+        if (self.root / FLAGS_PART).is_dir():
+            shutil.copytree(self.root / FLAGS_PART, dest / FLAGS_PART, ignore=shutil.ignore_patterns("*.tmp"))
         return dest

@@ -1,10 +1,11 @@
 """Model registry operations on top of MLflow (design section 5): list versions, the promotion gate,
 promote and rollback of the ``champion`` alias.
 
-The promotion gate has two parts: the challenger's *training set contract* (the Parquet file the version's
+The promotion gate has up to three parts: the challenger's *training set contract* (the Parquet file the version's
 tags name is re-read and re-validated against the model's Pandera training-set contract, so a file that was
 corrupted, replaced or built from data that breaks the contract fails the gate, naming the column, the check
-and an offending value) and *quality* (challenger vs champion on the same test rows).
+and an offending value), *quality* (challenger vs champion on the same test rows) and, when the model declares
+it, *fairness* (the challenger's ratios across declared segments, ``trellis.fairness``).
 
 The registry is MLflow's model registry; by default a local SQLite store at ``<data>/mlflow.db``
 (``TRELLIS_MLFLOW_URI`` overrides it, and any MLflow tracking / registry URI works, e.g. a server).
@@ -25,6 +26,7 @@ import getpass
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,6 +235,9 @@ class GateResult:
     champion_version: str | None = None
     challenger_version: str | None = None
     contract: str = "not checked"  # "passed", "not checked" (no project given) or the contract failure
+    # "not declared" (no fairness: block), "not checked" (the gate stopped before it), else the challenger's
+    # fairness verdict (trellis.fairness.FairnessReport.reason), "passed: ..." or "failed: ..."
+    fairness: str = "not checked"
 
 
 def _score(loaded: Any, test_frame: pd.DataFrame, feature_columns: list[str] | None) -> Any:
@@ -244,7 +249,8 @@ def _score(loaded: Any, test_frame: pd.DataFrame, feature_columns: list[str] | N
 
 def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame | None = None,
          feature_columns: list[str] | None = None, label_column: str = "label", *,
-         project: Project | None = None) -> GateResult:
+         project: Project | None = None,
+         attach_segments: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> GateResult:
     """The promotion gate of ``model.name``'s ``challenger``.
 
     With ``project``, the contract part first: the challenger's training set (the Parquet its version tags
@@ -256,7 +262,13 @@ def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame | None = None
     ``model.gates.metric``. Passes iff challenger >= champion - max_drop; also passes when there is no
     champion yet or the challenger *is* the champion. Fails when the challenger alias is missing or the
     metric is undefined (single-class test frame). ``feature_columns`` defaults to each model's own feature
-    names."""
+    names.
+
+    Fairness (when the model declares ``fairness:``): the challenger's scores on the same rows, per declared
+    segment (``trellis.fairness.assess``); fails when a segment's ratio (min / max over its judged groups) is
+    below its ``min_ratio``, the reason naming the segment, the metric and the groups at both ends.
+    ``attach_segments`` adds the segment columns the test frame lacks (``fairness.attach_segment_columns`` over
+    the warehouse); a segment whose column is still missing is not measured, and ``fairness`` says so."""
     from trellis.training import EVENT_TIME, TrainingSetError
 
     if test_frame is None and project is None:
@@ -290,10 +302,12 @@ def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame | None = None
             return GateResult(True, champion_value=None, challenger_value=None,
                               reason=f"the challenger is the champion (version {champion})", **base)
         y = test_frame[label_column].astype(int).to_numpy()
-        values = {}
+        values, scores = {}, {}
         for alias, version in ((CHAMPION, champion), (CHALLENGER, challenger)):
             loaded = mlflow.catboost.load_model(f"models:/{name}/{version}")
-            values[alias] = evaluate(y, _score(loaded, test_frame, feature_columns))[metric]
+            scores[alias] = _score(loaded, test_frame, feature_columns)
+            values[alias] = evaluate(y, scores[alias])[metric]
+    base["fairness"], fair = _fairness(model, test_frame, scores[CHALLENGER], label_column, attach_segments)
     champ, chall = values[CHAMPION], values[CHALLENGER]
     if not (math.isfinite(champ) and math.isfinite(chall)):
         return GateResult(False, champion_value=champ, challenger_value=chall,
@@ -302,7 +316,24 @@ def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame | None = None
     relation = "within" if passed else "worse than"
     reason = (f"challenger v{challenger} {metric}={chall:.4f} vs champion v{champion} {champ:.4f}: "
               f"{relation} the tolerance {max_drop}")
-    return GateResult(passed, champion_value=champ, challenger_value=chall, reason=reason, **base)
+    if not fair:
+        reason += f"; fairness {base['fairness']}"
+    return GateResult(passed and fair, champion_value=champ, challenger_value=chall, reason=reason, **base)
+
+
+def _fairness(model: Model, test_frame: pd.DataFrame, scores: Any, label_column: str,
+              attach_segments: Callable[[pd.DataFrame], pd.DataFrame] | None) -> tuple[str, bool]:
+    """The gate's fairness part: its verdict for ``GateResult.fairness`` and whether it passed."""
+    from trellis.fairness import FairnessError, assess
+
+    if model.fairness is None:
+        return "not declared", True
+    try:
+        frame = attach_segments(test_frame) if attach_segments is not None else test_frame
+        report = assess(frame, model, scores, label_column=label_column, skip_missing=True)
+    except FairnessError as exc:
+        return f"failed: {exc}", False
+    return f"{'passed' if report.passed else 'failed'}: {report.reason()}", report.passed
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LABEL_DELAYS",
+    "REGIONS",
     "TABLE_SCHEMAS",
     "DeclaredSimulation",
     "FraudSchedule",
     "SimulationConfig",
+    "customer_region",
     "declared_simulation",
     "simulate",
     "simulate_with_schedule",
@@ -663,6 +665,36 @@ def _to_arrow(values: np.ndarray | list[str], type_: pa.DataType) -> pa.Array:
         # rows); the int64 view is zero-copy and means the same microseconds.
         return pa.array(values.astype("datetime64[us]").view(np.int64), type=type_)
     return pa.array(values, type=type_)
+
+
+# --------------------------------------------------------------------------------------------- synthetic region
+
+# A customer's home region, for the fairness segments (design section 9). SYNTHETIC: the handbook's simulator has
+# no such attribute, nothing in the generated data depends on it (no fraud scenario, amount or location does), so
+# a model can only be unfair on it if it is built to be. Shares are unequal so that segments differ in size.
+REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
+_REGION_SHARES = np.array([0.30, 0.25, 0.20, 0.15, 0.10])
+_REGION_SALT = np.uint64(0x7265_6769_6F6E_0001)  # "region" + 1: a fixed key, so regions never change
+
+
+def customer_region(customer_id: np.ndarray | list[int]) -> np.ndarray:
+    """The synthetic home region (one of ``REGIONS``) of each customer id, as a numpy array of str.
+
+    Derived from the id alone by a fixed hash (splitmix64's finaliser), not drawn from the simulation's random
+    streams: adding it changed no generated value (every table is byte for byte what it was), the same id has the
+    same region in every run, at every scale, and on every path (a training set, a scored request). About 30%,
+    25%, 20%, 15% and 10% of the ids fall in north, south, east, west and central."""
+    ids = np.asarray(customer_id)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"customer_region: customer ids must be integers, got dtype {ids.dtype}")
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.int64).view(np.uint64) ^ _REGION_SALT
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    unit = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # uniform in [0, 1)
+    index = np.searchsorted(np.cumsum(_REGION_SHARES)[:-1], unit, side="right")
+    return np.asarray(REGIONS, dtype=object)[index].astype(str)
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -703,6 +703,83 @@ class DecisionPolicy(_Strict):
         return _check_bands(bands)
 
 
+FairnessMetric = Literal["false_positive_rate", "recall", "alert_rate"]
+FAIRNESS_DERIVATIONS = ("simulated_region",)
+
+
+class FairnessSegment(_Strict):
+    """One way to split the scored events into groups, e.g. the customer's institution, region or amount band."""
+
+    column: Name = Field(description="Column holding the segment: a column of the model's spine source, or of "
+                                     "`lookup.table` when given.")
+    lookup: SummaryLookup | None = Field(None, description="Table the column is read from, joined on `key` (a spine "
+                                                           "column), e.g. {table: raw.customers, key: customer_id}.")
+    edges: list[float] | None = Field(None, min_length=2, description="Bands of a numeric column: [e0, e1), ..., "
+                                      "[e(n-1), en]; values below e0 or above en form their own groups.")
+    derive: Literal["simulated_region"] | None = Field(
+        None, description="simulated_region: the reference data's SYNTHETIC customer region, derived from the "
+                          "column (the customer id) by trellis.simulate.customer_region.")
+    min_ratio: dict[FairnessMetric, Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None, description="This segment's gate, replacing the model's `fairness.min_ratio` ({} = reported only).")
+
+    @field_validator("edges")
+    @classmethod
+    def _edges(cls, edges: list[float] | None) -> list[float] | None:
+        if edges is None:
+            return None
+        for value in edges:
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"edges must be finite numbers, got {value}")
+        for low, high in pairwise(edges):
+            if high <= low:
+                raise ValueError(f"edges must go up: {high} follows {low}")
+        return edges
+
+    @model_validator(mode="after")
+    def _one_mapping(self) -> FairnessSegment:
+        if self.edges is not None and self.derive is not None:
+            raise ValueError("a segment takes either edges (bands of a number) or derive, not both")
+        return self
+
+
+class Fairness(_Strict):
+    """Per-segment false-positive rate, recall and alert rate at the model's threshold (fairlearn's MetricFrame),
+    with each segment's ratio (smallest group value / largest); the promotion gate blocks a challenger whose ratio
+    falls below `min_ratio`. Groups too small to judge are reported, not judged."""
+
+    segments: dict[Name, FairnessSegment] = Field(min_length=1, description="Segment name -> how to get it.")
+    min_ratio: dict[FairnessMetric, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description="The gate: per metric, the smallest allowed ratio (min / max over a "
+                                          "segment's judged groups, 1 = parity), e.g. {recall: 0.8}. Empty: "
+                                          "measured and reported, never blocks.")
+    min_rows: int = Field(1000, gt=0, description="A group with fewer rows is reported, not judged.")
+    min_positives: int = Field(20, gt=0, description="A group with fewer frauds, or fewer genuine transactions, is "
+                                                     "reported, not judged (its recall or false-positive rate would "
+                                                     "be noise or undefined).")
+
+
+class Guardrails(_Strict):
+    """When a canary rolls itself back (``trellis.guardrails``): its primary decisions since it started, against
+    the champion's over the same time. Fewer than ``min_requests`` in the canary arm (or in the champion's, for
+    the comparisons) is inconclusive: no action, and never a pass."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of the canary's requests its version failed "
+                                                                "to score (the alias answered them instead).")
+    max_p99_latency_ms: float = Field(50.0, gt=0, description="The canary's 99th percentile scoring time, in ms.")
+    max_decline_rate_shift: float = Field(0.05, ge=0, le=1, description="How far the canary's share of declines may "
+                                                                        "be from the champion's (absolute).")
+    max_score_psi: float = Field(0.25, gt=0, description="PSI of the canary's scores against the champion's "
+                                                         "(trellis.drift.psi).")
+    declines: list[Name] | None = Field(None, min_length=1, description="The decisions counted as declines; "
+                                        "default: the decision of the policy's highest band.")
+    min_requests: int = Field(200, ge=1, description="Requests an arm needs before it is judged.")
+    bins: int = Field(10, ge=2, le=100, description="PSI bins, at the champion's score quantiles.")
+
+
+class Rollout(_Strict):
+    guardrails: Guardrails = Field(Guardrails(), description="Rolls a canary back when one breaches.")
+
+
 class Model(_Strict):
     kind: Literal["model"]
     name: Name
@@ -726,6 +803,14 @@ class Model(_Strict):
     retrain_min_new_labels: int = Field(10_000, gt=0)
     batch_scoring: BatchScoring | None = None
     monitoring: Monitoring = Field(Monitoring(), description="Drift and quality thresholds of the model.")
+    # How a rollout is judged, not what is computed: left out of the dump the definitions' fingerprints hash, so
+    # an edited guardrail needs no re-materialization or retraining (the guardrails read it from the definition).
+    rollout: Rollout = Field(Rollout(), exclude=True,
+                             description="Canary guardrails (flags/: trellis.flags, trellis.guardrails).")
+    # How a version is judged, not what is computed: left out of the fingerprinted dump like `rollout`, so a
+    # changed segment or bound needs no retraining and leaves the served store ready.
+    fairness: Fairness | None = Field(None, exclude=True, description="Segments measured for fairness and the "
+                                                                      "promotion gate on their disparity.")
 
 
 Definition = Annotated[Entity | Source | FeatureGroup | RequestFeatures | Model, Field(discriminator="kind")]
@@ -1144,7 +1229,8 @@ _DROPPABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                       "filter")),
     "request_features": (("features",), ("description", "owner")),
     "model": ((), ("description", "owner", "catboost", "seed", "split", "backtest", "gates", "threshold",
-                   "decision", "card_key", "retrain_min_new_labels", "batch_scoring", "monitoring")),
+                   "decision", "card_key", "retrain_min_new_labels", "batch_scoring", "monitoring",
+                   "rollout")),
 }
 # A definition's name in a file PyYAML cannot read: `name:` at the top of a file or of a list item.
 _NAME_LINE = re.compile(r"^(?:- +| {2})?name: *[\"']?([a-z][a-z0-9_]*)[\"']? *(?:#.*)?$", re.MULTILINE)

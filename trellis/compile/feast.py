@@ -119,6 +119,7 @@ def _live_views(project: Project, group_name: str) -> list[str]:
     the group's online spec is written into the body as a literal."""
     from trellis.errors import DefinitionError, Problem
     from trellis.online.state import (
+        DELTA_FIELD,
         STATE_FIELD,
         STATUS_FIELD,
         STATUS_OK,
@@ -153,6 +154,7 @@ def _live_views(project: Project, group_name: str) -> list[str]:
         "    schema=[",
         f"        Field(name={key!r}, dtype={mapping(entity.key_type).feast}),",
         f"        Field(name={STATE_FIELD!r}, dtype=Bytes),",
+        f"        Field(name={DELTA_FIELD!r}, dtype=Bytes),",
         "    ],",
         f"    source={state}_source,",
         "    online=True,",

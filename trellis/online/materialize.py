@@ -39,6 +39,7 @@ from trellis.compile.offline import FEATURE_TS
 from trellis.online.eventlog import logged_rows
 from trellis.online.service import LOG_CONSUMER, STATE_FINGERPRINT, state_fingerprint
 from trellis.online.state import (
+    DELTA_FIELD,
     SLACK_US,
     STATE_FIELD,
     GroupSpec,
@@ -332,7 +333,8 @@ def _state_batch(con: duckdb.DuckDBPyConnection, project: Project, group: str, a
     if exports is not None:
         _export_state(exports / f"{state_view(group)}.parquet", entity.join_key, entity.key_type, keys, blobs, as_of)
     batch = _batch(entity.join_key, entity.key_type, keys, np.full(len(keys), to_us(as_of), dtype=np.int64),
-                   {STATE_FIELD: ("bytes", blobs, None)})
+                   {STATE_FIELD: ("bytes", blobs, None),  # and no delta yet (Feast's null, as its materialize writes)
+                    DELTA_FIELD: ("bytes", [None] * len(blobs), np.ones(len(blobs), dtype=bool))})
     return batch, sum(len(t) for t in group_tails)
 
 
@@ -385,6 +387,7 @@ def _export_state(path: Path, join_key: str, key_type: str, keys: list[Any], blo
     table = pa.table({
         join_key: pa.array(keys, type=key_type_arrow),
         STATE_FIELD: pa.array(blobs, type=pa.binary()),
+        DELTA_FIELD: pa.nulls(len(blobs), type=pa.binary()),  # rows streamed later go here (merge_states)
         FEATURE_TS: pa.array([as_of] * len(keys), type=pa.timestamp("us")),
     })
     path.parent.mkdir(parents=True, exist_ok=True)

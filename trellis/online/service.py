@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from trellis.batching import Stage, WriterClosed
 from trellis.online.state import (
+    DELTA_FIELD,
     STATE_FIELD,
     GroupSpec,
     RowMapper,
@@ -25,7 +26,8 @@ from trellis.online.state import (
     empty_values,
     evaluate,
     group_spec,
-    merge_tails,
+    joined,
+    merge_states,
     row_mapper,
     state_view,
     unanswerable,
@@ -46,8 +48,10 @@ STATE_FINGERPRINT = "state_fingerprint"  # the store's record of the definitions
 
 def state_fingerprint(specs: Mapping[str, GroupSpec]) -> str:
     """What a stored state's layout and meaning depend on: every online group's spec (its inputs, features,
-    windows and horizon). A state written under another fingerprint cannot be read with these definitions."""
-    text = json.dumps({g: spec.to_literal() for g, spec in sorted(specs.items())}, sort_keys=True)
+    windows and horizon), and the fields it is stored in (a service that read only the tails would miss the
+    deltas). A state written under another fingerprint cannot be read with these definitions."""
+    text = json.dumps({"fields": STATE_FIELDS, "groups": {g: spec.to_literal() for g, spec in specs.items()}},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -323,46 +327,47 @@ class OnlineFeatures:
                     by_key[key].append(record)
         encoded = {state_view(g): [self.encoders[g](k) for k in by_key] for g, by_key in per_group.items()}
 
-        def merged(current: dict[str, list[bytes | None]]) -> dict[str, list[Any]]:
-            # The bytes of Tail.decode(...).merge(spec, mapper.tail(rows)).encode() for each entity, most
-            # writes computed for all entities at once (numpy calls per group, not per entity).
+        def merged(current: dict[str, list[tuple[bytes | None, ...]]]) -> dict[str, list[Any]]:
+            # Each entity's new (tail, delta) (``merge_states``), most writes computed for all entities at once;
+            # only the values that change are written.
             now = datetime.now(UTC)
             out = {}
             for g, by_key in per_group.items():
                 view = state_view(g)
-                blobs = merge_tails(self.mappers[g], [decode_bytes_value(b) for b in current[view]],
-                                      list(by_key.values()))
-                out[view] = [(key, {STATE_FIELD: value}, now)
-                             for key, value in zip(encoded[view], encode_values("bytes", blobs), strict=True)]
+                states = merge_states(self.mappers[g], [(decode_bytes_value(t), decode_bytes_value(d))
+                                                        for t, d in current[view]], list(by_key.values()))
+                out[view] = [(key, _changed(tail, delta), now)
+                             for key, (tail, delta) in zip(encoded[view], states, strict=True)]
             return out
 
-        self.store.merge(encoded, STATE_FIELD, merged, **position)
+        self.store.merge(encoded, STATE_FIELDS, merged, **position)
         return sum(len(keys) for keys in encoded.values())
 
     # -- serving -----------------------------------------------------------------------------------------
 
     def tail(self, group: str, key: Any) -> Tail | None:
         encoded = self.encoders[group](key)
-        return self._decoded(group, encoded, self.store.read_values(state_view(group), [encoded], STATE_FIELD)[0])
+        return self._decoded(group, encoded, self.store.read_rows(state_view(group), [encoded], STATE_FIELDS)[0])
 
-    def _decoded(self, group: str, encoded: bytes, value: bytes | None) -> Tail | None:
-        """The tail stored as ``value`` (a serialised Feast value; None: no state), decoded once per distinct
-        value of an entity."""
-        if not value:
+    def _decoded(self, group: str, encoded: bytes, values: tuple[bytes | None, ...]) -> Tail | None:
+        """The tail stored as ``values`` (the serialised Feast values of the tail and its delta; None: no
+        state), decoded once per distinct value of an entity."""
+        if not values[0]:
             return None
         cache_key = (group, encoded)
         hit = self._tails.get(cache_key)
-        if hit is not None and hit[0] == value:
+        if hit is not None and hit[0] == values:
             return hit[1]
+        spec = self.specs[group]
         try:
-            tail = Tail.decode(self.specs[group], decode_bytes_value(value))
+            tail = Tail.decode(spec, joined(spec, decode_bytes_value(values[0]), decode_bytes_value(values[1])))
         except (StateError, ValueError, IndexError, struct.error) as exc:
             raise StateMismatch(f"the stored state of group {group!r} does not fit the loaded definitions "
                                 f"({exc}): materialize online/materialized again") from None
         if self._tails_bytes > TAIL_CACHE_BYTES:
             self._tails, self._tails_bytes = {}, 0
-        self._tails[cache_key] = (value, tail)
-        self._tails_bytes += 2 * len(value)  # the value and the decoded copy
+        self._tails[cache_key] = (values, tail)
+        self._tails_bytes += 2 * sum(len(v) for v in values if v)  # the values and the decoded copy
         return tail
 
     def vector(self, group: str, key: Any, t_us: int) -> GroupVector:
@@ -387,9 +392,22 @@ class OnlineFeatures:
             out.append(GroupVector(evaluate(spec, tail, t_us), known=True))
         return out
 
-    def _read_states(self, wanted: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
-        """The stored state value of each ``(group, key bytes)`` (None: no state), read together."""
-        return self.store.read_many([(state_view(group), key) for group, key in wanted], STATE_FIELD)
+    def _read_states(self, wanted: Sequence[tuple[str, bytes]]) -> list[tuple[bytes | None, ...]]:
+        """The stored state values (tail, delta) of each ``(group, key bytes)`` (None: absent), read together."""
+        return self.store.read_many([(state_view(group), key) for group, key in wanted], STATE_FIELDS)
+
+
+STATE_FIELDS = (STATE_FIELD, DELTA_FIELD)
+
+
+def _changed(tail: bytes | None, delta: bytes | None) -> dict[str, bytes]:
+    """The state values to write (Feast's serialised bytes values) for what ``merge_states`` changed."""
+    out = {}
+    if tail is not None:
+        out[STATE_FIELD] = encode_values("bytes", [tail])[0]
+    if delta is not None:
+        out[DELTA_FIELD] = encode_values("bytes", [delta])[0]
+    return out
 
 
 __all__ = ["LOG_CONSUMER", "STATE_FINGERPRINT", "GroupVector", "IngestReport", "NotApplied", "OnlineFeatures",

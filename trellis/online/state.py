@@ -36,7 +36,8 @@ import numpy as np
 
 MICROS = 1_000_000
 SLACK_US = 24 * 3600 * MICROS  # requests may be up to a day older than the newest event seen
-STATE_FIELD = "state"  # the one field of a group's state view
+STATE_FIELD = "state"  # a group's state view: each entity's tail
+DELTA_FIELD = "state_delta"  # and the rows streamed since it was written (``merge_states``)
 _MAGIC = b"TS1"
 # The encoded tail: _MAGIC, the row count, event times, available-at times, then per input its values (numbers:
 # the column, then _NO_MASK or b"\x01" and the packed null mask; strings: each value's length, or _NULL_STRING,
@@ -441,22 +442,199 @@ def _concat_masks(a: np.ndarray | None, na: int, b: np.ndarray | None, nb: int) 
 BATCHED_FROM = 3  # entities in a write from which ``merge_encoded`` costs less than merging them one at a time
 
 
-def merge_tails(mapper: RowMapper, blobs: Sequence[bytes | None],
-                records: Sequence[Sequence[Mapping[str, Any]]]) -> list[bytes]:
-    """What the writer stores: ``merge_encoded``'s bytes. An entity sent one event after its stored rows (the
-    streamed case) gets it appended to its bytes (``_appended``); the others are merged together when there are
-    ``BATCHED_FROM`` of them or more, else one at a time, where the batched merge's fixed cost is more than its
-    savings (a single event on the bench's customers: 31 us one at a time, 93 us batched; equal at three
-    entities)."""
-    out: list[bytes | None] = [
-        _appended(mapper, blob, batch[0]) if len(batch) == 1 and blob and mapper.spec.numeric else None
-        for blob, batch in zip(blobs, records, strict=True)]
-    rest = [k for k, blob in enumerate(out) if blob is None]
+def merge_states(mapper: RowMapper, states: Sequence[tuple[bytes | None, bytes | None]],
+                 records: Sequence[Sequence[Mapping[str, Any]]]) -> list[tuple[bytes | None, bytes | None]]:
+    """What the writer stores for each entity ``k`` of a group, given its stored ``(tail, delta)``
+    (``states[k]``, None where absent) and its new ``records[k]``: the new ``(tail, delta)``, None where the
+    stored value stays as it is, ``b""`` for a delta emptied. Whatever the path, ``joined`` of what is then
+    stored is ``Tail.decode(spec, joined(spec, *states[k])).merge(spec, mapper.tail(records[k])).encode()``
+    (tests/test_state_batch.py holds the two equal).
+
+    Streamed rows (``_streamed``: numbers without a null, after every stored row, keys not stored yet) go to the
+    delta, a small value of their own, while it holds ``DELTA_ROWS`` rows at most: the stored tail (kilobytes)
+    is neither read into numpy nor written again, so a streamed event costs a write of its own size. The row
+    that would overflow the delta folds it and itself into the tail (bytes put end to end, pruned), and the delta
+    is emptied. Every other write merges into the tail: the entities sent several rows or rows out of order
+    together when there are ``BATCHED_FROM`` of them or more (``merge_encoded``), else one at a time, where the
+    batched merge's fixed cost is more than its savings (a single event on the bench's customers: 31 us one at
+    a time, 93 us batched; equal at three entities)."""
+    spec = mapper.spec
+    out: list[tuple[bytes | None, bytes | None] | None] = []
+    for (tail, delta), batch in zip(states, records, strict=True):
+        new = _streamed(mapper, batch) if tail and spec.numeric else None
+        out.append(None if new is None else _streamed_into(spec, tail, delta, new))
+    rest = [k for k, state in enumerate(out) if state is None]
     if rest:
         merge = merge_encoded if len(rest) >= BATCHED_FROM else _merge_each
-        for k, blob in zip(rest, merge(mapper, [blobs[k] for k in rest], [records[k] for k in rest]), strict=True):
-            out[k] = blob
+        tails = merge(mapper, [joined(spec, *states[k]) for k in rest], [records[k] for k in rest])
+        for k, tail in zip(rest, tails, strict=True):
+            out[k] = (tail, b"" if states[k][1] else None)
     return out  # type: ignore[return-value]
+
+
+def joined(spec: GroupSpec, tail: bytes | None, delta: bytes | None) -> bytes | None:
+    """An entity's tail as a reader sees it: the stored ``tail`` with the ``delta``'s rows (all after the
+    tail's, ``merge_states``) at its end, pruned to the horizon; the bytes of
+    ``Tail.decode(spec, tail)._joined(Tail.decode(spec, delta)).pruned(spec).encode()``, put end to end when
+    every column is a number without a null mask (the usual case), without a numpy call."""
+    if not delta:
+        return tail
+    if not tail:
+        return delta
+    if spec.numeric:
+        first, second = _layout(spec, tail), _layout(spec, delta)
+        if not first[2] and not second[2]:
+            return _concat(spec, tail, first, delta, second)
+    return Tail.decode(spec, tail)._joined(Tail.decode(spec, delta)).pruned(spec).encode()
+
+
+DELTA_ROWS = 32  # rows a delta holds at most (a streamed row costs about its delta's size to write)
+_I8 = struct.Struct("<q")
+_F8 = struct.Struct("<d")
+_Layout = tuple[int, list[int], bool]  # an encoded tail of numbers: rows, where each input's values start, masked
+
+
+def _layout(spec: GroupSpec, blob: bytes) -> _Layout:
+    """The row count of an encoded tail of number inputs, where each input's values start, and whether any
+    input has a null mask (``StateError``/``IndexError`` when ``blob`` is not such a tail)."""
+    n = _row_count(spec, blob)
+    offset = 7 + 16 * n
+    starts = []
+    masked = False
+    for _ in spec.inputs:
+        starts.append(offset)
+        offset += 8 * n
+        if blob[offset]:
+            masked = True
+            offset += (n + 7) // 8
+        offset += 1
+    _check_end(spec, blob, offset)
+    return n, starts, masked
+
+
+def _events(blob: bytes, n: int) -> tuple[memoryview, memoryview]:
+    """The event and available-at times of an encoded tail of ``n`` rows, as sequences of integers."""
+    width = 8 * n
+    view = memoryview(blob)
+    return view[7:7 + width].cast("q"), view[7 + width:7 + 2 * width].cast("q")
+
+
+def _concat(spec: GroupSpec, first: bytes, first_layout: _Layout, second: bytes, second_layout: _Layout,
+            prune: bool = True) -> bytes:
+    """The rows of ``first`` then those of ``second`` (encoded tails of numbers without null masks, every row
+    of ``second`` after those of ``first``), pruned to the horizon of ``second``'s newest row unless ``prune``
+    is false: ``Tail._joined`` (and ``Tail.pruned``) on the bytes."""
+    (n1, starts1, _), (n2, starts2, _) = first_layout, second_layout
+    cut1 = cut2 = 0
+    if prune and spec.horizon_us is not None and n2:
+        events1, events2 = _events(first, n1)[0], _events(second, n2)[0]
+        oldest = events2[-1] - spec.horizon_us - SLACK_US
+        cut1 = bisect_left(events1, oldest)
+        if cut1 == n1:
+            cut2 = bisect_left(events2, oldest)
+    w1, w2, c1, c2 = 8 * n1, 8 * n2, 8 * cut1, 8 * cut2
+    parts = [_MAGIC, _COUNT.pack(n1 - cut1 + n2 - cut2),
+             first[7 + c1:7 + w1], second[7 + c2:7 + w2], first[7 + w1 + c1:7 + 2 * w1], second[7 + w2 + c2:7 + 2 * w2]]
+    for start1, start2 in zip(starts1, starts2, strict=True):
+        parts += (first[start1 + c1:start1 + w1], second[start2 + c2:start2 + w2], _NO_MASK)
+    return b"".join(parts)
+
+
+class _Streamed:
+    """Rows of a write in the form the delta takes (``_streamed``)."""
+
+    __slots__ = ("blob", "first", "keys", "layout")
+
+    def __init__(self, blob: bytes, layout: _Layout, first: tuple[int, int], keys: list[bytes]):
+        self.blob, self.layout, self.first, self.keys = blob, layout, first, keys
+
+
+def _streamed(mapper: RowMapper, records: Sequence[Mapping[str, Any]]) -> _Streamed | None:
+    """``records`` as an encoded tail, when each is a row the group takes (its filter true), of numbers without
+    a null, the rows strictly in order by (event time, available-at) once sorted and their primary keys distinct:
+    what ``mapper.tail(records)`` gives, without numpy. None: not that case (the caller merges)."""
+    spec = mapper.spec
+    keep, event_time, available_at = mapper.keep, mapper.event_time, mapper.available_at
+    rows = []
+    try:
+        for record in records:
+            if keep is not None and keep(record) is not True:
+                return None
+            event = to_us(record[event_time])
+            avail = record.get(available_at) if available_at else None
+            values = []
+            for read, (_, kind) in zip(mapper.readers, spec.inputs, strict=True):
+                value = read(record)
+                if value is None:
+                    return None
+                values.append(_F8.pack(float(value)) if kind == "f8" else _I8.pack(_integer(value)))
+            rows.append(((event, event if avail is None else to_us(avail)), values))
+    except (TypeError, ValueError, OverflowError, struct.error, KeyError):  # the merge raises or converts as it does
+        return None
+    n = len(rows)
+    if n > 1:
+        rows.sort(key=lambda row: row[0])
+        if any(rows[i][0] <= rows[i - 1][0] for i in range(1, n)):
+            return None
+    keys = [values[-1] for _, values in rows] if spec.has_primary_key else []
+    if n > 1 and len(set(keys)) < n:
+        return None
+    if n == 1:
+        (event, avail), values = rows[0]
+        blob = b"".join([_MAGIC, _ONE, _I8.pack(event), _I8.pack(avail), *[value + _NO_MASK for value in values]])
+    else:
+        parts = [_MAGIC, _COUNT.pack(n), *(_I8.pack(e) for (e, _), _ in rows), *(_I8.pack(a) for (_, a), _ in rows)]
+        for i in range(len(spec.inputs)):
+            parts += [values[i] for _, values in rows]
+            parts.append(_NO_MASK)
+        blob = b"".join(parts)
+    width = 8 * n
+    starts = [7 + 2 * width + i * (width + 1) for i in range(len(spec.inputs))]
+    return _Streamed(blob, (n, starts, False), rows[0][0], keys)
+
+
+_ONE = _COUNT.pack(1)
+
+
+def _streamed_into(spec: GroupSpec, tail: bytes, delta: bytes | None,
+                   new: _Streamed) -> tuple[bytes | None, bytes | None] | None:
+    """``merge_states`` for rows in the streamed form: into the delta, or the delta and the rows folded into
+    the tail; None when the rows are not all after the stored ones or a key is stored already (the merge)."""
+    tail_layout = _layout(spec, tail)
+    delta_layout = _layout(spec, delta) if delta else None
+    last, last_layout = (delta, delta_layout) if delta_layout and delta_layout[0] else (tail, tail_layout)
+    n = last_layout[0]
+    if n == 0:
+        return None
+    events, avails = _events(last, n)
+    if new.first <= (events[-1], avails[-1]):
+        return None
+    if new.keys and (_holds(tail, tail_layout, new.keys) or
+                     (delta_layout is not None and _holds(delta, delta_layout, new.keys))):  # type: ignore[arg-type]
+        return None  # a stored key: the merge replaces that row
+    if delta_layout is not None and delta_layout[2]:
+        return None
+    rows = delta_layout[0] if delta_layout else 0
+    if rows + new.layout[0] <= DELTA_ROWS:
+        return None, (_concat(spec, delta, delta_layout, new.blob, new.layout, prune=False)  # type: ignore[arg-type]
+                      if rows else new.blob)
+    if tail_layout[2]:
+        return None
+    whole = joined(spec, tail, delta) if rows else tail
+    return _concat(spec, whole, _layout(spec, whole), new.blob, new.layout), b"" if delta else None  # type: ignore[arg-type]
+
+
+def _holds(blob: bytes, layout: _Layout, keys: Sequence[bytes]) -> bool:
+    """Whether any of ``keys`` (8-byte values) is among the primary keys (the last input) of an encoded tail."""
+    n, starts, _ = layout
+    start, stop = starts[-1], starts[-1] + 8 * n
+    for key in keys:
+        at = blob.find(key, start, stop)
+        while at >= 0:
+            if (at - start) % 8 == 0:
+                return True
+            at = blob.find(key, at + 1, stop)
+    return False
 
 
 def _merge_each(mapper: RowMapper, blobs: Sequence[bytes | None],
@@ -464,58 +642,6 @@ def _merge_each(mapper: RowMapper, blobs: Sequence[bytes | None],
     spec = mapper.spec
     return [Tail.decode(spec, blob).merge(spec, mapper.tail(batch)).encode()
             for blob, batch in zip(blobs, records, strict=True)]
-
-
-_I8 = struct.Struct("<q")
-_F8 = struct.Struct("<d")
-
-
-def _appended(mapper: RowMapper, blob: bytes, record: Mapping[str, Any]) -> bytes | None:
-    """The streamed event's case of ``Tail.merge`` worked on the bytes: one new row strictly after the stored
-    tail's last (event time, then available-at), its primary key not stored yet, no null anywhere (stored or new),
-    numbers only. The new row goes at the end of each column and the rows older than the horizon come off the
-    front: the same bytes as decode, merge, encode (tests/test_state_batch.py holds the two equal), without a
-    numpy call. None: not that case (the caller merges)."""
-    spec = mapper.spec
-    if mapper.keep is not None and mapper.keep(record) is not True:
-        return None
-    try:
-        event = to_us(record[mapper.event_time])
-        avail = record.get(mapper.available_at) if mapper.available_at else None
-        avail = event if avail is None else to_us(avail)
-        values = []
-        for read, (_, kind) in zip(mapper.readers, spec.inputs, strict=True):
-            value = read(record)
-            if value is None:
-                return None
-            values.append(_F8.pack(float(value)) if kind == "f8" else _I8.pack(_integer(value)))
-    except (TypeError, ValueError, OverflowError, struct.error):  # the merge raises or converts as it does
-        return None
-    n = _row_count(spec, blob)
-    width = 8 * n
-    events = memoryview(blob)[7:7 + width].cast("q")
-    avails = memoryview(blob)[7 + width:7 + 2 * width].cast("q")
-    if n == 0 or (event, avail) <= (events[-1], avails[-1]):
-        return None
-    columns = 7 + 2 * width
-    if len(blob) != columns + len(values) * (width + 1) or any(
-            blob[columns + (i + 1) * width + i] for i in range(len(values))):  # a null mask somewhere
-        return None
-    if spec.has_primary_key:
-        pk, start = values[-1], columns + (len(values) - 1) * (width + 1)
-        at = blob.find(pk, start, start + width)
-        while at >= 0:
-            if (at - start) % 8 == 0:  # this key is stored: the merge replaces that row
-                return None
-            at = blob.find(pk, at + 1, start + width)
-    first = 0 if spec.horizon_us is None else bisect_left(events, event - spec.horizon_us - SLACK_US)
-    cut = 8 * first
-    parts = [_MAGIC, _COUNT.pack(n - first + 1), blob[7 + cut:7 + width], _I8.pack(event),
-             blob[7 + width + cut:columns], _I8.pack(avail)]
-    for i, value in enumerate(values):
-        start = columns + i * (width + 1)
-        parts += (blob[start + cut:start + width], value, _NO_MASK)
-    return b"".join(parts)
 
 
 def merge_encoded(mapper: RowMapper, blobs: Sequence[bytes | None],
@@ -949,16 +1075,18 @@ def _iso(t_us: int) -> str:
 
 
 def evaluate_rows(literal: Mapping[str, Any], inputs: Mapping[str, Sequence[Any]],
-                  state_field: str = "state", time_field: str = "request_ts") -> dict[str, list[Any]]:
+                  time_field: str = "request_ts") -> dict[str, list[Any]]:
     """Batch form for Feast's on-demand view ``<group>_live`` (python mode): ``inputs`` holds the state
-    blobs and request times as lists; returns one list per feature plus ``STATUS_FIELD``. Where the state
+    blobs (tails and deltas: ``joined``) and request times as lists; returns one list per feature plus ``STATUS_FIELD``. Where the state
     cannot answer (``unanswerable``) every feature is null and the status says why; an entity without state
     gets the declared empty-window values and ``STATUS_UNKNOWN``, as the scoring endpoint gives its defaults."""
     spec = _cached_spec(literal)
     names = spec.feature_names
     out: dict[str, list[Any]] = {name: [] for name in [*names, STATUS_FIELD]}
     status = out[STATUS_FIELD]
-    for blob, t in zip(inputs[state_field], inputs[time_field], strict=True):
+    tails = inputs[STATE_FIELD]
+    deltas = inputs.get(DELTA_FIELD) or [None] * len(tails)
+    for blob, delta, t in zip(tails, deltas, inputs[time_field], strict=True):
         if blob == FEAST_SAMPLE_BYTES:
             # Feast infers an on-demand view's output types by calling it on sample input (its sample for
             # a bytes field is this value); answer with typed values so `feast apply` can check the schema.
@@ -970,7 +1098,7 @@ def evaluate_rows(literal: Mapping[str, Any], inputs: Mapping[str, Sequence[Any]
             values = empty_values(spec)
             status.append(STATUS_UNKNOWN)
         else:
-            tail = Tail.decode(spec, blob)
+            tail = Tail.decode(spec, joined(spec, blob, delta))
             t_us = to_us(t)
             why = unanswerable(spec, tail, t_us)
             if why is not None:
@@ -1064,8 +1192,9 @@ __all__ = [
     "evaluate",
     "evaluate_rows",
     "group_spec",
+    "joined",
     "merge_encoded",
-    "merge_tails",
+    "merge_states",
     "row_mapper",
     "to_us",
     "unanswerable",

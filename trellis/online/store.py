@@ -68,11 +68,14 @@ _VALUE_TAGS = {"bytes": 0x0A, "string": 0x12, "int32": 0x18, "int64": 0x20, "flo
 
 # SQLite page size of the stores Trellis creates. Larger pages mean fewer pages, B-tree splits and WAL frames
 # for a bulk write (the materialization of the default benchmark: 4 KiB 1.04 s, 16 KiB 0.82 s, 32 KiB 0.74 s
-# of SQLite time, bench/README.md), and a state blob stays on its row's page (at 4 KiB, 16% of the benchmark's
-# customer states spill into overflow pages; at 32 KiB none); a one-row commit writes a few whole pages to the
-# WAL (+~50 us at 32 KiB). Readers do not map the file (a mapped file truncated under a reader is a SIGBUS that
-# kills the process); each keeps READER_CACHE_KIB of pages in its own cache instead.
-PAGE_SIZE = 32768
+# of SQLite time, bench/README.md); smaller ones mean less to write for a streamed event, which changes a row
+# or two of each group's table: each page it touches goes to the WAL whole (and back to the file at the next
+# checkpoint). The writer in process, median of 4 A/B rounds (bench_ingest.writer_in_process): 32 KiB 197 us
+# per event written alone and 112 us per event in writes of 100; 8 KiB 159 and 75 us. A state's tail is written
+# when it folds its delta (``state.merge_states``), a few kilobytes: it spills to an overflow page at 8 KiB
+# only for the busiest entities. Readers do not map the file (a mapped file truncated under a reader is a SIGBUS
+# that kills the process); each keeps READER_CACHE_KIB of pages in its own cache instead.
+PAGE_SIZE = 8192
 READER_CACHE_KIB = 16384
 _READ_CHUNK = 30_000  # keys bound in one read statement (SQLite allows 32,766 variables)
 
@@ -446,6 +449,27 @@ def _as_batch(batch: ViewBatch | Iterable[Row]) -> ViewBatch:
     return batch if isinstance(batch, ViewBatch) else ViewBatch.from_rows(batch)
 
 
+@dataclass(frozen=True)
+class RowList:
+    """A small write's rows of one view (``apply``, ``merge``) as given, the later of two for one key winning:
+    unlike a ``ViewBatch`` (a bulk write's columns), rows may carry different features (a streamed event
+    writes an entity's state delta alone)."""
+
+    items: list[Row]
+
+    @classmethod
+    def of(cls, rows: ViewBatch | Iterable[Row]) -> ViewBatch | RowList:
+        if isinstance(rows, ViewBatch):
+            return rows
+        return cls(list({key: (key, values, when) for key, values, when in rows}.values()))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows(self) -> Iterator[Row]:
+        return iter(self.items)
+
+
 def _epoch_us(value: datetime) -> int:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
@@ -610,7 +634,7 @@ class OnlineStore:
             if self.kind == "sqlite" else None
         self._local = threading.local()
         self._readers: list[_Reader] = []
-        self._union_sql: dict[tuple[str, ...], str] = {}  # read_many statements by views
+        self._union_sql: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}  # read_many statements
         self._write_lock = threading.Lock()
         self._write_conn: sqlite3.Connection | None = None  # small writes (``apply``), on the file ``_write_identity``
         self._write_identity: tuple[int, int] | None = None
@@ -718,37 +742,43 @@ class OnlineStore:
                 raise StoreUnavailable(f"Feast repo {self.repo}: {exc}") from None
             if views:
                 view = views[0]
-                self._feast_read(view.name, [encode_key(view.join_keys[0], 0)], view.features[0].name)
+                self._feast_read(view.name, [encode_key(view.join_keys[0], 0)], [view.features[0].name])
             return
         self._query("select count(*) from sqlite_master", ())
 
     def read_values(self, view: str, keys: Sequence[bytes], feature: str) -> list[bytes | None]:
         """The serialised value of ``feature`` for each entity key (None when absent)."""
-        if self.kind != "sqlite":
-            return self._feast_read(view, keys, feature)
-        if len(keys) == 1:
-            rows = self._query(f'select value from "{self.table(view)}" where entity_key = ? and feature_name = ?',
-                               (keys[0], feature), f", view {view!r}")
-            return [rows[0][0] if rows else None]
-        return self._values_in(lambda sql, params: self._query(sql, params, f", view {view!r}"), view, keys, feature)
+        return [values[0] for values in self.read_rows(view, keys, (feature,))]
 
-    def read_many(self, wanted: Sequence[tuple[str, bytes]], feature: str) -> list[bytes | None]:
-        """The serialised value of ``feature`` for each ``(view, entity key)``, None when absent. SQLite: one
-        ``union all`` statement over the views' tables, one round trip instead of one per view."""
+    def read_rows(self, view: str, keys: Sequence[bytes], features: Sequence[str]) -> list[tuple[bytes | None, ...]]:
+        """The serialised values of ``features`` for each entity key (None where absent), in one read."""
+        if self.kind != "sqlite":
+            return self._feast_read(view, keys, features)
+        if len(keys) == 1:
+            rows = self._query(f'select feature_name, value from "{self.table(view)}" where entity_key = ? and '
+                               f'feature_name in ({",".join("?" * len(features))})', (keys[0], *features),
+                               f", view {view!r}")
+            found = dict(rows)
+            return [tuple(found.get(f) for f in features)]
+        return self._values_in(lambda sql, params: self._query(sql, params, f", view {view!r}"), view, keys, features)
+
+    def read_many(self, wanted: Sequence[tuple[str, bytes]], features: Sequence[str]) -> list[tuple[bytes | None, ...]]:
+        """``read_rows`` for each ``(view, entity key)``. SQLite: one ``union all`` statement over the views'
+        tables, one round trip instead of one per view."""
         if self.kind != "sqlite" or len(wanted) < 2:
-            return [self.read_values(view, [key], feature)[0] for view, key in wanted]
+            return [self.read_rows(view, [key], features)[0] for view, key in wanted]
         views = tuple(view for view, _ in wanted)
-        sql = self._union_sql.get(views)
+        features = tuple(features)
+        sql = self._union_sql.get((views, features))
         if sql is None:
-            sql = self._union_sql[views] = " union all ".join(
-                f'select {i}, value from "{self.table(view)}" where entity_key = ? and feature_name = ?'
-                for i, view in enumerate(views))
-        rows = self._query(sql, [x for _, key in wanted for x in (key, feature)],
+            names = ",".join("?" * len(features))
+            sql = self._union_sql[views, features] = " union all ".join(
+                f'select {i}, feature_name, value from "{self.table(view)}" where entity_key = ? and '
+                f"feature_name in ({names})" for i, view in enumerate(views))
+        rows = self._query(sql, [x for _, key in wanted for x in (key, *features)],
                            f", views {', '.join(repr(view) for view in views)}")
-        out: list[bytes | None] = [None] * len(wanted)
-        for i, value in rows:
-            out[i] = value
-        return out
+        found: dict[tuple[int, str], bytes] = {(i, name): value for i, name, value in rows}
+        return [tuple(found.get((i, f)) for f in features) for i in range(len(wanted))]
 
     def write(self, batches: Mapping[str, ViewBatch | Iterable[Row]] | Iterable[tuple[str, ViewBatch | Iterable[Row]]],
               *, replace: Iterable[str] = (), position: tuple[str, Position] | None = None,
@@ -842,34 +872,34 @@ class OnlineStore:
         and, with ``consumer``, move its recorded position from ``expect`` to ``position`` in the same
         transaction; ``PositionMoved`` (nothing written) when another writer moved it meanwhile. A failure is
         ``StoreUnavailable`` with nothing written. Returns the number of values written."""
-        views = {view: _as_batch(rows) for view, rows in batches.items()}
+        views = {view: RowList.of(rows) for view, rows in batches.items()}
         if self.kind != "sqlite":
             return self._apply_feast(views, consumer, expect, position)
         return self._transaction(lambda conn: sum(self._upsert(conn, self.table(view), batch.rows())
                                                   for view, batch in views.items()), consumer, expect, position)
 
-    def merge(self, reads: Mapping[str, Sequence[bytes]], feature: str,
-              merged: Callable[[dict[str, list[bytes | None]]], Mapping[str, Iterable[Row]]], *,
+    def merge(self, reads: Mapping[str, Sequence[bytes]], features: Sequence[str],
+              merged: Callable[[dict[str, list[tuple[bytes | None, ...]]]], Mapping[str, Iterable[Row]]], *,
               consumer: str | None = None, expect: Position | None = None,
               position: Position | None = None) -> int:
-        """Read, change and write in one go: the stored value of ``feature`` for each key of ``reads`` ({view:
-        keys}, as ``read_values`` gives them) goes to ``merged``, whose rows ({view: rows}) are written as by
+        """Read, change and write in one go: the stored values of ``features`` for each key of ``reads`` ({view:
+        keys}, as ``read_rows`` gives them) go to ``merged``, whose rows ({view: rows}) are written as by
         ``apply``, with the same position and all-or-nothing rules. SQLite reads inside the write transaction on
         the writing connection (its cache holds what it wrote last, and nothing can change between the read and
         the write); other stores read first, and the position check turns a write in between into
         ``PositionMoved``. Whatever ``merged`` raises leaves the store unchanged. Returns the values written."""
         if self.kind != "sqlite":
-            current = {view: self.read_values(view, keys, feature) for view, keys in reads.items()}
-            return self._apply_feast({view: _as_batch(rows) for view, rows in merged(current).items()},
+            current = {view: self.read_rows(view, keys, features) for view, keys in reads.items()}
+            return self._apply_feast({view: RowList.of(rows) for view, rows in merged(current).items()},
                                      consumer, expect, position)
 
         def change(conn: sqlite3.Connection) -> int:
-            current = {view: self._read_in(conn, view, keys, feature) for view, keys in reads.items()}
+            current = {view: self._read_in(conn, view, keys, features) for view, keys in reads.items()}
             return sum(self._upsert(conn, self.table(view), rows) for view, rows in merged(current).items())
 
         return self._transaction(change, consumer, expect, position)
 
-    def _apply_feast(self, views: Mapping[str, ViewBatch], consumer: str | None, expect: Position | None,
+    def _apply_feast(self, views: Mapping[str, ViewBatch | RowList], consumer: str | None, expect: Position | None,
                      position: Position | None) -> int:
         """``apply`` on a store other than SQLite."""
         with self._write_lock:
@@ -969,20 +999,23 @@ class OnlineStore:
             f"created_ts = excluded.created_ts", values)
         return len(values)
 
-    def _read_in(self, conn: sqlite3.Connection, view: str, keys: Sequence[bytes], feature: str) -> list[bytes | None]:
-        """``read_values`` on ``conn`` (inside its transaction)."""
-        return self._values_in(lambda sql, params: conn.execute(sql, params).fetchall(), view, keys, feature)
+    def _read_in(self, conn: sqlite3.Connection, view: str, keys: Sequence[bytes],
+                 features: Sequence[str]) -> list[tuple[bytes | None, ...]]:
+        """``read_rows`` on ``conn`` (inside its transaction)."""
+        return self._values_in(lambda sql, params: conn.execute(sql, params).fetchall(), view, keys, features)
 
     def _values_in(self, run: Callable[[str, Sequence[Any]], list[tuple]], view: str, keys: Sequence[bytes],
-                   feature: str) -> list[bytes | None]:
-        """The stored value of ``feature`` for each of ``keys`` (None when absent), read by ``run(sql, params)``
-        with one ``IN`` list per ``_READ_CHUNK`` keys."""
-        found: dict[bytes, bytes] = {}
+                   features: Sequence[str]) -> list[tuple[bytes | None, ...]]:
+        """The stored values of ``features`` for each of ``keys`` (None where absent), read by ``run(sql,
+        params)`` with one ``IN`` list per ``_READ_CHUNK`` keys."""
+        found: dict[tuple[bytes, str], bytes] = {}
+        names = ",".join("?" * len(features))
         for start in range(0, len(keys), _READ_CHUNK):
             chunk = keys[start:start + _READ_CHUNK]
-            found.update(run(f'select entity_key, value from "{self.table(view)}" where feature_name = ? '
-                             f'and entity_key in ({",".join("?" * len(chunk))})', (feature, *chunk)))
-        return [found.get(k) for k in keys]
+            found.update(((key, name), value) for key, name, value in run(
+                f'select entity_key, feature_name, value from "{self.table(view)}" where feature_name in ({names}) '
+                f'and entity_key in ({",".join("?" * len(chunk))})', (*features, *chunk)))
+        return [tuple(found.get((k, f)) for f in features) for k in keys]
 
     @staticmethod
     def _write_view(conn: sqlite3.Connection, table: str, batch: ViewBatch, replace: bool) -> int:
@@ -1032,17 +1065,17 @@ class OnlineStore:
     def _view(self, name: str) -> Any:
         return self._feature_store().get_feature_view(name)
 
-    def _feast_read(self, view: str, keys: Sequence[bytes], feature: str) -> list[bytes | None]:
+    def _feast_read(self, view: str, keys: Sequence[bytes], features: Sequence[str]) -> list[tuple[bytes | None, ...]]:
         from feast.infra.key_encoding_utils import deserialize_entity_key
 
         store = self._feature_store()
         provider = store._get_provider()
         protos = [deserialize_entity_key(k, store.config.entity_key_serialization_version) for k in keys]
         try:
-            rows = provider.online_read(store.config, self._view(view), protos, [feature])
+            rows = provider.online_read(store.config, self._view(view), protos, list(features))
         except Exception as exc:
             raise StoreUnavailable(f"online store ({self.kind}), view {view!r}: {exc}") from None
-        return [None if values is None or feature not in values else values[feature].SerializeToString()
+        return [tuple(None if values is None or f not in values else values[f].SerializeToString() for f in features)
                 for _, values in rows]
 
     def _feast_write(self, batches: Mapping[str, Iterable[Row]]) -> int:
@@ -1088,7 +1121,7 @@ class OnlineStore:
     def _meta_key(self, key: str) -> str:
         return f"trellis:{self.project}:meta:{key}"
 
-    def _redis_transaction(self, batches: Mapping[str, ViewBatch], *, replace: bool,
+    def _redis_transaction(self, batches: Mapping[str, ViewBatch | RowList], *, replace: bool,
                            position: tuple[str | None, Position | None] | None = None,
                            check: bool = False, expect: Position | None = None,
                            meta: Mapping[str, str] | None = None) -> int | None:
