@@ -337,3 +337,11 @@ all_online_features = FeatureService(
     features=[customer_spending, device_sharing, terminal_risk],
     description='Every online feature group.',
 )
+
+model_card_fraud = FeatureService(
+    name='card_fraud',
+    features=[customer_spending, terminal_risk, device_sharing],
+    description="Real-time card fraud score for partner-facing authorisation: customer spending, terminal risk (with the label delay respected), device sharing and the transaction's own context.",
+    owner='fraud-ml@trellis.dev',
+    tags={'trellis.model': 'card_fraud', 'trellis.request_features': 'transaction_context'},
+)

@@ -162,6 +162,37 @@ def test_a_worse_challenger_fails_the_gate_and_the_champion_alias_stays(copied: 
     assert not result.success  # the failed blocking check failed the model's step
 
 
+def test_the_gate_judges_institution_and_amount_band_from_the_warehouse(copied: Copy) -> None:
+    """The challenger's training set holds neither the institution (raw.customers) nor the amount: the gate reads
+    them from the warehouse (attach_segments), so both segments are judged in the pipeline, not listed as not
+    measured. A bound no segment can meet (every group's alert rate equal) makes each judged segment fail by name;
+    the groups are small at this scale, so every group is judged."""
+    from trellis.registry import CHAMPION, alias_version
+
+    definition = copied.root / "definitions" / "models" / f"{MODEL}.yaml"
+    text = definition.read_text()
+    strict = (text.replace("min_rows: 1000", "min_rows: 1").replace("min_positives: 50", "min_positives: 1")
+              .replace("min_ratio: {recall: 0.7}", "min_ratio: {alert_rate: 1.0}")
+              .replace("edges: [0, 25, 50, 100, 220], min_ratio: {}", "edges: [0, 25, 50, 100, 220]"))
+    assert strict.count("min_ratio") == text.count("min_ratio") - 1
+    definition.write_text(strict)
+    _clear_code_location_caches()  # the code location reads the edited definition
+    from assets.definitions import defs
+
+    copied.defs = defs()
+    result = dg.materialize([copied.asset(MODEL_KEY), copied.check(GATE), copied.asset(CHAMPION_KEY)],
+                            instance=copied.instance, resources=copied.defs.resources, raise_on_error=False)
+
+    gate = _evaluation(result, GATE)
+    fairness = gate.metadata["fairness"].value
+    assert not gate.passed and alias_version(copied.mlflow_uri, MODEL, CHAMPION) == "1"
+    assert fairness.startswith("failed: "), fairness
+    assert "segment 'institution' alert_rate ratio " in fairness, fairness
+    assert "segment 'amount_band' alert_rate ratio " in fairness, fairness
+    assert "not measured" not in fairness, fairness
+    assert "fairness failed: " in gate.metadata["reason"].value
+
+
 def test_a_parity_break_fails_the_run_and_stops_what_is_downstream(copied: Copy) -> None:
     """The offline feature table no longer matches what the online path computes (a count shifted by one on the
     replayed day): the parity check fails, the run fails, and an asset downstream of monitoring/<model>_parity

@@ -56,6 +56,35 @@ def test_removed_group_leaves_no_orphaned_model(project_copy: Path):
     assert not (project_copy / "dbt_project/models/features/feat_device_sharing.sql").exists()
 
 
+@pytest.mark.slow
+def test_feast_apply_registers_one_feature_service_per_model(project_copy: Path):
+    """The service a registered version names (``trellis.feature_service``): the views of the model's stored
+    features, a projection where the model reads only part of a view, accepted by `feast apply`."""
+    import subprocess
+    import sys
+
+    from feast import FeatureStore
+
+    from trellis.compile.feast import feature_service_name
+
+    model = project_copy / "definitions/models/card_fraud.yaml"
+    model.write_text(model.read_text().replace(
+        "  - customer_spending\n", "  - customer_spending__avg_amount_30d\n  - customer_spending__tx_count_7d\n", 1))
+    project = load_project(project_copy)
+    compiler.write(project)
+    repo = project_copy / "feature_repo"
+    (repo / "data").mkdir(exist_ok=True)
+    applied = subprocess.run([str(Path(sys.executable).parent / "feast"), "-c", str(repo), "apply"],
+                             capture_output=True, text=True, check=False)
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    service = FeatureStore(repo_path=str(repo)).get_feature_service(feature_service_name("card_fraud"))
+    read = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
+    assert read == {"customer_spending": ["avg_amount_30d", "tx_count_7d"],
+                    "terminal_risk": [f.name for f in project.features("terminal_risk")],
+                    "device_sharing": [f.name for f in project.features("device_sharing")]}
+    assert service.tags == {"trellis.model": "card_fraud", "trellis.request_features": "transaction_context"}
+
+
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
 def test_every_group_compiles_for_every_engine(dialect: str):
     project = load_project(REPO)

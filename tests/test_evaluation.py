@@ -427,7 +427,10 @@ def test_promotion_gate_checks_contracts_in_the_pipeline(pipeline, tmp_path, mon
                         cat_features=[], metrics={}, baseline_metrics={}, split_end=info.split_end)
     assert register(same, load_project(paths.root).models[NAME], corrupted, uri)[1] == "2"
     checks = model_checks()
+    from assets.resources import Warehouse
+
     run = dg.materialize(checks, instance=result.instance, raise_on_error=False,
+                         resources={"warehouse": Warehouse(path=str(paths.warehouse))},
                          selection=dg.AssetSelection.checks(*checks))
     evaluation_ = next(c for c in run.get_asset_check_evaluations() if c.check_name == "promotion_gate")
     reason = evaluation_.metadata["reason"].value

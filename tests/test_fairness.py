@@ -304,6 +304,29 @@ def test_the_gate_blocks_a_model_unfair_on_one_region_and_passes_a_fair_one(refe
     assert not attached.passed and "segment 'region' recall" in attached.fairness
 
 
+@pytest.mark.slow  # the session pipeline
+def test_the_pipeline_evaluation_measures_every_segment_and_cards_the_version(pipeline, tmp_path):
+    # The training set holds neither the institution (raw.customers) nor, as a column of its own, what every
+    # segment reads: `trellis evaluate` / evaluation/<model> attach them, so no declared segment is left unmeasured.
+    from mlflow import MlflowClient
+
+    result, paths = pipeline
+    (evaluated,) = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+                    if e.asset_key.to_user_string() == "evaluation/card_fraud"]
+    measured = evaluated.metadata["metrics_json"].value["fairness"]
+    assert measured["unmeasured"] == {}, measured["unmeasured"]
+    segments = {s["name"]: s for s in measured["segments"]}
+    assert set(segments) == {"institution", "region", "amount_band"}
+    assert len(segments["institution"]["groups"]) > 1  # institution ids from the lookup, not one "missing" group
+    assert "missing" not in {g["group"] for g in segments["institution"]["groups"]}
+    # The version's card (written at registration, rewritten by the evaluation) shows that table.
+    client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
+    run_id = client.get_model_version("card_fraud", "1").run_id
+    card = Path(client.download_artifacts(run_id, "model_card.md", str(tmp_path))).read_text()
+    assert card.startswith("# Model card: card_fraud v1\n") and "## Metrics (held-out)\n\n| metric" in card
+    assert "| institution | " in card and "| amount_band | " in card and "not measured" not in card
+
+
 # ------------------------------------------------------------------------------------------ model card
 
 

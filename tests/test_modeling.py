@@ -171,7 +171,7 @@ def test_register_versions_aliases_and_reload(world, tmp_path, monkeypatch):
     version = client.get_model_version("card_fraud", "2")
     assert version.tags["trellis.training_fingerprint"] == world.training_set.fingerprint
     assert version.tags["trellis.definitions_hash"] == definitions
-    assert version.tags["trellis.feature_service"] == "card_fraud_v2"
+    assert version.tags["trellis.feature_service"] == "card_fraud"  # the model's generated Feast feature service
     run = client.get_run(version.run_id)
     assert run.data.tags["trellis.training_fingerprint"] == world.training_set.fingerprint
     assert run.data.params["catboost.random_seed"] == "7"
@@ -195,6 +195,32 @@ def test_register_versions_aliases_and_reload(world, tmp_path, monkeypatch):
         monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     x = world.trained.features(world.frame)
     np.testing.assert_array_equal(loaded.predict_proba(x)[:, 1], world.trained.predict(world.frame))
+
+
+def test_every_version_registered_with_its_project_has_a_model_card(world, tmp_path, monkeypatch):
+    # `trellis train` and the Dagster models/<model> asset register through lifecycle.train, which passes the
+    # project to register: the version's run holds model_card.md from the start (trellis evaluate rewrites it).
+    from mlflow import MlflowClient
+
+    from trellis import lifecycle
+    from trellis.paths import ProjectPaths
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("TRELLIS_MLFLOW_URI", uri)
+    monkeypatch.setenv("TRELLIS_WAREHOUSE", str(world.root / "w.duckdb"))
+    monkeypatch.setattr("trellis.modeling.train_catboost", lambda *args, **kwargs: world.trained)  # trained once
+    registered = lifecycle.train(world.project, world.model, world.training_set, ProjectPaths.of(world.root))
+    assert ProjectPaths.of(world.root).mlflow_uri == uri and registered.version == "1"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.get_model_version("card_fraud", "1").run_id
+    card = Path(client.download_artifacts(run_id, "model_card.md", str(tmp_path))).read_text()
+    assert card.startswith("# Model card: card_fraud v1\n")
+    assert f"training set {world.training_set.fingerprint} " in card
+    assert "| customer_spending__tx_count_1d | customer_spending |" in card
+    assert "## Metrics (held-out)\n\nnot evaluated yet" in card
+    assert "none recorded (a first version becomes champion at registration" in card
 
 
 def test_card_precision_at_k_by_hand():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,7 @@ from trellis.training import read_training_set
 pytestmark = pytest.mark.slow  # every test builds and registers CatBoost models on the small world (about 10 s each)
 
 NAME = "card_fraud"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +228,44 @@ def test_cli_list_promote_rollback(world, uri, tmp_path, monkeypatch):
     nowhere = runner.invoke(main, ["models", "list", NAME, "--tracking-uri", f"sqlite:///{missing}"])
     assert nowhere.exit_code == 1 and "no MLflow registry at" in nowhere.output
     assert not missing.exists()  # the lookup does not create an empty store
+
+
+def test_a_version_names_its_feature_service_training_set_description_and_run(world, uri, tmp_path):
+    """What a user of MLflow expects of a version: the Feast feature service its tag names exists once the
+    generated repo is applied, its run has the training set as input (the fingerprint as digest), the run's
+    name is readable and the version has a description."""
+    import shutil
+    import subprocess
+    import sys
+
+    from feast import FeatureStore
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version(NAME, "2")
+    repo = tmp_path / "feature_repo"
+    (repo / "data").mkdir(parents=True)
+    for name in ("features.py", "feature_store.yaml", ".feastignore"):  # the checked-in, generated repo
+        shutil.copy(REPO / "feature_repo" / name, repo / name)
+    applied = subprocess.run([str(Path(sys.executable).parent / "feast"), "-c", str(repo), "apply"],
+                             capture_output=True, text=True, check=False)
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    service = FeatureStore(repo_path=str(repo)).get_feature_service(version.tags["trellis.feature_service"])
+    stored, _ = world.project.model_inputs(world.model)
+    assert ({(p.name, f.name) for p in service.feature_view_projections for f in p.features}
+            == {(f.group, f.name) for f in stored})
+
+    run = client.get_run(version.run_id)
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == world.training_set.fingerprint
+    assert str(Path(world.training_set.path).resolve()) in dataset.dataset.source
+    assert {t.key: t.value for t in dataset.tags} == {
+        "mlflow.data.context": "training", "trellis.training_fingerprint": world.training_set.fingerprint}
+    assert "label" in dataset.dataset.schema
+
+    as_of = f"{world.training_set.as_of:%Y-%m-%d %H:%M}"
+    assert run.info.run_name == f"{NAME} as of {as_of} ({world.training_set.fingerprint[:8]}) v2"
+    assert version.description.startswith(f"{NAME} v2: CatBoost")
+    for fact in (world.training_set.fingerprint, "train period (UTC)", "| average_precision |",
+                 f"`{service.name}`"):
+        assert fact in version.description

@@ -80,6 +80,7 @@ def _check_model(project: Project, model: Model, broken: set[str]) -> list[Probl
     if spine is not None:
         out += _check_summaries(project, model, spine)
         out += _check_decision(project, model, spine)
+        out += _check_fairness(project, model, spine, broken)
         if model.card_key is not None and model.card_key not in spine.columns:
             out.append(project.problem(model, ("card_key",), f"spine {spine.name!r} has no column "
                                        f"{model.card_key!r}{did_you_mean(model.card_key, spine.columns)}"))
@@ -167,6 +168,68 @@ def _check_summaries(project: Project, model: Model, spine: Source) -> list[Prob
                         model, (*at, "by") if field == "by" else (*at, "lookup", "key"),
                         f"{summary.lookup.table} (the simulator's {generated} table) has no column {column!r}"
                         f"{did_you_mean(column, columns)}"))
+    return out
+
+
+def _check_fairness(project: Project, model: Model, spine: Source, broken: set[str]) -> list[Problem]:
+    """Fairness segments read columns that exist: a spine column (or one of the model's feature columns, which
+    the scored rows also hold), or, with a lookup, a key the spine has and a column of the lookup table (checked
+    against the simulator's table when the simulation writes it, or a declared source's table); bands of a
+    number, and the simulated region of an integer id. What only the warehouse knows (a table no definition
+    describes) is left to ``trellis.fairness.attach_segment_columns``."""
+    if model.fairness is None:
+        return []
+    out = []
+    simulated = {table.lower(): name for s in project.sources.values() for table, name in s.simulated_writes}
+    declared = {s.table.lower(): s for s in project.sources.values() if s.table is not None}
+    features, requests = project.model_inputs(model) if all(
+        group.source in project.sources for group in project.feature_groups.values()) else ([], [])
+    scored = {**{name: column.type for name, column in spine.columns.items()},
+              **{f.qualified: f.dtype for f in features},
+              **{f"{r.name}__{item.name}": None for r in requests for item in r.features}}
+    for name, segment in model.fairness.segments.items():
+        at = ("fairness", "segments", name)
+        if segment.lookup is None:
+            if segment.column not in scored:
+                if "__" in segment.column and _unjudged_ref(project, segment.column, broken):
+                    continue  # maybe a feature of a group whose own problems are reported
+                out.append(project.problem(
+                    model, (*at, "column"),
+                    f"{segment.column!r} is not a column of spine {spine.name!r} nor a feature of the model"
+                    f"{did_you_mean(segment.column, scored)}; give a lookup (table and key) where it comes from"))
+                continue
+            kind = scored[segment.column]
+        else:
+            lookup = segment.lookup
+            if lookup.key not in spine.columns:
+                out.append(project.problem(model, (*at, "lookup", "key"),
+                                           f"spine {spine.name!r} has no column {lookup.key!r}"
+                                           f"{did_you_mean(lookup.key, spine.columns)}"))
+            table = lookup.table.lower()
+            if table in simulated:
+                columns, what = simulator_columns(simulated[table]), f"(the simulator's {simulated[table]} table)"
+            elif table in declared:
+                source = declared[table]
+                columns = {c: column.type for c, column in source.columns.items()}
+                what = f"(the table of source {source.name!r})"
+            else:
+                continue
+            for field, column in (("key", lookup.key), ("column", segment.column)):
+                if column not in columns:
+                    out.append(project.problem(
+                        model, (*at, "lookup", "key") if field == "key" else (*at, "column"),
+                        f"{lookup.table} {what} has no column {column!r}{did_you_mean(column, columns)}"))
+            if segment.column not in columns:
+                continue
+            kind = columns[segment.column]
+        if kind is None:  # a request feature: its type is known only once computed
+            continue
+        if segment.edges is not None and not mapping(kind).numeric:
+            out.append(project.problem(model, (*at, "edges"), f"bands need a number; column {segment.column!r} "
+                                                              f"is a {kind}"))
+        if segment.derive == "simulated_region" and kind not in ("int64", "int32"):
+            out.append(project.problem(model, (*at, "derive"), f"the simulated region is derived from an integer "
+                                                               f"customer id; column {segment.column!r} is a {kind}"))
     return out
 
 

@@ -210,18 +210,25 @@ def load_decisions(con: Any, path: str | Path, table: str = DECISIONS_TABLE) -> 
     """The decision log at ``path`` into the warehouse table ``table`` (DuckDB connection ``con``), replaced in
     one transaction (readers see the previous copy or this one); returns its rows."""
     frame = decisions_frame(read_decisions(path))
+    replace_table(con, table, frame, order_by='"offset"')
+    return frame.num_rows
+
+
+def replace_table(con: Any, table: str, frame: Any, order_by: str | None = None) -> None:
+    """``table`` (``schema.name``) replaced by ``frame`` (Arrow or pandas) in one transaction of the DuckDB
+    connection ``con``: readers see the previous table or this one. The tables built from the decision log."""
     schema = table.split(".")[0]
     con.execute("begin")
     try:
         con.execute(f'create schema if not exists "{schema}"')
-        con.register("trellis_decisions", frame)
-        con.execute(f"create or replace table {table} as select * from trellis_decisions order by \"offset\"")
-        con.unregister("trellis_decisions")
+        con.register("trellis_replacing", frame)
+        con.execute(f"create or replace table {table} as select * from trellis_replacing"
+                    + (f" order by {order_by}" if order_by else ""))
+        con.unregister("trellis_replacing")
         con.execute("commit")
     except BaseException:
         con.execute("rollback")
         raise
-    return frame.num_rows
 
 
 __all__ = ["DECISIONS_TABLE", "DecisionLog", "DecisionLogUnavailable", "decisions_frame", "load_decisions",

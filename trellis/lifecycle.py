@@ -259,7 +259,7 @@ class Registered:
 def train(project: Project, model: Model, built: Any, paths: ProjectPaths) -> Registered:
     """CatBoost (and the baseline, for the validation lift) trained on the training set ``built`` and registered
     in the project's MLflow registry as the challenger, the run recording the project (its definitions
-    fingerprint, definitions and environment files)."""
+    fingerprint, definitions and environment files) and the version's model card (``model_card.md``)."""
     import duckdb
 
     from trellis.modeling import register, train_catboost
@@ -277,6 +277,7 @@ def train(project: Project, model: Model, built: Any, paths: ProjectPaths) -> Re
         paths.mlflow_uri,
         definitions_hash=project.fingerprint(),
         project_root=project.root,
+        project=project,
     )
     return Registered(name, version, trained)
 
@@ -304,12 +305,14 @@ def default_amount_column(project: Project, model: Model, declared: str | None =
 
 
 def _with_context(connect: Connect, project: Project, model: Model, frame: Any, amount_column: str | None,
-                  as_of: datetime | None) -> Any:
+                  as_of: datetime | None, *, segments: bool = False) -> Any:
     """A training set's rows with what evaluation reads beside the features: the spine's amount and card
-    columns, and (``as_of`` given) when each label became known, for the literature's card precision (cards
-    already known compromised left out). The warehouse is held only while reading: training and plotting take
-    seconds to minutes."""
+    columns, (``as_of`` given) when each label became known, for the literature's card precision (cards
+    already known compromised left out), and (``segments``) the columns the model's fairness segments read
+    (``fairness.attach_segment_columns``: the institution from its lookup table, the amount). The warehouse is
+    held only while reading: training and plotting take seconds to minutes."""
     from trellis import evaluation
+    from trellis.fairness import attach_segment_columns
     from trellis.training import attach_label_times
 
     with connect() as con:
@@ -318,6 +321,8 @@ def _with_context(connect: Connect, project: Project, model: Model, frame: Any, 
         )
         if as_of is not None:
             frame = attach_label_times(con, project, model, frame, as_of)
+        if segments:
+            frame = attach_segment_columns(con, project, model, frame)
     return frame
 
 
@@ -340,21 +345,26 @@ def evaluate(
     amount_column: str | None,
 ) -> Evaluation:
     """Registered version ``version`` and the baseline (same train part) on the held-out test period of its split:
-    metrics, plots and ``metrics.json`` under ``<data>/reports/<model>/v<version>/``, logged to the version's run."""
+    metrics, fairness per declared segment, plots and ``metrics.json`` under ``<data>/reports/<model>/v<version>/``,
+    logged to the version's run, whose model card (``model_card.md``, written at registration) is rewritten with
+    the held-out metrics, the fairness table and the version's champion moves so far."""
     from trellis import evaluation
-    from trellis.registry import load_version, training_frame, version_info
+    from trellis.registry import history, load_version, training_frame, version_info
 
     uri = paths.mlflow_uri
     info = version_info(uri, model.name, version)
     frame = training_frame(project, model, info)
     classifier = load_version(uri, model.name, version)
-    frame = _with_context(connect, project, model, frame, amount_column, info.training_as_of)
+    frame = _with_context(connect, project, model, frame, amount_column, info.training_as_of,
+                          segments=model.fairness is not None)
     report = evaluation.held_out(frame, model, classifier, end=info.split_end, amount_column=amount_column)
     out = paths.data / "reports" / model.name / f"v{version}"
     plots = evaluation.plot_report(report, out, f"{model.name} v{version}")
     summary = report.as_dict()
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     evaluation.log_to_mlflow(uri, info.run_id, report, [*plots.values(), out / "metrics.json"])
+    card = evaluation.model_card(project, model, info, report, None, history(uri, model.name))
+    evaluation.log_model_card(uri, info.run_id, card)
     return Evaluation(str(version), info, report, summary, out, plots)
 
 

@@ -42,7 +42,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from trellis.spec import Model, SplitPlan
+from trellis.spec import Model, Project, SplitPlan
 from trellis.splits import LABEL_AVAILABLE_AT, SplitError, SplitPeriods, local_days, split_periods
 
 ALERT_RATE = 0.01
@@ -434,9 +434,58 @@ def _finite(values: dict[str, float], prefix: str = "") -> dict[str, float]:
 PROJECT_FILES = ("pyproject.toml", "uv.lock", "requirements.txt", "poetry.lock", "environment.yml")
 
 
-def run_name(model: Model, training_set: Any) -> str:
-    """A run name a person reads in the MLflow UI: the model, the training cutoff and the training fingerprint."""
-    return f"{model.name} as of {training_set.as_of:%Y-%m-%d %H:%M} ({training_set.fingerprint[:8]})"
+def run_name(model: Model, training_set: Any, version: str | None = None) -> str:
+    """A run name a person reads in the MLflow UI: the model, the training cutoff and the training fingerprint,
+    then the version it registered (the run is renamed once the registry has numbered it)."""
+    name = f"{model.name} as of {training_set.as_of:%Y-%m-%d %H:%M} ({training_set.fingerprint[:8]})"
+    return f"{name} v{version}" if version else name
+
+
+def training_dataset(model: Model, training_set: Any) -> Any:
+    """The training set as an MLflow dataset: its Parquet file as the source, its fingerprint as the digest and
+    its columns as the schema (read from the Parquet footer, not the rows)."""
+    import warnings
+
+    import pyarrow.parquet as pq
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
+    from mlflow.types.utils import _infer_schema
+
+    path = Path(training_set.path).resolve()
+    with warnings.catch_warnings():  # the two local-file sources MLflow registers, and integer-column hints
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(path))
+        empty = pq.read_schema(path).empty_table().to_pandas()
+        try:  # categories as their values (MLflow names no categorical type)
+            schema = _infer_schema(empty.astype({c: str for c, t in empty.dtypes.items()
+                                                 if isinstance(t, pd.CategoricalDtype)}))
+        except (MlflowException, TypeError, ValueError):  # a column type MLflow has no name for: no schema
+            schema = None
+    return MetaDataset(source, name=f"{model.name} training set", digest=training_set.fingerprint, schema=schema)
+
+
+def version_description(model: Model, version: str, trained: TrainedModel, training_set: Any,
+                        definitions_hash: str, feature_service: str) -> str:
+    """The registered version's description (markdown in the MLflow UI): what was trained on which data, and
+    how it did on the validation part."""
+    lines = [f"{model.name} v{version}: CatBoost, {len(trained.feature_columns)} features, Feast feature service "
+             f"`{feature_service}`.", "",
+             f"- definitions fingerprint: `{definitions_hash or '-'}`",
+             f"- training set: `{training_set.fingerprint}`, {training_set.rows} rows, {training_set.positives} "
+             f"positives, as of {training_set.as_of.isoformat()}"]
+    if trained.periods is not None:
+        lines += [f"- {p.name} period (UTC): [{p.start.isoformat()}, {p.end.isoformat()})"
+                  + (" (held out for `trellis evaluate`)" if p.name == "test" else "")
+                  for p in trained.periods.parts]
+    metrics = _finite(trained.metrics)
+    baseline = _finite(trained.baseline_metrics)
+    names = sorted(k for k in metrics if k.startswith("validation_"))
+    if names:
+        lines += ["", "| metric (validation) | CatBoost | baseline |", "| --- | --- | --- |"]
+        lines += [f"| {k.removeprefix('validation_')} | {metrics[k]:.4f} | "
+                  + (f"{baseline[k]:.4f} |" if k in baseline else " |") for k in names]
+    return "\n".join(lines)
 
 
 def _source_tags(project_root: Path | None) -> dict[str, str]:
@@ -461,7 +510,8 @@ def _source_tags(project_root: Path | None) -> dict[str, str]:
 
 def register(trained: TrainedModel, model: Model, training_set: Any, tracking_uri: str, *,
              definitions_hash: str = "", artifact_location: str | Path | None = None,
-             experiment: str | None = None, project_root: str | Path | None = None) -> tuple[str, str]:
+             experiment: str | None = None, project_root: str | Path | None = None,
+             project: Project | None = None) -> tuple[str, str]:
     """Log ``trained`` to MLflow (params, model and baseline metrics, lineage tags) and register it as a new
     version of ``model.name``. The new version gets alias ``challenger``; it also gets ``champion`` when the
     registered model has no champion yet. Returns (registered model name, version).
@@ -470,16 +520,28 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
     recorded); ``definitions_hash`` is ``project.fingerprint()``. Artifacts go to ``artifact_location``
     (default: ``mlartifacts/`` next to the SQLite file).
 
-    ``project_root``: the user's project. The run is named for the model and its cutoff (``run_name``), its
+    The run's input is the training set (``training_dataset``: its Parquet file, digest the fingerprint); the
+    version's description (``version_description``) names the definitions fingerprint, the training window and
+    the validation metrics; its tag ``trellis.feature_service`` names the model's Feast feature service, which
+    ``trellis compile`` generates (one per model: a version is numbered at registration, after compiling).
+
+    ``project_root``: the user's project. The run is named for the model, its cutoff and version (``run_name``), its
     source tags name the project (never the program that runs Trellis), and its definitions and environment
     files (``PROJECT_FILES`` it has) are logged under ``project/``. Nothing of Trellis' own checkout is logged:
-    the model's requirements are given, so MLflow infers none from the working directory."""
+    the model's requirements are given, so MLflow infers none from the working directory.
+
+    ``project`` (the loaded definitions; ``trellis train`` and the Dagster ``models/<model>`` asset pass it, so
+    every version they register has one): the version's model card, ``model_card.md`` in its run
+    (``evaluation.model_card``: data, features and owners, validation-time facts; ``trellis evaluate`` rewrites it
+    with the held-out metrics and fairness)."""
     artifacts = Path(artifact_location) if artifact_location else _default_artifacts(tracking_uri)
     artifacts.mkdir(parents=True, exist_ok=True)
     experiment_name = experiment or f"trellis/{model.name}"
     with _mlflow(tracking_uri) as mlflow:
         from mlflow import MlflowClient
         from mlflow.models import infer_signature
+
+        from trellis.compile.feast import feature_service_name
 
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment_name)
@@ -511,6 +573,8 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
                                     run_name=run_name(model, training_set))
         with mlflow.start_run(run_id=created.info.run_id) as run:
             mlflow.log_params(params)
+            mlflow.log_input(training_dataset(model, training_set), context="training",
+                             tags={"trellis.training_fingerprint": training_set.fingerprint})
             if root is not None:
                 for path in [*sorted((root / "definitions").rglob("*.y*ml")),
                              *(root / name for name in PROJECT_FILES)]:
@@ -530,17 +594,27 @@ def register(trained: TrainedModel, model: Model, training_set: Any, tracking_ur
                 trained.model, name="model", signature=signature,
                 pip_requirements=["catboost==1.2.10"], registered_model_name=model.name)
             version = str(info.registered_model_version)
-            feature_service = f"{model.name}_v{version}"
+            feature_service = feature_service_name(model.name)  # generated in feature_repo/ by trellis compile
             mlflow.set_tag("trellis.feature_service", feature_service)
             mlflow.set_tag("trellis.model_version", version)
         for key, value in {**tags, "trellis.feature_service": feature_service,
                            "trellis.run_id": run.info.run_id}.items():
             client.set_model_version_tag(model.name, version, key, value)
+        client.update_model_version(model.name, version, description=version_description(
+            model, version, trained, training_set, definitions_hash, feature_service))
+        client.update_run(run.info.run_id, name=run_name(model, training_set, version))
         client.set_registered_model_alias(model.name, "challenger", version)
         try:
             client.get_model_version_by_alias(model.name, "champion")
         except mlflow.exceptions.MlflowException:
             client.set_registered_model_alias(model.name, "champion", version)
+    if project is not None:
+        from trellis.evaluation import log_model_card, model_card
+        from trellis.registry import history, version_info
+
+        card = model_card(project, model, version_info(tracking_uri, model.name, version),
+                          history=history(tracking_uri, model.name))
+        log_model_card(tracking_uri, run.info.run_id, card)
     return model.name, version
 
 

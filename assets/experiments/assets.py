@@ -9,7 +9,7 @@ import dagster as dg
 
 from assets.project import trellis_project
 from assets.resources import Warehouse
-from trellis.decisionlog import DECISIONS_TABLE
+from trellis.decisionlog import DECISIONS_TABLE, replace_table
 
 
 def readouts_table_name(model_name: str) -> str:
@@ -18,20 +18,6 @@ def readouts_table_name(model_name: str) -> str:
 
 def comparisons_table_name(model_name: str) -> str:
     return f"experiments.{model_name}_comparisons"
-
-
-def _replace(con, table: str, frame) -> None:
-    schema = table.split(".")[0]
-    con.execute("begin")
-    try:
-        con.execute(f'create schema if not exists "{schema}"')
-        con.register("trellis_readout", frame)
-        con.execute(f"create or replace table {table} as select * from trellis_readout")
-        con.unregister("trellis_readout")
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
 
 
 def _readout_asset(model_name: str) -> dg.AssetsDefinition:
@@ -75,8 +61,8 @@ def _readout_asset(model_name: str) -> dg.AssetsDefinition:
         verdicts = pd.concat(comparisons, ignore_index=True) if comparisons else pd.DataFrame(
             {"experiment": pd.Series(dtype=str), "verdict": pd.Series(dtype=str)})
         with warehouse.connect() as con:
-            _replace(con, readouts_table_name(model_name), table)
-            _replace(con, comparisons_table_name(model_name), verdicts)
+            replace_table(con, readouts_table_name(model_name), table)
+            replace_table(con, comparisons_table_name(model_name), verdicts)
         shown = ["experiment", "group", "decisions", "matured_share", "positives", "average_precision", "ap_low",
                  "ap_high"]
         return dg.MaterializeResult(metadata={

@@ -173,15 +173,25 @@ def _promotion_gate(model_name: str) -> dg.AssetChecksDefinition:
                                 "the latest evaluation of every asset check on the assets that training set is "
                                 "built from (source and feature-table contracts, dbt data tests) must have "
                                 f"passed. Quality: the challenger's {model.gates.metric} on its test period is no "
-                                f"more than {model.gates.max_drop} below the champion's (same rows for both).")
-    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+                                f"more than {model.gates.max_drop} below the champion's (same rows for both)."
+                                + (" Fairness: on the same rows, each declared segment's ratio (smallest group / "
+                                   "largest) is at least its min_ratio; the segment columns the training set lacks "
+                                   "(the institution, the amount) are read from the warehouse."
+                                   if model.fairness is not None else ""))
+    def _check(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
         # The training-set contract is checked from the file itself (robust: needs no Dagster history and
         # catches a file changed after it was built); the upstream checks come from the instance's records.
+        from trellis.fairness import attach_segment_columns
         from trellis.registry import gate
+
+        def attach_segments(frame):
+            # The warehouse is opened only for the join: the gate then loads and scores two models.
+            with warehouse.connect(read_only=True) as con:
+                return attach_segment_columns(con, project, model, frame)
 
         keys = contract_check_keys(model_name)
         upstream = upstream_contract_failures(context.instance, keys)
-        result = gate(paths().mlflow_uri, model, project=project)
+        result = gate(paths().mlflow_uri, model, project=project, attach_segments=attach_segments)
         reasons = [result.reason] + [f"upstream contract {f}" for f in upstream]
         return dg.AssetCheckResult(passed=result.passed and not upstream, metadata={
             "reason": "; ".join(reasons), "metric": result.metric, "max_drop": result.max_drop,
@@ -189,6 +199,7 @@ def _promotion_gate(model_name: str) -> dg.AssetChecksDefinition:
             "champion_value": float("nan") if result.champion_value is None else result.champion_value,
             "challenger_value": float("nan") if result.challenger_value is None else result.challenger_value,
             "training_set_contract": result.contract,
+            "fairness": result.fairness,
             "upstream_checks": dg.MetadataValue.json({
                 "checked": [f"{k.asset_key.to_user_string()} {k.name}" for k in keys], "failed": upstream}),
         })

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from trellis.compile.dbt import header
 from trellis.compile.offline import FEATURE_TS
-from trellis.spec import Project
+from trellis.spec import Model, Project
 from trellis.types import mapping
 
 _VALUE_TYPES = {"int64": "INT64", "int32": "INT32", "string": "STRING"}
@@ -105,7 +105,40 @@ def feature_definitions(project: Project) -> str:
         ")",
         "",
     ]
+    for model in project.models.values():
+        lines += _model_service(project, model)
     return "\n".join(lines)
+
+
+def feature_service_name(model_name: str) -> str:
+    """The Feast feature service of a model: what each of its registered versions names in its
+    ``trellis.feature_service`` tag."""
+    return model_name
+
+
+def _model_service(project: Project, model: Model) -> list[str]:
+    """The model's stored features, view by view: the whole view when the model reads all of it, otherwise
+    a projection of the features it reads. One service per model, not per version: versions are numbered by
+    the MLflow registry at registration, and the generated repo depends on the definitions alone."""
+    features, requests = project.model_inputs(model)
+    by_group: dict[str, list[str]] = {}
+    for feature in features:
+        by_group.setdefault(feature.group, []).append(feature.name)
+    parts = [group if len(names) == len(project.features(group)) else f"{group}[{names!r}]"
+             for group, names in by_group.items()]
+    tags = {"trellis.model": model.name}
+    if requests:  # computed from the scoring request by Trellis, not stored in Feast
+        tags["trellis.request_features"] = ",".join(r.name for r in requests)
+    return [
+        f"model_{model.name} = FeatureService(",
+        f"    name={feature_service_name(model.name)!r},",
+        f"    features=[{', '.join(parts)}],",
+        f"    description={' '.join(model.description.split())!r},",
+        f"    owner={model.owner!r},",
+        f"    tags={tags!r},",
+        ")",
+        "",
+    ]
 
 
 REQUEST_SOURCE = "scoring_time"

@@ -600,28 +600,24 @@ def _streamed_into(spec: GroupSpec, tail: bytes, delta: bytes | None,
                    new: _Streamed) -> tuple[bytes | None, bytes | None] | None:
     """``merge_states`` for rows in the streamed form: into the delta, or the delta and the rows folded into
     the tail; None when the rows are not all after the stored ones or a key is stored already (the merge)."""
+    delta = delta or b""
     tail_layout = _layout(spec, tail)
-    delta_layout = _layout(spec, delta) if delta else None
-    last, last_layout = (delta, delta_layout) if delta_layout and delta_layout[0] else (tail, tail_layout)
-    n = last_layout[0]
-    if n == 0:
+    delta_layout: _Layout = _layout(spec, delta) if delta else (0, [], False)
+    rows = delta_layout[0]
+    last, (n, _, _) = (delta, delta_layout) if rows else (tail, tail_layout)
+    if n == 0 or delta_layout[2]:
         return None
     events, avails = _events(last, n)
     if new.first <= (events[-1], avails[-1]):
         return None
-    if new.keys and (_holds(tail, tail_layout, new.keys) or
-                     (delta_layout is not None and _holds(delta, delta_layout, new.keys))):  # type: ignore[arg-type]
+    if new.keys and (_holds(tail, tail_layout, new.keys) or (rows and _holds(delta, delta_layout, new.keys))):
         return None  # a stored key: the merge replaces that row
-    if delta_layout is not None and delta_layout[2]:
-        return None
-    rows = delta_layout[0] if delta_layout else 0
     if rows + new.layout[0] <= DELTA_ROWS:
-        return None, (_concat(spec, delta, delta_layout, new.blob, new.layout, prune=False)  # type: ignore[arg-type]
-                      if rows else new.blob)
+        return None, (_concat(spec, delta, delta_layout, new.blob, new.layout, prune=False) if rows else new.blob)
     if tail_layout[2]:
         return None
-    whole = joined(spec, tail, delta) if rows else tail
-    return _concat(spec, whole, _layout(spec, whole), new.blob, new.layout), b"" if delta else None  # type: ignore[arg-type]
+    whole = _concat(spec, tail, tail_layout, delta, delta_layout) if rows else tail  # joined(spec, tail, delta)
+    return _concat(spec, whole, _layout(spec, whole), new.blob, new.layout), b"" if delta else None
 
 
 def _holds(blob: bytes, layout: _Layout, keys: Sequence[bytes]) -> bool:
