@@ -303,6 +303,17 @@ def test_the_gate_blocks_a_model_unfair_on_one_region_and_passes_a_fair_one(refe
         region_code=customer_region(f["customer_id"].to_numpy())))
     assert not attached.passed and "segment 'region' recall" in attached.fairness
 
+    # A first version has no champion to be compared with; fairness is its own and still judged.
+    _aliases(uri, name, champion=versions[1], challenger=versions[1])
+    alone = gate(uri, model, test)
+    assert not alone.passed and alone.reason.startswith(f"the challenger is the champion (version {versions[1]}); "
+                                                        "fairness failed: segment 'region' recall")
+    MlflowClient(tracking_uri=uri, registry_uri=uri).delete_registered_model_alias(name, "champion")
+    first = gate(uri, model, test)
+    assert not first.passed and first.reason.startswith("no champion yet; fairness failed")
+    _aliases(uri, name, champion=versions[0], challenger=versions[0])
+    assert gate(uri, model, test).passed
+
 
 @pytest.mark.slow  # the session pipeline
 def test_the_pipeline_evaluation_measures_every_segment_and_cards_the_version(pipeline, tmp_path):

@@ -67,7 +67,7 @@ def fingerprint(warehouse: Path, table: str) -> tuple:
 
 def own_data_project(root: Path) -> Path:
     """The reference project as a user with their own data has it: its two sources are the user's tables (no
-    ``simulated:``), the model declares no batch summary, and the warehouse holds the user's raw.transactions
+    ``simulated:``), the model declares no batch summary and no fairness segment by institution, and the warehouse holds the user's raw.transactions
     and raw.fraud_labels (another world than the simulator's: seed 11) and no customers table."""
     copy_project(root)
     for name in ("transactions", "fraud_labels"):
@@ -78,6 +78,7 @@ def own_data_project(root: Path) -> Path:
     path = root / "definitions" / "models" / "card_fraud.yaml"
     definition = yaml.safe_load(path.read_text())
     definition["batch_scoring"].pop("summaries", None)
+    definition["fairness"]["segments"].pop("institution")  # read from the customers table, which is not here
     path.write_text(yaml.safe_dump(definition, sort_keys=False))
     tables = simulate(SimulationConfig(seed=11, n_days=DAYS).scaled(SCALE))
     (root / "data").mkdir()

@@ -443,7 +443,7 @@ def run_name(model: Model, training_set: Any, version: str | None = None) -> str
 
 def training_dataset(model: Model, training_set: Any) -> Any:
     """The training set as an MLflow dataset: its Parquet file as the source, its fingerprint as the digest and
-    its columns as the schema (read from the Parquet footer, not the rows)."""
+    its columns as the schema (read from the Parquet footer, not the rows; none when the file cannot be read)."""
     import warnings
 
     import pyarrow.parquet as pq
@@ -456,12 +456,12 @@ def training_dataset(model: Model, training_set: Any) -> Any:
     with warnings.catch_warnings():  # the two local-file sources MLflow registers, and integer-column hints
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(path))
-        empty = pq.read_schema(path).empty_table().to_pandas()
         try:  # categories as their values (MLflow names no categorical type)
+            empty = pq.read_schema(path).empty_table().to_pandas()
             schema = _infer_schema(empty.astype({c: str for c, t in empty.dtypes.items()
                                                  if isinstance(t, pd.CategoricalDtype)}))
-        except (MlflowException, TypeError, ValueError):  # a column type MLflow has no name for: no schema
-            schema = None
+        except (MlflowException, TypeError, ValueError, OSError):  # a column type MLflow has no name for, or the
+            schema = None  # file gone meanwhile (the gate's contract part reports that): no schema
     return MetaDataset(source, name=f"{model.name} training set", digest=training_set.fingerprint, schema=schema)
 
 

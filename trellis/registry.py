@@ -296,11 +296,16 @@ def gate(tracking_uri: str, model: Model, test_frame: pd.DataFrame | None = None
             if test_frame is None:
                 _, _, test_frame = time_split(frame, model.split, EVENT_TIME, end=info.split_end)
         assert test_frame is not None
-        if champion is None:
-            return GateResult(True, champion_value=None, challenger_value=None, reason="no champion yet", **base)
-        if champion == challenger:
-            return GateResult(True, champion_value=None, challenger_value=None,
-                              reason=f"the challenger is the champion (version {champion})", **base)
+        if champion is None or champion == challenger:
+            # Nothing to compare with; what the challenger must hold on its own (fairness) is still judged.
+            why = "no champion yet" if champion is None else f"the challenger is the champion (version {champion})"
+            if model.fairness is None:
+                return GateResult(True, champion_value=None, challenger_value=None, reason=why, **base)
+            loaded = mlflow.catboost.load_model(f"models:/{name}/{challenger}")
+            base["fairness"], fair = _fairness(model, test_frame, _score(loaded, test_frame, feature_columns),
+                                               label_column, attach_segments)
+            return GateResult(fair, champion_value=None, challenger_value=None,
+                              reason=why if fair else f"{why}; fairness {base['fairness']}", **base)
         y = test_frame[label_column].astype(int).to_numpy()
         values, scores = {}, {}
         for alias, version in ((CHAMPION, champion), (CHALLENGER, challenger)):
