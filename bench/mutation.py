@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -196,7 +198,11 @@ def main() -> int:
             command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.children), *names]
             shown = names if len(names) <= 3 else [*names[:2], f"... ({len(names)} mutants)"]
             print(f"== {module}: {' '.join(command[1:6] + shown)}", flush=True)
-            subprocess.run(command, cwd=ROOT, check=True)
+            # A pytest temp root of this run's own: pytest keeps the last three sessions' folders under the shared
+            # one (/tmp/pytest-of-<user>), so any other pytest on the machine during a run of an hour deletes the
+            # temporary projects that fixtures and cached code-location paths of this run still point at.
+            with tempfile.TemporaryDirectory(prefix="trellis-mutation-") as temp_root:
+                subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTEST_DEBUG_TEMPROOT": temp_root})
             if args.survivors:
                 times[f"{module} (survivors)"] = time.monotonic() - started
             else:

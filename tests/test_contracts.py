@@ -11,6 +11,7 @@ import pandera.pandas as pa
 import pytest
 
 from trellis.contracts import ContractViolation, feature_schema, ingest, ingest_all, source_schema
+from trellis.paths import ProjectPaths
 from trellis.simulate import SimulationConfig, simulate, write_duckdb
 from trellis.spec import load_project
 
@@ -222,7 +223,13 @@ def test_rows_add_up_check_fails_when_the_tables_do_not_hold_every_row(warehouse
     _raw_bad_and_duplicated(warehouse)
     warehouse.close()
     monkeypatch.setenv("TRELLIS_PROJECT", str(project_copy))
+    # The code location's paths() sets the dbt variables for good (setdefault) and is cached: set them here, so
+    # they are undone after the test, and forget the cached paths after it, or a later test (the drift sensor's
+    # defs()) would be served this test's temporary project, gone by then.
+    for key, value in ProjectPaths.of(project_copy).dbt_env().items():
+        monkeypatch.setenv(key, value)
     assets.project.trellis_project.cache_clear()
+    assets.project.paths.cache_clear()
     honest = trellis.contracts._write
 
     def faulty(con, schema_name, table_name, frame):
@@ -240,6 +247,7 @@ def test_rows_add_up_check_fails_when_the_tables_do_not_hold_every_row(warehouse
         (good_run, good), (bad_run, bad) = check(honest), check(faulty)
     finally:
         assets.project.trellis_project.cache_clear()
+        assets.project.paths.cache_clear()
     assert good_run and good.passed and good.metadata["rows_in"].value == good.metadata["accepted"].value + 5
     assert not bad.passed and not bad_run  # blocking: the run fails
     off = 2 if fault == "drop" else -2  # one row per table: validated and quarantine
@@ -688,3 +696,46 @@ def test_a_failed_write_rolls_back_every_source_and_raises_its_own_error(warehou
     assert tables == [("quarantine.transactions",)]
     warehouse.execute("begin transaction")  # no transaction left open
     warehouse.execute("commit")
+
+
+def test_the_first_microsecond_nanoseconds_hold_is_accepted_and_the_one_before_quarantined(warehouse, project_copy):
+    """Nanoseconds start at 1677-09-21 00:12:43.145224193: the microsecond .145224 is before that and is a row
+    reason (not a failed coercion that refuses the table), .145225 is the first that fits and is accepted."""
+    definition = project_copy / "definitions/sources/transactions.yaml"
+    lines = definition.read_text().splitlines(keepends=True)
+    definition.write_text("".join(line for line in lines if not line.startswith(("not_before:", "max_future:"))))
+    project = load_project(project_copy)
+    values = {3: "1677-09-21 00:12:43.145224", 4: "1677-09-21 00:12:43.145225"}
+    for key, value in values.items():
+        warehouse.execute("update raw.transactions set tx_datetime = ? where transaction_id = ?", [value, key])
+    ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions").fetchall() == [
+        (3, "tx_datetime: outside 1677-09-21 to 2262-04-11 (got 1677-09-21 00:12:43.145224)")]
+    # Read as Python datetimes: DuckDB cannot cast a TIMESTAMP_NS this close to its minimum to text.
+    assert warehouse.sql("select tx_datetime from validated.transactions where transaction_id = 4").fetchall() \
+        == [(datetime(1677, 9, 21, 0, 12, 43, 145225),)]
+
+
+def test_a_date_nanoseconds_cannot_hold_is_a_row_reason(warehouse, project_copy):
+    """A date column is held as nanoseconds too: 0001-01-01 and 9999-12-31 are quarantined naming the range
+    (not a failed coercion that refuses the table); the first and last whole days of the range are accepted, and
+    not_before, a bound of timestamp columns, does not apply to a date."""
+    definition = project_copy / "definitions/sources/transactions.yaml"
+    lines = definition.read_text().splitlines(keepends=True)
+    definition.write_text("".join(line for line in lines if not line.startswith("simulated:"))
+                          + "  tx_day: {type: date}\n")
+    project = load_project(project_copy)
+    warehouse.execute("alter table raw.transactions add column tx_day date")
+    warehouse.execute("update raw.transactions set tx_day = cast(tx_datetime as date)")
+    values = {3: "0001-01-01", 4: "9999-12-31", 5: "1677-09-22", 6: "2262-04-11", 7: "1990-01-01"}
+    for key, value in values.items():
+        warehouse.execute("update raw.transactions set tx_day = ? where transaction_id = ?", [value, key])
+    rows = warehouse.sql("select count(*) from raw.transactions").fetchone()[0]
+    result = ingest(warehouse, project, project.sources["transactions"], now=NOW)
+    assert (result.rows_accepted, result.rows_quarantined) == (rows - 2, 2)
+    assert warehouse.sql("select transaction_id, _reason from quarantine.transactions order by 1").fetchall() == [
+        (3, "tx_day: outside 1677-09-21 to 2262-04-11 (got 0001-01-01)"),
+        (4, "tx_day: outside 1677-09-21 to 2262-04-11 (got 9999-12-31)")]
+    assert warehouse.sql("select transaction_id, cast(tx_day as date)::varchar from validated.transactions "
+                         "where transaction_id in (5, 6, 7) order by 1").fetchall() == [
+        (5, "1677-09-22"), (6, "2262-04-11"), (7, "1990-01-01")]

@@ -286,15 +286,16 @@ def _check_types(source: Source, relation: str, raw: duckdb.DuckDBPyRelation, *,
 
 _BOOL_WORDS = {"true": True, "t": True, "yes": True, "1": True, "false": False, "f": False, "no": False, "0": False}
 
-# What pandas (and so Pandera, which coerces timestamps to nanoseconds) can hold.
-_NS_RANGE = (pd.Timestamp.min.as_unit("us"), pd.Timestamp.max.as_unit("us"))
+# What pandas (and so Pandera, which coerces timestamps to nanoseconds) can hold, in whole microseconds (DuckDB's
+# unit): Timestamp.min is 1677-09-21 00:12:43.145224193, so its microsecond .145224 is outside and .145225 is the first.
+_NS_RANGE = (pd.Timestamp.min.ceil("us"), pd.Timestamp.max.as_unit("us"))
 
 
 def _before_coercion(source: Source, frame: pd.DataFrame, now: datetime) -> tuple[pd.DataFrame, pd.Series]:
     """``frame`` with text read as numbers where numbers are declared (a CSV column holding one value that is
     not a number is text), and reasons for the rows the coercion to the contract's types would change or
     fail on as a whole column: text that is not a number, a fractional number in an integer column (1.5
-    would become 1) and a timestamp outside what nanoseconds can hold (0001-01-01 would fail the whole
+    would become 1) and a timestamp or date outside what nanoseconds can hold (0001-01-01 would fail the whole
     column). The reasons are indexed like ``frame``, joined by '; '."""
     earliest, latest = source.time_bounds(now)
     reasons = []
@@ -332,6 +333,10 @@ def _before_coercion(source: Source, frame: pd.DataFrame, now: datetime) -> tupl
                 else:
                     why = f"outside {_NS_RANGE[0]:%Y-%m-%d} to {_NS_RANGE[1]:%Y-%m-%d}"
                 reasons.append(pd.Series([f"{name}: {why} (got {value})"], index=[i], dtype="object"))
+        elif col.type == "date" and pd.api.types.is_datetime64_dtype(values):  # held as nanoseconds too; no bounds
+            bad = values.notna() & ((values < _NS_RANGE[0]) | (values > _NS_RANGE[1]))
+            reasons.append(f"{name}: outside {_NS_RANGE[0]:%Y-%m-%d} to {_NS_RANGE[1]:%Y-%m-%d} (got "
+                           + values[bad].dt.date.astype(str) + ")")
     reasons = [r for r in reasons if len(r)]
     return frame, (pd.concat(reasons).groupby(level=0).agg("; ".join) if reasons else pd.Series(dtype="object"))
 
