@@ -642,3 +642,28 @@ def test_a_canary_that_fails_to_score_is_answered_by_the_alias_and_logged_as_an_
         assert body["rollout"] == {"flag": f"{MODEL}.model", "variant": "challenger", "reason": "ERROR",
                                    "experiment": EXPERIMENT, "arm": "challenger", "error": "scoring: RuntimeError"}
     assert {r["rollout"]["error"] for r in records_of(root)} == {"scoring: RuntimeError"}
+
+
+def test_a_refused_flags_file_costs_no_evaluation_per_request(tmp_path: Path) -> None:
+    """A flags file refused from the start (here: not JSON) leaves no flags applied: every request gets the same
+    answer (the alias serves), so the OpenFeature client is asked once per flag, not on every request; once a
+    good file is applied, its answers count again."""
+    path = tmp_path / "flags.flagd.json"
+    path.write_text('{"flags": \n')
+    flags = started_flags(path)
+    try:
+        asked: list[str] = []
+        client = flags._client
+        for name in ("get_string_details", "get_object_details"):
+            real = getattr(client, name)
+            setattr(client, name, lambda key, *rest, _real=real: asked.append(key) or _real(key, *rest))
+        first = [flags.assign({"customer_id": c}) for c in range(50)]
+        assert {a.rollout["reason"] for a in first} == {first[0].rollout["reason"]}
+        assert sorted(asked) == [f"{MODEL}.model", f"{MODEL}.shadow"], asked
+        write_flags(path, flags_document({"challenger": "alias:challenger", "champion": "alias:champion"}))
+        deadline = time.monotonic() + 5
+        while flags.plan is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flags.assign({"customer_id": 1}).rollout["variant"] == "challenger"
+    finally:
+        flags.stop()
