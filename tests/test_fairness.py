@@ -183,14 +183,20 @@ def test_fairness_is_left_out_of_the_definitions_fingerprint(project_copy: Path)
     ("derive: simulated_region", "derive: region", "fairness.segments.region.derive"),
 ])
 def test_fairness_problems_name_file_line_and_field(project_copy: Path, old: str, new: str, expected: str):
+    line, problems = _problems_after(project_copy, old, new)
+    assert any(f"{MODEL}:{line}:" in p and expected in p for p in problems), problems
+
+
+def _problems_after(project_copy: Path, old: str, new: str) -> tuple[int, list[str]]:
+    """The model definition with ``old`` replaced by ``new``: the line of ``new`` and the problems of loading it
+    (which must fail)."""
     path = project_copy / MODEL
     assert old in path.read_text()
     path.write_text(path.read_text().replace(old, new, 1))
     with pytest.raises(DefinitionError) as caught:
         load_project(project_copy)
-    problems = [str(p) for p in caught.value.problems]
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if new in text)
-    assert any(f"{MODEL}:{line}:" in p and expected in p for p in problems), problems
+    return line, [str(p) for p in caught.value.problems]
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
@@ -209,13 +215,7 @@ def test_fairness_problems_name_file_line_and_field(project_copy: Path, old: str
 def test_a_segment_on_a_missing_column_is_refused_at_load(project_copy: Path, old: str, new: str, expected: str):
     # Refused when the definitions load (trellis.checks), one line naming the file, the line, the field and the
     # value: not a failure of the gate or of `trellis evaluate` after a model was trained.
-    path = project_copy / MODEL
-    assert old in path.read_text()
-    path.write_text(path.read_text().replace(old, new, 1))
-    with pytest.raises(DefinitionError) as caught:
-        load_project(project_copy)
-    problems = [str(p) for p in caught.value.problems]
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if new in text)
+    line, problems = _problems_after(project_copy, old, new)
     assert any(p.startswith(f"{MODEL}:{line}: {expected}") for p in problems), problems
     assert all("\n" not in p for p in problems)
 

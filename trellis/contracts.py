@@ -323,20 +323,20 @@ def _before_coercion(source: Source, frame: pd.DataFrame, now: datetime) -> tupl
         if col.type in ("int64", "int32") and pd.api.types.is_float_dtype(values):
             bad = values.notna() & np.isfinite(values) & (values != np.trunc(values))
             reasons.append(f"{name}: not an integer (got " + values[bad].astype(str) + ")")
-        elif col.type == "timestamp" and pd.api.types.is_datetime64_dtype(values):
+        elif col.type in ("timestamp", "date") and pd.api.types.is_datetime64_dtype(values):
             bad = values.notna() & ((values < _NS_RANGE[0]) | (values > _NS_RANGE[1]))
+            outside = f"outside {_NS_RANGE[0]:%Y-%m-%d} to {_NS_RANGE[1]:%Y-%m-%d}"
+            if col.type == "date":  # held as nanoseconds too; not_before and max_future bound timestamps only
+                reasons.append(f"{name}: {outside} (got " + values[bad].dt.date.astype(str) + ")")
+                continue
             for i, value in values[bad].items():
                 if earliest is not None and value < earliest:
                     why = _too_early(earliest)
                 elif latest is not None and value > latest:
                     why = _too_late(source, latest)
                 else:
-                    why = f"outside {_NS_RANGE[0]:%Y-%m-%d} to {_NS_RANGE[1]:%Y-%m-%d}"
+                    why = outside
                 reasons.append(pd.Series([f"{name}: {why} (got {value})"], index=[i], dtype="object"))
-        elif col.type == "date" and pd.api.types.is_datetime64_dtype(values):  # held as nanoseconds too; no bounds
-            bad = values.notna() & ((values < _NS_RANGE[0]) | (values > _NS_RANGE[1]))
-            reasons.append(f"{name}: outside {_NS_RANGE[0]:%Y-%m-%d} to {_NS_RANGE[1]:%Y-%m-%d} (got "
-                           + values[bad].dt.date.astype(str) + ")")
     reasons = [r for r in reasons if len(r)]
     return frame, (pd.concat(reasons).groupby(level=0).agg("; ".join) if reasons else pd.Series(dtype="object"))
 

@@ -137,8 +137,9 @@ class GroupSpec:
 
     @cached_property
     def numeric(self) -> bool:
-        """Every input a number (no string column): a tail of fixed-width columns, appended to in place
-        (``_appended``) on a little-endian machine, whose own integers are the tail's."""
+        """Every input a number (no string column): a tail of fixed-width columns, whose streamed rows go to the
+        delta and are joined on the bytes (``merge_states``, ``joined``) on a little-endian machine, whose own
+        integers are the tail's."""
         return sys.byteorder == "little" and all(kind != "str" for _, kind in self.inputs)
 
     @cached_property
